@@ -1,0 +1,1 @@
+"""The four tradestack processes; each composes `reactor` and `ext` and adds only policy."""

@@ -1,0 +1,265 @@
+"""Settings for every process: built-in defaults < TOML file < CLI flags.
+
+One dataclass per TOML section; the same tables drive parsing, validation, `--print-config` and the
+per-process command-line flags, so a setting is declared exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "tradestack.toml"
+IDLE_MODES = ("block", "spin", "hybrid")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or out of range; the message names the key."""
+
+
+@dataclass
+class Network:
+    host: str = "127.0.0.1"
+    price_port: int = 5001
+    news_port: int = 5002
+    order_port: int = 5003
+
+
+@dataclass
+class Market:
+    symbols: list[str] = field(default_factory=lambda: ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA"])
+    shm_name: str = "tradestack_prices"
+
+
+@dataclass
+class Gateway:
+    tick_rate: float = 1000.0
+    news_rate: float = 4.0
+    volatility: float = 0.0005
+    seed: int = 0
+    plain: bool = False
+    max_client_buffer: int = 1 << 20
+    slow_client: str = "drop"
+
+
+@dataclass
+class OrderBook:
+    idle: str = "block"
+
+
+@dataclass
+class Strategy:
+    name: str = "strat-1"
+    short_window: int = 5
+    long_window: int = 20
+    bullish: int = 60
+    bearish: int = 40
+    quantity: int = 10
+    idle: str = "block"
+
+
+@dataclass
+class OrderManager:
+    order_log: str = "logs/orders.jsonl"
+
+
+@dataclass
+class Logging:
+    dir: str = "logs"
+    level: str = "INFO"
+
+
+@dataclass
+class Config:
+    network: Network = field(default_factory=Network)
+    market: Market = field(default_factory=Market)
+    gateway: Gateway = field(default_factory=Gateway)
+    orderbook: OrderBook = field(default_factory=OrderBook)
+    strategy: Strategy = field(default_factory=Strategy)
+    order_manager: OrderManager = field(default_factory=OrderManager)
+    logging: Logging = field(default_factory=Logging)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """Render the effective settings as TOML (for --print-config)."""
+        lines: list[str] = []
+        for section, values in self.as_dict().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    """Convert a TOML or CLI value to the field's type, naming the key on failure."""
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return list(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+    raise ConfigError(f"{key}: unsupported type {kind}")
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
+    sect = getattr(cfg, section, None)
+    if sect is None or not dataclasses.is_dataclass(sect):
+        raise ConfigError(f"unknown section [{section}]")
+    types = {f.name: f.type for f in fields(sect)}
+    if key not in types:
+        raise ConfigError(f"unknown key {section}.{key}")
+    setattr(sect, key, _coerce(f"{section}.{key}", types[key], value))
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file (if any), then `overrides` {"section.key": value}; validated."""
+    cfg = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            for key, value in values.items():
+                _apply(cfg, section, key, value)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _apply(cfg, section, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject settings that would fail later in a less obvious way."""
+    for name in ("price_port", "news_port", "order_port"):
+        port = getattr(cfg.network, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"network.{name}: {port} is not a TCP port")
+    symbols = cfg.market.symbols
+    if not symbols:
+        raise ConfigError("market.symbols: at least one symbol is needed")
+    if len(set(symbols)) != len(symbols):
+        raise ConfigError("market.symbols: duplicates")
+    for sym in symbols:
+        if not (0 < len(sym) <= 15 and sym.isascii() and sym.isprintable()) or any(
+            c in sym for c in ",*{}\" "
+        ):
+            raise ConfigError(
+                f"market.symbols: {sym!r} must be 1-15 printable ASCII, no , * or space")
+    g = cfg.gateway
+    for key in ("tick_rate", "news_rate", "volatility"):
+        value = getattr(g, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"gateway.{key}: must be a finite number >= 0")
+    if g.max_client_buffer < 4096:
+        raise ConfigError("gateway.max_client_buffer: at least 4096 bytes")
+    if g.slow_client not in ("drop", "close"):
+        raise ConfigError("gateway.slow_client: 'drop' or 'close'")
+    s = cfg.strategy
+    if not 1 <= s.short_window < s.long_window:
+        raise ConfigError("strategy: need 1 <= short_window < long_window")
+    if not 0 <= s.bearish <= s.bullish <= 100:
+        raise ConfigError("strategy: need 0 <= bearish <= bullish <= 100")
+    if s.quantity <= 0:
+        raise ConfigError("strategy.quantity: must be > 0")
+    for section in ("orderbook", "strategy"):
+        idle = getattr(cfg, section).idle
+        if idle not in IDLE_MODES:
+            raise ConfigError(f"{section}.idle: one of {', '.join(IDLE_MODES)}")
+    if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
+
+
+# --- command line -------------------------------------------------------------------------------
+
+_FLAG_NAMES = {("logging", "dir"): "--log-dir", ("logging", "level"): "--log-level"}
+_COMMON = (("network", "host"), ("market", "symbols"), ("market", "shm_name"),
+           ("logging", "level"), ("logging", "dir"))
+
+
+def add_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...],
+                  extra: tuple[tuple[str, str], ...] = ()) -> None:
+    """Flags for the common keys, every key of `sections`, and `extra` (section, key) pairs."""
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help=f"TOML settings file (default: {DEFAULT_CONFIG.name} if present)")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        help="override any setting, e.g. --set gateway.tick_rate=0")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective settings and exit")
+    wanted = list(_COMMON) + list(extra)
+    defaults = Config()
+    for section in sections:
+        wanted.extend((section, f.name) for f in fields(getattr(defaults, section)))
+    seen: set[str] = set()
+    for section, key in wanted:
+        flag = _FLAG_NAMES.get((section, key), "--" + key.replace("_", "-"))
+        if flag in seen:
+            continue
+        seen.add(flag)
+        default = getattr(getattr(defaults, section), key)
+        parser.add_argument(flag, dest=f"cfg:{section}.{key}", default=None, metavar="V",
+                            help=f"{section}.{key} (default {default!r})")
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """Build the Config for parsed CLI args: file, then --set, then dedicated flags."""
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        dotted, sep, value = item.partition("=")
+        if not sep or "." not in dotted:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        overrides[dotted.strip()] = value
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:") and value is not None:
+            overrides[dest[4:]] = value
+    return load(path, overrides)

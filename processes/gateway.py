@@ -1,0 +1,245 @@
+"""Gateway: TCP server publishing a random-walk price stream and a news-sentiment stream.
+
+Ticks are paced by a timer and sent in batches, one send() per batch per client: a send per tick
+costs a syscall each and caps the feed near 0.2 M ticks/s on this class of machine. Each client's
+pending output is bounded (reactor.Connection): a client that cannot keep up loses ticks (counted)
+or is closed, so it can never grow the Gateway's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+from processes import config as config_mod
+from processes import runtime
+from processes.protocol import format_news
+from reactor import Connection, Reactor, Server
+
+log = logging.getLogger("gateway")
+
+MAX_BATCH = 4096          # ticks formatted into one send; bounds the burst after a stall
+FAST_BATCH = 256          # ticks per loop turn when tick_rate = 0 ("as fast as clients drain")
+MIN_PERIOD = 0.001        # pacing timer period floor; higher rates batch several ticks per period
+
+
+class PriceWalk:
+    """Per-symbol geometric random walk with per-symbol tick sequence numbers."""
+
+    __slots__ = ("symbols", "prices", "seqs", "volatility", "rng", "_next")
+
+    def __init__(self, symbols: list[str], volatility: float, rng: random.Random) -> None:
+        self.symbols = [s.encode() for s in symbols]
+        self.prices = [round(rng.uniform(20.0, 500.0), 2) for _ in symbols]
+        self.seqs = [0] * len(symbols)
+        self.volatility = volatility
+        self.rng = rng
+        self._next = 0
+
+    def batch(self, n: int, sent_ns: int, plain: bool) -> bytes:
+        """n ticks, round-robin over symbols, as one buffer of frames."""
+        symbols, prices, seqs = self.symbols, self.prices, self.seqs
+        gauss, vol, count = self.rng.gauss, self.volatility, len(symbols)
+        i = self._next
+        out = []
+        append = out.append
+        for _ in range(n):
+            p = prices[i] * (1.0 + vol * gauss(0.0, 1.0))
+            if p < 0.01:
+                p = 0.01
+            prices[i] = p
+            seq = seqs[i] + 1
+            seqs[i] = seq
+            if plain:
+                append(b"%s,%.2f*" % (symbols[i], p))
+            else:
+                append(b"%s,%.2f,%d,%d*" % (symbols[i], p, seq, sent_ns))
+            i += 1
+            if i == count:
+                i = 0
+        self._next = i
+        return b"".join(out)
+
+    def snapshot(self, sent_ns: int, plain: bool) -> bytes:
+        """Every symbol's current price, so a client that just connected has a full book at once."""
+        if plain:
+            return b"".join(b"%s,%.2f*" % (s, p) for s, p in zip(self.symbols, self.prices))
+        return b"".join(b"%s,%.2f,%d,%d*" % (s, p, q, sent_ns)
+                        for s, p, q in zip(self.symbols, self.prices, self.seqs))
+
+
+class Sentiment:
+    """Per-symbol sentiment, an AR(1) walk around 50 that regularly crosses both thresholds."""
+
+    __slots__ = ("symbols", "values", "rng")
+
+    def __init__(self, symbols: list[str], rng: random.Random) -> None:
+        self.symbols = [s.encode() for s in symbols]
+        self.values = [50] * len(symbols)
+        self.rng = rng
+
+    def next(self) -> bytes:
+        i = self.rng.randrange(len(self.symbols))
+        value = 50.0 + 0.6 * (self.values[i] - 50) + self.rng.gauss(0.0, 18.0)
+        self.values[i] = v = max(0, min(100, round(value)))
+        return format_news(self.symbols[i], v)
+
+    def snapshot(self) -> bytes:
+        return b"".join(format_news(s, v) for s, v in zip(self.symbols, self.values))
+
+
+class Gateway:
+    """Two servers (prices, news) and the timers that feed them."""
+
+    def __init__(self, reactor: Reactor, cfg: config_mod.Config) -> None:
+        self.reactor = reactor
+        self.cfg = cfg
+        g = cfg.gateway
+        rng = random.Random(g.seed or None)
+        self.walk = PriceWalk(cfg.market.symbols, g.volatility, rng)
+        self.news = Sentiment(cfg.market.symbols, rng)
+        self.plain = g.plain
+        self.price_clients: list[Connection] = []
+        self.news_clients: list[Connection] = []
+        self.price_server: Server | None = None
+        self.news_server: Server | None = None
+        self.ticks = 0               # ticks generated
+        self.ticks_sent = 0          # tick deliveries (ticks x clients that took them)
+        self.news_sent = 0
+        self.batches = 0
+        self._t0 = 0.0
+        self._due = 0
+        self._pump_scheduled = False
+        self._last_stats: tuple[float, int, int] = (time.monotonic(), 0, 0)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        net, g = self.cfg.network, self.cfg.gateway
+        conn_opts = {"max_write_buffer": g.max_client_buffer, "overflow": g.slow_client,
+                     "max_frame": 256}
+        self.price_server = Server(self.reactor, net.host, net.price_port,
+                                   self._on_price_client, **conn_opts)
+        self.news_server = Server(self.reactor, net.host, net.news_port,
+                                  self._on_news_client, **conn_opts)
+        self._t0 = self.reactor.time()
+        if g.tick_rate > 0:
+            period = max(1.0 / g.tick_rate, MIN_PERIOD)
+            self.reactor.call_every(period, self._paced_ticks)
+        if g.news_rate > 0:
+            self.reactor.call_every(1.0 / g.news_rate, self._news_tick)
+        return {"price_port": self.price_server.port, "news_port": self.news_server.port,
+                "symbols": len(self.walk.symbols), "tick_rate": g.tick_rate}
+
+    def close(self) -> None:
+        for server in (self.price_server, self.news_server):
+            if server is not None:
+                server.close()
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        t, ticks, sent = self._last_stats
+        dt = max(now - t, 1e-9)
+        self._last_stats = (now, self.ticks, self.ticks_sent)
+        dropped = sum(c.dropped_sends for c in self.price_clients)
+        return {"ticks_per_s": (self.ticks - ticks) / dt,
+                "sent_per_s": (self.ticks_sent - sent) / dt,
+                "ticks": self.ticks, "price_clients": len(self.price_clients),
+                "news_clients": len(self.news_clients), "news": self.news_sent,
+                "dropped_batches": dropped}
+
+    # --- clients ---------------------------------------------------------------------------------
+    def _on_price_client(self, conn: Connection) -> None:
+        conn.on_frame = _ignore_frame
+        conn.on_close = self._on_price_close
+        self.price_clients.append(conn)
+        conn.send(self.walk.snapshot(time.monotonic_ns(), self.plain))
+        log.info("price client %s connected (%d now)", conn.peer, len(self.price_clients))
+        if self.cfg.gateway.tick_rate <= 0:
+            self._schedule_pump()
+
+    def _on_news_client(self, conn: Connection) -> None:
+        conn.on_frame = _ignore_frame
+        conn.on_close = self._on_news_close
+        self.news_clients.append(conn)
+        conn.send(self.news.snapshot())
+        log.info("news client %s connected (%d now)", conn.peer, len(self.news_clients))
+
+    def _on_price_close(self, conn: Connection, reason: str | None) -> None:
+        if conn in self.price_clients:
+            self.price_clients.remove(conn)
+        log.info("price client %s gone (%s); %d dropped batches", conn.peer,
+                 reason or "closed by peer", conn.dropped_sends)
+
+    def _on_news_close(self, conn: Connection, reason: str | None) -> None:
+        if conn in self.news_clients:
+            self.news_clients.remove(conn)
+        log.info("news client %s gone (%s)", conn.peer, reason or "closed by peer")
+
+    # --- feeds (hot path) ------------------------------------------------------------------------
+    def _broadcast(self, n: int) -> None:
+        data = self.walk.batch(n, time.monotonic_ns(), self.plain)
+        self.ticks += n
+        self.batches += 1
+        sent = 0
+        for conn in self.price_clients:
+            if conn.send(data):
+                sent += n
+        self.ticks_sent += sent
+
+    def _paced_ticks(self) -> None:
+        """Emit the ticks due since start at tick_rate; after a stall, skip rather than burst."""
+        due = int((self.reactor.time() - self._t0) * self.cfg.gateway.tick_rate)
+        n = due - self._due
+        if n <= 0:
+            return
+        if n > MAX_BATCH:
+            n = MAX_BATCH
+            self._due = due
+        else:
+            self._due += n
+        self._broadcast(n)
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self.reactor.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """tick_rate = 0: generate as fast as the slowest client with room drains its socket."""
+        self._pump_scheduled = False
+        clients = self.price_clients
+        if not clients:
+            return  # nobody listening: idle until the next accept
+        limit = self.cfg.gateway.max_client_buffer // 2
+        if any(c.pending < limit for c in clients):
+            self._broadcast(FAST_BATCH)
+            self._schedule_pump()
+        else:
+            self.reactor.call_later(MIN_PERIOD, self._schedule_pump)
+
+    def _news_tick(self) -> None:
+        data = self.news.next()
+        self.news_sent += 1
+        for conn in self.news_clients:
+            conn.send(data)
+
+
+def _ignore_frame(frame: memoryview) -> None:
+    """Clients have nothing to say to the Gateway; what they send is read and discarded."""
+
+
+def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:
+    return runtime.serve("gateway", cfg, lambda reactor: Gateway(reactor, cfg), ready,
+                         supervised=supervised)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = runtime.cli("gateway", "Price and news feed server.", ("gateway",), argv,
+                      extra=(("network", "price_port"), ("network", "news_port")))
+    return 0 if cfg is None else run(cfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Start the four processes in dependency order and stop them all, whatever happens.
+
+Each child is started only when the one before it reports ready through a pipe (port bound,
+segment created): no sleeps, and ports may be 0 (ephemeral) because each child reports the port it
+really bound and the next child is configured with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import wait
+from typing import Any
+
+from processes import config as config_mod
+
+log = logging.getLogger("main")
+
+READY_TIMEOUT = 15.0   # seconds a child may take to report ready
+STOP_TIMEOUT = 5.0     # seconds a child may take to exit after SIGTERM before SIGKILL
+ORDER = ("order_manager", "gateway", "orderbook", "strategy")
+
+
+def _child(name: str, cfg: config_mod.Config, ready: Any, lock: Any) -> None:
+    """Entry point of every child (spawn context): import its module and run it."""
+    module = importlib.import_module(f"processes.{name}")
+    kwargs: dict[str, Any] = {"ready": ready, "supervised": True}
+    if name == "orderbook":
+        kwargs["lock"] = lock
+    raise SystemExit(module.run(cfg, **kwargs))
+
+
+class StackError(RuntimeError):
+    """A child failed to start or died."""
+
+
+class Stack:
+    """The running processes of one stack; `stop()` is safe to call at any point, more than once."""
+
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = copy.deepcopy(cfg)
+        self.ctx = mp.get_context("spawn")
+        self.procs: dict[str, mp.process.BaseProcess] = {}
+        self.info: dict[str, dict[str, Any]] = {}
+        self.lock = self.ctx.Lock()   # shared by every writer of the price book
+
+    def start(self) -> None:
+        # One resource tracker for all children, started before them: if the OrderBook is killed,
+        # the tracker (not the dead process) unlinks its segment when the stack exits.
+        from multiprocessing import resource_tracker
+        resource_tracker.ensure_running()
+        for name in ORDER:
+            self._start_one(name)
+
+    def _start_one(self, name: str) -> None:
+        reader, writer = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_child, name=name,
+                                args=(name, self.cfg, writer, self.lock), daemon=False)
+        proc.start()
+        writer.close()
+        self.procs[name] = proc
+        ready = wait([reader, proc.sentinel], timeout=READY_TIMEOUT)
+        info = None
+        if reader in ready:
+            try:
+                info = reader.recv()
+            except EOFError:
+                info = None
+        reader.close()
+        if not info or "error" in info:
+            if info:
+                why = info["error"]
+            elif proc.is_alive():
+                why = f"no ready report within {READY_TIMEOUT:.0f}s"
+            else:
+                why = f"exit code {proc.exitcode}"
+            raise StackError(f"{name} failed to start: {why} (see logs/{name}.log)")
+        self.info[name] = info
+        net = self.cfg.network
+        if name == "order_manager":
+            net.order_port = info["order_port"]
+        elif name == "gateway":
+            net.price_port, net.news_port = info["price_port"], info["news_port"]
+        log.info("%s ready (pid %d) %s", name, proc.pid, info)
+
+    def sentinels(self) -> dict[int, str]:
+        return {p.sentinel: name for name, p in self.procs.items()}
+
+    def dead(self) -> list[tuple[str, int | None]]:
+        return [(n, p.exitcode) for n, p in self.procs.items() if not p.is_alive()]
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM downstream first (Strategy) so no order is sent into a closed OrderManager."""
+        for name in reversed(ORDER):
+            proc = self.procs.get(name)
+            if proc is not None and proc.is_alive():
+                proc.terminate()
+                proc.join(STOP_TIMEOUT)
+                if proc.is_alive():
+                    log.warning("%s ignored SIGTERM for %.0fs; killing it", name, STOP_TIMEOUT)
+                    proc.kill()
+                    proc.join(STOP_TIMEOUT)
+        codes = {name: p.exitcode for name, p in self.procs.items()}
+        self._unlink_segment()
+        return codes
+
+    def _unlink_segment(self) -> None:
+        """The OrderBook unlinks its segment on a clean exit; this covers a crashed one."""
+        path = f"/dev/shm/{self.cfg.market.shm_name.lstrip('/')}"
+        if os.path.exists(path):
+            try:
+                os.unlink(path)
+                log.warning("removed segment %s left by a crashed OrderBook", path)
+            except FileNotFoundError:
+                pass
+
+
+def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
+    """Run until Ctrl+C, SIGTERM, `duration` seconds, or a child dies; 0 only for a clean stop."""
+    stop_reason: list[str] = []
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop_reason.append(signal.Signals(signum).name)
+
+    old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stack = Stack(cfg)
+    code = 0
+    try:
+        stack.start()
+        log.info("stack running%s; Ctrl+C to stop",
+                 f" for {duration:.0f}s" if duration else "")
+        deadline = None if duration is None else time.monotonic() + duration
+        sentinels = stack.sentinels()
+        while not stop_reason:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait([*sentinels, wake_r], timeout=timeout)
+            if stop_reason:
+                break
+            died = [sentinels[s] for s in ready if s in sentinels]
+            if died:
+                for name, exitcode in stack.dead():
+                    log.error("%s died with exit code %s; stopping the stack", name, exitcode)
+                code = 1
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                stop_reason.append("duration elapsed")
+    except StackError as exc:
+        log.error("%s", exc)
+        code = 1
+    finally:
+        # Ignore further Ctrl+C while we stop the children, so a double Ctrl+C cannot orphan them.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.info("stopping (%s)", ", ".join(stop_reason) or "error")
+        codes = stack.stop()
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
+        signal.set_wakeup_fd(old_wakeup)
+        wake_r.close()
+        wake_w.close()
+    bad = {n: c for n, c in codes.items() if c not in (0, None, -signal.SIGTERM)}
+    if bad:
+        log.error("children exited badly: %s", bad)
+        code = code or 1
+    log.info("stopped; exit codes %s", codes)
+    return code

@@ -1,0 +1,272 @@
+"""Strategy: ticks from shared memory, news from the Gateway, orders to the OrderManager.
+
+It waits for prices without a timer and without spinning: the book's PriceReader is an IdleSource
+of the reactor. Before the reactor blocks it arms the reader (announces "I am about to sleep" in the
+segment); the OrderBook then rings the reader's doorbell socket, which is in the same epoll set as
+the news and order sockets. One wait covers all three inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from ext import PriceReader, SharedPriceBook
+from processes import config as config_mod
+from processes import runtime
+from processes.protocol import (
+    MAX_FRAME,
+    Order,
+    ProtocolError,
+    decode_json,
+    encode_order,
+    parse_news,
+)
+from processes.signals import (
+    FLAT,
+    NEUTRAL,
+    POSITION_NAME,
+    SIDE_NAME,
+    MovingAverageCrossover,
+    combine,
+    order_for,
+    sentiment_signal,
+)
+from reactor import Backoff, Connection, Dialer, Reactor
+
+log = logging.getLogger("strategy")
+
+
+class OrderClient:
+    """Connection to the OrderManager: sends orders, matches acks and rejects to them."""
+
+    def __init__(self, reactor: Reactor, host: str, port: int, on_reply) -> None:
+        self.on_reply = on_reply
+        self.pending: dict[str, tuple[Order, int]] = {}   # id -> (order, position before it)
+        self.acks = 0
+        self.rejects = 0
+        self.bad_replies = 0
+        self.dialer = Dialer(reactor, host, port, on_connect=self._on_connect,
+                             on_disconnect=self._on_disconnect, on_frame=self._on_frame,
+                             backoff=Backoff(), max_frame=MAX_FRAME)
+
+    @property
+    def connected(self) -> bool:
+        return self.dialer.connected
+
+    def start(self) -> None:
+        self.dialer.start()
+
+    def close(self) -> None:
+        self.dialer.close()
+
+    def send(self, order: Order, position_before: int) -> bool:
+        conn = self.dialer.connection
+        if conn is None or conn.closed:
+            return False
+        if not conn.send(encode_order(order)):
+            return False
+        self.pending[order.id] = (order, position_before)
+        return True
+
+    def _on_connect(self, conn: Connection) -> None:
+        log.info("connected to order manager %s", conn.peer)
+
+    def _on_disconnect(self, reason: str | None) -> None:
+        log.warning("order manager lost (%s); %d orders unacknowledged; reconnecting",
+                    reason or "closed by peer", len(self.pending))
+
+    def _on_frame(self, frame: memoryview) -> None:
+        try:
+            reply = decode_json(frame)
+        except ProtocolError as exc:
+            self.bad_replies += 1
+            log.warning("unreadable reply from order manager: %s", exc)
+            return
+        entry = self.pending.pop(reply.get("id"), None)
+        if reply.get("type") == "ack":
+            self.acks += 1
+        else:
+            self.rejects += 1
+        self.on_reply(reply, entry)
+
+
+class StrategyService:
+    """MA crossover + sentiment, one position per symbol, orders only on a change of side."""
+
+    def __init__(self, reactor: Reactor, cfg: config_mod.Config) -> None:
+        self.reactor = reactor
+        self.cfg = cfg
+        s = cfg.strategy
+        self.name = s.name
+        self.book: SharedPriceBook | None = None
+        self.reader: PriceReader | None = None
+        self.symbols: tuple[str, ...] = ()
+        self.trends: list[MovingAverageCrossover] = []
+        self.sentiment: list[int | None] = []
+        self.positions: list[int] = []
+        self.last_price: list[float] = []
+        self._sym_index: dict[bytes, int] = {}
+        self._order_seq = 0
+        self._id_prefix = f"{s.name}-{os.getpid()}-{time.time_ns() // 1_000_000}"
+        self.ticks = 0
+        self.decisions = 0
+        self.orders = 0
+        self.unsent = 0
+        self.news = 0
+        self.bad_news = 0
+        self._attach_backoff = Backoff(initial=0.1, maximum=2.0)
+        self._last = (reactor.time(), 0)
+        net = cfg.network
+        self.news_dialer = Dialer(reactor, net.host, net.news_port, on_frame=self._on_news,
+                                  on_connect=lambda c: log.info("connected to news %s", c.peer),
+                                  on_disconnect=self._on_news_lost, backoff=Backoff(),
+                                  max_frame=MAX_FRAME)
+        self.orders_out = OrderClient(reactor, net.host, net.order_port, self._on_reply)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        self.news_dialer.start()
+        self.orders_out.start()
+        attached = self._attach()
+        return {"shm_name": self.cfg.market.shm_name, "attached": attached, "name": self.name}
+
+    def close(self) -> None:
+        self.news_dialer.close()
+        self.orders_out.close()
+        if self.reader is not None:
+            self.reactor.remove_source(self)
+            self.reactor.remove_reader(self.reader.fileno())
+            self.reader.close()
+        if self.book is not None:
+            self.book.close()
+
+    def stats(self) -> dict[str, Any]:
+        now = self.reactor.time()
+        t, ticks = self._last
+        self._last = (now, self.ticks)
+        held = sum(1 for p in self.positions if p != FLAT)
+        return {"ticks_per_s": (self.ticks - ticks) / max(now - t, 1e-9), "ticks": self.ticks,
+                "news": self.news, "orders": self.orders, "acks": self.orders_out.acks,
+                "rejects": self.orders_out.rejects, "unsent": self.unsent, "positions": held}
+
+    def _attach(self) -> bool:
+        """Attach to the OrderBook's segment; if it is not there yet, retry with backoff."""
+        try:
+            book = SharedPriceBook(name=self.cfg.market.shm_name, create=False)
+        except FileNotFoundError:
+            delay = self._attach_backoff.next()
+            log.info("segment %s not there yet; retrying in %.2fs", self.cfg.market.shm_name, delay)
+            self.reactor.call_later(delay, self._attach)
+            return False
+        self.book = book
+        self.symbols = book.symbols
+        n = len(self.symbols)
+        s = self.cfg.strategy
+        self.trends = [MovingAverageCrossover(s.short_window, s.long_window) for _ in range(n)]
+        self.sentiment = [None] * n
+        self.positions = [FLAT] * n
+        self.last_price = [float("nan")] * n
+        self._sym_index = {sym.encode(): i for i, sym in enumerate(self.symbols)}
+        self.reader = book.reader()
+        self.reactor.add_reader(self.reader.fileno(), self.reader.drain)
+        self.reactor.add_source(self)
+        log.info("attached to %s: %d symbols", book.name, n)
+        return True
+
+    # --- IdleSource: the shared-memory price feed (hot path) -------------------------------------
+    def poll(self) -> bool:
+        reader = self.reader
+        n = reader.poll()
+        if not n:
+            return False
+        indices, prices, sent = reader.indices, reader.prices, reader.sent_ns
+        tick_seqs = reader.tick_seqs
+        for k in range(n):
+            self._on_tick(indices[k], prices[k], sent[k], tick_seqs[k])
+        self.ticks += n
+        return True
+
+    def arm(self) -> bool:
+        return self.reader.arm()
+
+    def disarm(self) -> None:
+        self.reader.disarm()
+
+    def _on_tick(self, i: int, price: float, sent_ns: int, tick_seq: int) -> None:
+        self.last_price[i] = price
+        trend = self.trends[i].update(price)
+        s = self.cfg.strategy
+        signal = combine(trend, sentiment_signal(self.sentiment[i], s.bullish, s.bearish))
+        self.decisions += 1
+        if signal != NEUTRAL:
+            self._maybe_order(i, signal, price, sent_ns, tick_seq)
+
+    def _maybe_order(self, i: int, signal: int, price: float, tick_ns: int, tick_seq: int) -> None:
+        side, qty = order_for(signal, self.positions[i], self.cfg.strategy.quantity)
+        if side == NEUTRAL:
+            return
+        self._order_seq += 1
+        order = Order(f"{self._id_prefix}-{self._order_seq}", self.symbols[i], SIDE_NAME[side],
+                      qty, round(price, 2), self.name, tick_ns, tick_seq, time.monotonic_ns())
+        before = self.positions[i]
+        if self.orders_out.send(order, before):
+            self.positions[i] = signal
+            self.orders += 1
+        else:
+            # Not connected (or its buffer is full): keep the position so the next agreeing tick
+            # retries, instead of believing in a trade the OrderManager never saw.
+            self.unsent += 1
+
+    # --- news and replies ------------------------------------------------------------------------
+    def _on_news(self, frame: memoryview) -> None:
+        try:
+            sym, value = parse_news(frame)
+        except ProtocolError as exc:
+            self.bad_news += 1
+            if self.bad_news <= 5:
+                log.warning("skipped news frame %r: %s", bytes(frame[:80]), exc)
+            return
+        self.news += 1
+        if not self.sentiment:
+            return  # not attached yet: no symbols to apply it to
+        if sym is None:
+            self.sentiment[:] = [value] * len(self.sentiment)
+            return
+        i = self._sym_index.get(sym)
+        if i is not None:
+            self.sentiment[i] = value
+
+    def _on_news_lost(self, reason: str | None) -> None:
+        log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
+
+    def _on_reply(self, reply: dict, entry: tuple[Order, int] | None) -> None:
+        if entry is None:
+            log.warning("reply for unknown order: %s", reply)
+            return
+        order, before = entry
+        if reply.get("type") == "ack":
+            log.debug("order %s acked as #%s", order.id, reply.get("order_no"))
+            return
+        # Rejected: the position we assumed never happened.
+        i = self.symbols.index(order.symbol)
+        self.positions[i] = before
+        log.warning("order %s %s %d %s rejected: %s (position back to %s)", order.id, order.side,
+                    order.qty, order.symbol, reply.get("reason"), POSITION_NAME[before])
+
+
+def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:
+    return runtime.serve("strategy", cfg, lambda r: StrategyService(r, cfg), ready,
+                         idle=cfg.strategy.idle, supervised=supervised)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = runtime.cli("strategy", "MA-crossover + sentiment strategy.", ("strategy",), argv,
+                      extra=(("network", "news_port"), ("network", "order_port")))
+    return 0 if cfg is None else run(cfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

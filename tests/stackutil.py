@@ -1,0 +1,118 @@
+"""Helpers for tests that run real stack processes on loopback with ephemeral ports."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import time
+import uuid
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from processes import config
+from processes.stack import _child
+
+CTX = mp.get_context("spawn")
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> config.Config:
+    """Ephemeral ports, a unique segment name, logs and order log under tmp_path."""
+    base = {
+        "network.price_port": 0, "network.news_port": 0, "network.order_port": 0,
+        "market.shm_name": f"tstest_{uuid.uuid4().hex[:12]}",
+        "logging.dir": str(tmp_path / "logs"),
+        "order_manager.order_log": str(tmp_path / "orders.jsonl"),
+    }
+    base.update(overrides)
+    return config.load(None, base)
+
+
+def shm_exists(name: str) -> bool:
+    return os.path.exists(f"/dev/shm/{name}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Child:
+    """One stack process (processes.<name>.run) in a spawn child, started like main.py does."""
+
+    def __init__(self, name: str, cfg: config.Config, lock: Any = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.lock = lock if lock is not None else CTX.Lock()
+        self.proc: mp.process.BaseProcess | None = None
+        self.info: dict[str, Any] = {}
+
+    def start(self, timeout: float = 15.0) -> dict[str, Any]:
+        reader, writer = CTX.Pipe(duplex=False)
+        self.proc = CTX.Process(target=_child, args=(self.name, self.cfg, writer, self.lock),
+                                name=self.name)
+        self.proc.start()
+        writer.close()
+        ready = wait([reader, self.proc.sentinel], timeout=timeout)
+        if reader not in ready:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not report ready (exit {self.proc.exitcode})")
+        self.info = reader.recv()
+        reader.close()
+        if "error" in self.info:
+            self.stop()
+            raise RuntimeError(f"{self.name} failed: {self.info['error']}")
+        return self.info
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout)
+        return self.proc.exitcode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.join(5)
+
+
+def recv_frames(sock: socket.socket, count: int, timeout: float = 5.0,
+                delimiter: bytes = b"*") -> list[bytes]:
+    """Read until `count` complete frames arrived (blocking socket, overall deadline)."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    frames: list[bytes] = []
+    while len(frames) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"got {len(frames)} of {count} frames")
+        sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"peer closed after {len(frames)} frames")
+        buf += chunk
+        *complete, buf = buf.split(delimiter)
+        frames.extend(complete)
+    return frames
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or predicate}")
+        time.sleep(interval)

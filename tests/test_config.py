@@ -1,0 +1,55 @@
+"""Settings: file < --set < flags; unknown keys and bad values are errors naming the key."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from processes import config
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def parse(argv, sections=("gateway",), extra=()):
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, sections, extra)
+    return config.from_args(parser.parse_args(argv))
+
+
+def test_shipped_file_loads_and_matches_the_defaults():
+    assert config.load(config.DEFAULT_CONFIG) == config.Config()
+
+
+def test_precedence(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[gateway]\ntick_rate = 50\nnews_rate = 2\n[market]\nsymbols = ["A", "B"]\n')
+    cfg = parse(["--config", str(path), "--set", "gateway.news_rate=9", "--tick-rate", "7",
+                 "--symbols", "X,Y,Z"])
+    assert cfg.gateway.tick_rate == 7.0
+    assert cfg.gateway.news_rate == 9.0
+    assert cfg.market.symbols == ["X", "Y", "Z"]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[gateway]\nspeed = 1\n", "gateway.speed"),
+    ("[nope]\nx = 1\n", "[nope]"),
+    ("[gateway]\ntick_rate = 'fast'\n", "gateway.tick_rate"),
+    ("[network]\nprice_port = 70000\n", "network.price_port"),
+    ("[strategy]\nshort_window = 30\n", "short_window"),
+    ("[strategy]\nidle = 'nap'\n", "strategy.idle"),
+    ("[market]\nsymbols = ['A*B']\n", "market.symbols"),
+    ("[gateway]\nplain = 3\n", "gateway.plain"),
+])
+def test_errors_name_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        config.load(path)
+
+
+def test_print_config_round_trips(tmp_path):
+    cfg = config.load(None, {"gateway.tick_rate": "0", "market.symbols": "A,B"})
+    path = tmp_path / "out.toml"
+    path.write_text(cfg.to_toml())
+    assert config.load(path) == cfg

@@ -1,0 +1,121 @@
+"""The whole stack through main.py: it trades, it stops cleanly, it leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from stackutil import pid_alive, shm_exists, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main_cmd(tmp_path: Path, shm: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"),
+            "--price-port", "0", "--news-port", "0", "--order-port", "0",
+            "--shm-name", shm, "--log-dir", str(tmp_path / "logs"),
+            "--order-log", str(tmp_path / "orders.jsonl"),
+            "--news-rate", "50", "--tick-rate", "2000", *extra]
+
+
+def child_pids(output: str) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in re.finditer(r"(\w+) ready \(pid (\d+)\)", output)}
+
+
+def assert_nothing_left(output: str, shm: str) -> None:
+    pids = child_pids(output)
+    assert set(pids) == {"order_manager", "gateway", "orderbook", "strategy"}, output[-2000:]
+    wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 5, what="children to exit")
+    assert not shm_exists(shm)
+
+
+@pytest.mark.timeout(90)
+def test_main_duration_trades_and_exits_clean(tmp_path):
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "8"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=80)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert re.search(r"Received Order \d+: (BUY|SELL) \d+ [A-Z]+ @ \d+\.\d\d", out), out[-3000:]
+    orders = [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+    assert orders and all(o["client"] == "strat-1" for o in orders)
+    assert [o["order_no"] for o in orders] == list(range(1, len(orders) + 1))
+    for name in ("main", "gateway", "orderbook", "strategy", "order_manager"):
+        assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0
+    assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_main_stops_everything(tmp_path, sig):
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "stack running" in line:
+                break
+        assert any("stack running" in x for x in lines), "".join(lines)
+        assert shm_exists(shm)
+        os.kill(proc.pid, sig)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(60)
+def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        while True:
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "stack running" in line:
+                break
+        os.kill(child_pids("".join(lines))["orderbook"], signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = "".join(lines) + rest
+    assert proc.returncode == 1
+    assert "orderbook died with exit code -9" in out
+    assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(30)
+def test_print_config_and_bad_flags(tmp_path):
+    ok = subprocess.run([sys.executable, str(ROOT / "main.py"), "--print-config",
+                         "--tick-rate", "5"], capture_output=True, text=True, timeout=20)
+    assert ok.returncode == 0 and "tick_rate = 5.0" in ok.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "main.py"), "--set", "gateway.nope=1"],
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 2 and "gateway.nope" in bad.stderr
+    for module in ("gateway", "orderbook", "strategy", "order_manager"):
+        helped = subprocess.run([sys.executable, "-m", f"processes.{module}", "--help"],
+                                capture_output=True, text=True, timeout=20, cwd=ROOT)
+        assert helped.returncode == 0 and "--config" in helped.stdout, module

@@ -1,0 +1,110 @@
+"""Serialization: both price forms, both news forms, orders and replies, and their rejections."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from processes.protocol import (
+    MESSAGE_DELIMITER,
+    Order,
+    ProtocolError,
+    decode_json,
+    encode_ack,
+    encode_order,
+    encode_reject,
+    format_news,
+    format_price,
+    parse_news,
+    parse_price,
+    validate_order,
+)
+
+SYMBOLS = frozenset({"AAPL", "MSFT"})
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_price_plain_form_from_the_assignment():
+    assert parse_price(memoryview(b"AAPL,172.53")) == (b"AAPL", 172.53, 0, 0)
+
+
+def test_price_extended_form_round_trips():
+    frame = format_price(b"MSFT", 325.2, 41, 123456789)
+    assert frame == b"MSFT,325.20,41,123456789*"
+    assert parse_price(memoryview(frame)[:-1]) == (b"MSFT", 325.2, 41, 123456789)
+    assert format_price(b"MSFT", 325.2, 41, 1, plain=True) == b"MSFT,325.20*"
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (b"AAPL", "2 or 4 fields"),
+    (b"AAPL,1,2", "2 or 4 fields"),
+    (b"AAPL,abc", "bad number"),
+    (b"AAPL,nan", "finite"),
+    (b"AAPL,inf", "finite"),
+    (b"AAPL,-1.5", "> 0"),
+    (b"AAPL,0", "> 0"),
+    (b",10.0", "empty symbol"),
+    (b"AAPL,1.0,x,5", "bad number"),
+    (b"AAPL,1.0,-1,5", "negative"),
+])
+def test_bad_price_frames_say_why(frame, reason):
+    with pytest.raises(ProtocolError, match=reason):
+        parse_price(memoryview(frame))
+
+
+def test_news_both_forms():
+    assert parse_news(b"73") == (None, 73)
+    assert parse_news(memoryview(b"AAPL,12")) == (b"AAPL", 12)
+    assert format_news(None, 50) == b"50*"
+    assert format_news(b"AAPL", 0) == b"AAPL,0*"
+
+
+@pytest.mark.parametrize("frame", [b"", b"abc", b"101", b"-1", b",50", b"AAPL,5.5"])
+def test_bad_news_frames(frame):
+    with pytest.raises(ProtocolError):
+        parse_news(frame)
+
+
+def test_order_round_trip_and_delimiter_safety():
+    order = Order("c*1-7", "AAPL", "BUY", 10, 173.2, client="evil*client", tick_ns=5,
+                  tick_seq=6, sent_ns=7)
+    frame = encode_order(order)
+    assert frame.endswith(MESSAGE_DELIMITER)
+    assert frame.count(MESSAGE_DELIMITER) == 1, "a '*' in a string must not end the frame early"
+    decoded = validate_order(decode_json(frame[:-1]), SYMBOLS)
+    assert decoded == order
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"symbol": "XYZ"}, "unknown symbol"),
+    ({"side": "HOLD"}, "bad side"),
+    ({"qty": 0}, "qty"),
+    ({"qty": -5}, "qty"),
+    ({"qty": 1.5}, "qty"),
+    ({"qty": True}, "qty"),
+    ({"price": math.inf}, "price"),
+    ({"price": "12"}, "price"),
+    ({"price": -1}, "price"),
+    ({"id": ""}, "order id"),
+    ({"tick_ns": "x"}, "tick_ns"),
+])
+def test_invalid_orders_are_rejected_with_a_reason(change, reason):
+    obj = {"id": "a-1", "symbol": "AAPL", "side": "SELL", "qty": 3, "price": 10.0, **change}
+    with pytest.raises(ProtocolError, match=reason):
+        validate_order(obj, SYMBOLS)
+
+
+@pytest.mark.parametrize("frame", [b"{", b"[1,2]", b"\xff\xfe", b"null"])
+def test_malformed_json(frame):
+    with pytest.raises(ProtocolError):
+        decode_json(frame)
+
+
+def test_replies():
+    ack = json.loads(encode_ack("a-1", 12)[:-1])
+    assert ack == {"type": "ack", "id": "a-1", "order_no": 12}
+    rej = json.loads(encode_reject(None, "bad *thing*")[:-1])
+    assert rej == {"type": "reject", "id": None, "reason": "bad *thing*"}
+    assert encode_reject("x", "a*b").count(b"*") == 1
