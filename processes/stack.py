@@ -92,8 +92,18 @@ class Stack:
     def sentinels(self) -> dict[int, str]:
         return {p.sentinel: name for name, p in self.procs.items()}
 
-    def dead(self) -> list[tuple[str, int | None]]:
-        return [(n, p.exitcode) for n, p in self.procs.items() if not p.is_alive()]
+    def reap(self, names: list[str]) -> list[tuple[str, int | None]]:
+        """Exit codes of children whose sentinel fired.
+
+        The sentinel becomes readable when the child's descriptors close, a moment before the
+        kernel makes it reapable, so join briefly instead of asking is_alive().
+        """
+        out = []
+        for name in names:
+            proc = self.procs[name]
+            proc.join(1.0)
+            out.append((name, proc.exitcode))
+        return out
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM downstream first (Strategy) so no order is sent into a closed OrderManager."""
@@ -112,13 +122,18 @@ class Stack:
 
     def _unlink_segment(self) -> None:
         """The OrderBook unlinks its segment on a clean exit; this covers a crashed one."""
-        path = f"/dev/shm/{self.cfg.market.shm_name.lstrip('/')}"
+        name = self.cfg.market.shm_name.lstrip("/")
+        path = f"/dev/shm/{name}"
         if os.path.exists(path):
             try:
                 os.unlink(path)
                 log.warning("removed segment %s left by a crashed OrderBook", path)
             except FileNotFoundError:
-                pass
+                return
+            # The dead OrderBook registered it with our shared resource tracker; tell the tracker
+            # it is gone, or it warns about a "leaked" segment it then fails to unlink.
+            from multiprocessing import resource_tracker
+            resource_tracker.unregister(f"/{name}", "shared_memory")
 
 
 def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
@@ -148,7 +163,7 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
                 break
             died = [sentinels[s] for s in ready if s in sentinels]
             if died:
-                for name, exitcode in stack.dead():
+                for name, exitcode in stack.reap(died):
                     log.error("%s died with exit code %s; stopping the stack", name, exitcode)
                 code = 1
                 break

@@ -1,0 +1,37 @@
+"""Build the tradestack packages and the ext._pricebook Cython extension.
+
+    python setup.py build_ext --inplace
+
+-O2 and no -march: the .so must run on whatever x86-64 (or ARM) box CI and the other
+processes use; the hot paths are a handful of loads/stores where -march buys nothing.
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension(
+        "ext._pricebook",
+        sources=["ext/_pricebook.pyx"],
+        include_dirs=["ext"],
+        depends=["ext/seqlock.h", "ext/_pricebook.pxd"],
+        extra_compile_args=["-O2", "-std=gnu11", "-Wno-unused-function"],
+    )
+]
+
+setup(
+    name="tradestack",
+    version="0.1.0",
+    packages=["reactor", "ext", "processes"],
+    package_data={"ext": ["*.pxd", "*.pyi", "*.h", "*.pyx"]},
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+        },
+    ),
+    python_requires=">=3.11",
+    zip_safe=False,
+)
