@@ -42,7 +42,7 @@ DATA, NFRAMES = make_stream()
 
 
 def _record(benchmark, frames: int) -> None:
-    benchmark.extra_info["frames_per_call"] = frames
+    benchmark.extra_info["calls_per_round"] = frames
     benchmark.extra_info["bytes_per_call"] = len(DATA)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # None under --benchmark-disable

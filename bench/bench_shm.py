@@ -33,7 +33,7 @@ ROUNDS = {"cython": 300, "python": 30, "numpy": 300, "floor": 300}
 
 
 def _run(benchmark, fn, kind: str) -> None:
-    benchmark.extra_info["inner_calls"] = INNER
+    benchmark.extra_info["calls_per_round"] = INNER
     benchmark.pedantic(fn, rounds=ROUNDS[kind], iterations=1, warmup_rounds=3)
     meta = getattr(benchmark, "stats", None)
     if meta:  # None under --benchmark-disable

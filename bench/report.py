@@ -79,13 +79,17 @@ def benchmark_tables(doc: dict) -> list[str]:
             rows.append((bench["name"], bench.get("extra_info", {}), hist, pct(hist)))
         baseline = next((r for r in rows if "baseline" in r[0]), None)
         out += [f"### {group}", "",
-                "| benchmark | p50 / call | p99 / call | p99.9 / call | max | rounds | "
+                "| benchmark | p50 | p99 | p99.9 | max | rounds | "
                 "vs baseline (p50) |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         for name, _extra, hist, (p50, p99, p999, mx) in sorted(rows, key=lambda r: r[3][0]):
             ratio = ""
-            if baseline is not None and p50 > 0:
-                ratio = f"{baseline[3][0] / p50:.2f}x faster" if name != baseline[0] else "1.00x"
+            if baseline is not None and p50 > 0 and name != baseline[0]:
+                speedup = baseline[3][0] / p50
+                ratio = (f"{speedup:.2f}x faster" if speedup >= 1
+                         else f"{1 / speedup:.2f}x slower")
+            elif baseline is not None:
+                ratio = "baseline"
             out.append(f"| `{name}` | {fmt_ns(p50)} | {fmt_ns(p99)} | {fmt_ns(p999)} | "
                        f"{fmt_ns(mx)} | {hist.get_total_count()} | {ratio} |")
         notes = [f"`{n}`: " + ", ".join(f"{k}={v}" for k, v in e.items())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from processes import config as config_mod
@@ -20,8 +21,8 @@ from reactor import Connection, Reactor, Server
 
 log = logging.getLogger("gateway")
 
-MAX_BATCH = 4096          # ticks formatted into one send; bounds the burst after a stall
-FAST_BATCH = 256          # ticks per loop turn when tick_rate = 0 ("as fast as clients drain")
+MAX_BATCH = 4096          # items formatted into one send; bounds the burst after a stall
+FAST_BATCH = 256          # items per loop turn when the rate is 0 ("as fast as clients drain")
 MIN_PERIOD = 0.001        # pacing timer period floor; higher rates batch several ticks per period
 
 
@@ -80,18 +81,78 @@ class Sentiment:
         self.values = [50] * len(symbols)
         self.rng = rng
 
-    def next(self) -> bytes:
-        i = self.rng.randrange(len(self.symbols))
-        value = 50.0 + 0.6 * (self.values[i] - 50) + self.rng.gauss(0.0, 18.0)
-        self.values[i] = v = max(0, min(100, round(value)))
-        return format_news(self.symbols[i], v)
+    def batch(self, n: int) -> bytes:
+        """n updates, each for a random symbol, as one buffer of frames."""
+        out = []
+        for _ in range(n):
+            i = self.rng.randrange(len(self.symbols))
+            value = 50.0 + 0.6 * (self.values[i] - 50) + self.rng.gauss(0.0, 18.0)
+            self.values[i] = v = max(0, min(100, round(value)))
+            out.append(format_news(self.symbols[i], v))
+        return b"".join(out)
 
     def snapshot(self) -> bytes:
         return b"".join(format_news(s, v) for s, v in zip(self.symbols, self.values))
 
 
+class PacedFeed:
+    """Emit `rate` items per second in timer-driven batches; rate 0 = as fast as clients drain.
+
+    Paced: a timer every max(1/rate, 1 ms) emits the items due since start, so rates above
+    1 kHz batch several items per send; after a stall it skips ahead instead of bursting.
+    Unpaced: one FAST_BATCH per loop turn while some client has room, idle when none does.
+    """
+
+    def __init__(self, reactor: Reactor, rate: float, emit: Callable[[int], None],
+                 clients: list[Connection], room: int) -> None:
+        self.reactor = reactor
+        self.rate = rate
+        self.emit = emit
+        self.clients = clients
+        self.room = room
+        self._t0 = 0.0
+        self._done = 0
+        self._scheduled = False
+
+    def start(self) -> None:
+        if self.rate > 0:
+            self._t0 = self.reactor.time()
+            self.reactor.call_every(max(1.0 / self.rate, MIN_PERIOD), self._paced)
+        else:
+            self.wake()
+
+    def wake(self) -> None:
+        """A client arrived: an unpaced feed that went idle starts again."""
+        if self.rate <= 0 and not self._scheduled:
+            self._scheduled = True
+            self.reactor.call_soon(self._pump)
+
+    def _paced(self) -> None:
+        due = int((self.reactor.time() - self._t0) * self.rate)
+        n = due - self._done
+        if n <= 0:
+            return
+        if n > MAX_BATCH:
+            n = MAX_BATCH
+            self._done = due
+        else:
+            self._done += n
+        self.emit(n)
+
+    def _pump(self) -> None:
+        self._scheduled = False
+        if not self.clients:
+            return  # nobody listening: idle until wake()
+        if any(c.pending < self.room for c in self.clients):
+            self.emit(FAST_BATCH)
+            self.wake()
+        else:
+            self._scheduled = True
+            self.reactor.call_later(MIN_PERIOD, self._pump)
+
+
 class Gateway:
-    """Two servers (prices, news) and the timers that feed them."""
+    """Two servers (prices, news) and the paced feeds that fill them."""
 
     def __init__(self, reactor: Reactor, cfg: config_mod.Config) -> None:
         self.reactor = reactor
@@ -109,9 +170,10 @@ class Gateway:
         self.ticks_sent = 0          # tick deliveries (ticks x clients that took them)
         self.news_sent = 0
         self.batches = 0
-        self._t0 = 0.0
-        self._due = 0
-        self._pump_scheduled = False
+        room = g.max_client_buffer // 2
+        self.tick_feed = PacedFeed(reactor, g.tick_rate, self._broadcast, self.price_clients, room)
+        self.news_feed = PacedFeed(reactor, g.news_rate, self._broadcast_news, self.news_clients,
+                                   room)
         self._last_stats: tuple[float, int, int] = (time.monotonic(), 0, 0)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -123,12 +185,8 @@ class Gateway:
                                    self._on_price_client, **conn_opts)
         self.news_server = Server(self.reactor, net.host, net.news_port,
                                   self._on_news_client, **conn_opts)
-        self._t0 = self.reactor.time()
-        if g.tick_rate > 0:
-            period = max(1.0 / g.tick_rate, MIN_PERIOD)
-            self.reactor.call_every(period, self._paced_ticks)
-        if g.news_rate > 0:
-            self.reactor.call_every(1.0 / g.news_rate, self._news_tick)
+        self.tick_feed.start()
+        self.news_feed.start()
         return {"price_port": self.price_server.port, "news_port": self.news_server.port,
                 "symbols": len(self.walk.symbols), "tick_rate": g.tick_rate}
 
@@ -156,8 +214,7 @@ class Gateway:
         self.price_clients.append(conn)
         conn.send(self.walk.snapshot(time.monotonic_ns(), self.plain))
         log.info("price client %s connected (%d now)", conn.peer, len(self.price_clients))
-        if self.cfg.gateway.tick_rate <= 0:
-            self._schedule_pump()
+        self.tick_feed.wake()
 
     def _on_news_client(self, conn: Connection) -> None:
         conn.on_frame = _ignore_frame
@@ -165,6 +222,7 @@ class Gateway:
         self.news_clients.append(conn)
         conn.send(self.news.snapshot())
         log.info("news client %s connected (%d now)", conn.peer, len(self.news_clients))
+        self.news_feed.wake()
 
     def _on_price_close(self, conn: Connection, reason: str | None) -> None:
         if conn in self.price_clients:
@@ -188,40 +246,9 @@ class Gateway:
                 sent += n
         self.ticks_sent += sent
 
-    def _paced_ticks(self) -> None:
-        """Emit the ticks due since start at tick_rate; after a stall, skip rather than burst."""
-        due = int((self.reactor.time() - self._t0) * self.cfg.gateway.tick_rate)
-        n = due - self._due
-        if n <= 0:
-            return
-        if n > MAX_BATCH:
-            n = MAX_BATCH
-            self._due = due
-        else:
-            self._due += n
-        self._broadcast(n)
-
-    def _schedule_pump(self) -> None:
-        if not self._pump_scheduled:
-            self._pump_scheduled = True
-            self.reactor.call_soon(self._pump)
-
-    def _pump(self) -> None:
-        """tick_rate = 0: generate as fast as the slowest client with room drains its socket."""
-        self._pump_scheduled = False
-        clients = self.price_clients
-        if not clients:
-            return  # nobody listening: idle until the next accept
-        limit = self.cfg.gateway.max_client_buffer // 2
-        if any(c.pending < limit for c in clients):
-            self._broadcast(FAST_BATCH)
-            self._schedule_pump()
-        else:
-            self.reactor.call_later(MIN_PERIOD, self._schedule_pump)
-
-    def _news_tick(self) -> None:
-        data = self.news.next()
-        self.news_sent += 1
+    def _broadcast_news(self, n: int) -> None:
+        data = self.news.batch(n)
+        self.news_sent += n
         for conn in self.news_clients:
             conn.send(data)
 

@@ -7,7 +7,16 @@ import socket
 import time
 
 import pytest
-from stackutil import CTX, Child, make_config, recv_frames, shm_exists, wait_until
+from stackutil import (
+    CTX,
+    Child,
+    cpu_seconds,
+    make_config,
+    recv_frames,
+    rss_bytes,
+    shm_exists,
+    wait_until,
+)
 
 from ext import SharedPriceBook
 from processes.protocol import Order as OrderMsg
@@ -65,6 +74,69 @@ def test_plain_gateway_sends_two_field_frames(tmp_path, children):
     with socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5) as sock:
         frames = recv_frames(sock, 20)
     assert all(f.count(b",") == 1 for f in frames)
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_never_reads_cannot_grow_gateway_memory(tmp_path, children):
+    """Both feeds as fast as possible; one subscriber stalls, another keeps reading."""
+    bound = 256 * 1024
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 0, "gateway.news_rate": 0,
+                                   "gateway.max_client_buffer": bound})
+    info = start(children, "gateway", cfg)
+    pid = children[0].proc.pid
+    stalled = socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    live = socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
+    try:
+        recv_frames(live, 1000)
+        time.sleep(0.5)
+        rss_start = rss_bytes(pid)
+        received = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:   # the live client keeps getting data throughout
+            received += len(live.recv(1 << 20))
+        growth = rss_bytes(pid) - rss_start
+        assert received > 1_000_000, "the stalled client must not stall the others"
+        # Pending output is capped at `bound` per client; allow for allocator noise.
+        assert growth < 8 * bound, f"gateway RSS grew {growth} bytes in 3 s"
+    finally:
+        stalled.close()
+        live.close()
+    log_text = (tmp_path / "logs" / "gateway.log").read_text()
+    assert "price client" in log_text
+
+
+@pytest.mark.timeout(60)
+def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
+    """No ticks, no news: the default (block) Strategy must use ~no CPU while waiting on shm."""
+    cfg = make_config(tmp_path)
+    venue_news = socket.create_server(("127.0.0.1", 0))
+    venue_orders = socket.create_server(("127.0.0.1", 0))
+    cfg.network.news_port = venue_news.getsockname()[1]
+    cfg.network.order_port = venue_orders.getsockname()[1]
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    try:
+        start(children, "strategy", cfg)
+        pid = children[0].proc.pid
+        time.sleep(1.0)                      # let start-up work finish
+        before = cpu_seconds(pid)
+        time.sleep(2.0)
+        used = cpu_seconds(pid) - before
+        assert used < 0.04, f"idle strategy used {used:.3f} s CPU in 2 s"
+        # ...and it is really waiting, not deaf: ticks written now reach it through the doorbell.
+        for k in range(3):
+            book.update("AAPL", 101.0 + k, time.monotonic_ns(), k + 1)
+            time.sleep(0.05)
+        assert children[0].stop() == 0
+    finally:
+        children[0].stop()
+        venue_news.close()
+        venue_orders.close()
+        book.close()
+        book.unlink()
+    final = [x for x in (tmp_path / "logs" / "strategy.log").read_text().splitlines()
+             if "stopping:" in x]
+    assert final and " ticks=3 " in final[-1], final
 
 
 def _book_prices(book: SharedPriceBook) -> dict[str, tuple]:
