@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from processes import config as config_mod
-from processes.runtime import setup_logging
+from processes.runtime import parse_cli, setup_logging
 from processes.stack import run_stack
 
 
@@ -19,16 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python main.py", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                         help="stop cleanly after this many seconds (default: run until Ctrl+C)")
-    config_mod.add_arguments(parser, (), extra=(
+    cfg, args = parse_cli(parser, (), argv, extra=(
         ("network", "price_port"), ("network", "news_port"), ("network", "order_port"),
         ("gateway", "tick_rate"), ("gateway", "news_rate"), ("order_manager", "order_log")))
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_mod.from_args(args)
-    except config_mod.ConfigError as exc:
-        parser.error(str(exc))
-    if args.print_config:
-        print(cfg.to_toml())
+    if cfg is None:
         return 0
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be > 0")

@@ -108,11 +108,10 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         logging.shutdown()
 
 
-def cli(name: str, description: str, sections: tuple[str, ...],
-        argv: list[str] | None = None,
-        extra: tuple[tuple[str, str], ...] = ()) -> config_mod.Config | None:
-    """Parse a standalone process's command line; None means --print-config was handled."""
-    parser = argparse.ArgumentParser(prog=f"python -m processes.{name}", description=description)
+def parse_cli(parser: argparse.ArgumentParser, sections: tuple[str, ...],
+              argv: list[str] | None = None, extra: tuple[tuple[str, str], ...] = (),
+              ) -> tuple[config_mod.Config | None, argparse.Namespace]:
+    """Add the settings flags, parse, build the Config; (None, args) if --print-config ran."""
     config_mod.add_arguments(parser, sections, extra)
     args = parser.parse_args(argv)
     try:
@@ -121,5 +120,13 @@ def cli(name: str, description: str, sections: tuple[str, ...],
         parser.error(str(exc))
     if args.print_config:
         print(cfg.to_toml())
-        return None
-    return cfg
+        return None, args
+    return cfg, args
+
+
+def cli(name: str, description: str, sections: tuple[str, ...],
+        argv: list[str] | None = None,
+        extra: tuple[tuple[str, str], ...] = ()) -> config_mod.Config | None:
+    """Parse a standalone process's command line; None means --print-config was handled."""
+    parser = argparse.ArgumentParser(prog=f"python -m processes.{name}", description=description)
+    return parse_cli(parser, sections, argv, extra)[0]

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -28,6 +27,22 @@ def main_cmd(tmp_path: Path, shm: str, *extra: str) -> list[str]:
 
 def child_pids(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"(\w+) ready \(pid (\d+)\)", output)}
+
+
+def start_main(tmp_path: Path, shm: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start main.py and read its output until the whole stack reports running."""
+    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    while True:  # bounded by the test's timeout; EOF means main.py died during start-up
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("main.py exited during start-up:\n" + "".join(lines))
+        lines.append(line)
+        if "stack running" in line:
+            return proc, lines
 
 
 def assert_nothing_left(output: str, shm: str) -> None:
@@ -57,19 +72,8 @@ def test_main_duration_trades_and_exits_clean(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_main_stops_everything(tmp_path, sig):
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
-    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
+    proc, lines = start_main(tmp_path, shm)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "stack running" in line:
-                break
-        assert any("stack running" in x for x in lines), "".join(lines)
         assert shm_exists(shm)
         os.kill(proc.pid, sig)
         rest, _ = proc.communicate(timeout=30)
@@ -85,16 +89,8 @@ def test_signal_to_main_stops_everything(tmp_path, sig):
 @pytest.mark.timeout(60)
 def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
-    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
+    proc, lines = start_main(tmp_path, shm)
     try:
-        while True:
-            line = proc.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-            if "stack running" in line:
-                break
         os.kill(child_pids("".join(lines))["orderbook"], signal.SIGKILL)
         rest, _ = proc.communicate(timeout=30)
     finally:
