@@ -30,9 +30,10 @@ def child_pids(output: str) -> dict[str, int]:
 
 
 def start_main(tmp_path: Path, shm: str) -> tuple[subprocess.Popen, list[str]]:
-    """Start main.py and read its output until the whole stack reports running."""
+    """Start main.py in its own session (as a terminal would) and read its output until the
+    whole stack reports running."""
     proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     while True:  # bounded by the test's timeout; EOF means main.py died during start-up
         line = proc.stdout.readline()
@@ -69,13 +70,20 @@ def test_main_duration_trades_and_exits_clean(tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_to_main_stops_everything(tmp_path, sig):
+@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, False),
+                                        (signal.SIGINT, True)],
+                         ids=["SIGTERM-main", "SIGINT-main", "Ctrl+C-whole-group"])
+def test_signal_to_main_stops_everything(tmp_path, sig, group):
+    """`kill <main pid>`, SIGINT to main alone, and a terminal's Ctrl+C (SIGINT to every
+    process of the foreground group at once) all stop the stack with exit code 0."""
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
     proc, lines = start_main(tmp_path, shm)
     try:
         assert shm_exists(shm)
-        os.kill(proc.pid, sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
         rest, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -101,6 +109,28 @@ def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
     assert proc.returncode == 1
     assert "orderbook died with exit code -9" in out
     assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(60)
+def test_children_exit_when_main_is_killed(tmp_path):
+    """SIGKILL main.py: it runs no cleanup, so the children must notice (PR_SET_PDEATHSIG)
+    and exit by themselves, the OrderBook unlinking its segment on the way out."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc, lines = start_main(tmp_path, shm)
+    try:
+        pids = child_pids("".join(lines))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 10,
+                   what="orphaned children to exit")
+        wait_until(lambda: not shm_exists(shm), 5, what="segment to be unlinked")
+    finally:
+        for pid in child_pids("".join(lines)).values():  # never leave strays, even on failure
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.mark.timeout(30)
