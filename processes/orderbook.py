@@ -78,6 +78,8 @@ class OrderBookService:
         log.info("connected to price feed %s", conn.peer)
 
     def _on_disconnect(self, reason: str | None) -> None:
+        if self.dialer is not None and self.dialer.closed:
+            return  # our own shutdown, not a lost feed
         self.disconnects += 1
         log.warning("price feed lost (%s); reconnecting with backoff", reason or "closed by peer")
 

@@ -75,6 +75,8 @@ class OrderClient:
         log.info("connected to order manager %s", conn.peer)
 
     def _on_disconnect(self, reason: str | None) -> None:
+        if self.dialer.closed:
+            return  # our own shutdown
         log.warning("order manager lost (%s); %d orders unacknowledged; reconnecting",
                     reason or "closed by peer", len(self.pending))
 
@@ -240,6 +242,8 @@ class StrategyService:
             self.sentiment[i] = value
 
     def _on_news_lost(self, reason: str | None) -> None:
+        if self.news_dialer.closed:
+            return  # our own shutdown
         log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
 
     def _on_reply(self, reply: dict, entry: tuple[Order, int] | None) -> None:
