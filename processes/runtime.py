@@ -82,6 +82,10 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         die_with_parent()
     log = setup_logging(name, cfg.logging)
     reactor = Reactor(idle=idle)
+    # Handlers first: a SIGTERM between "ready" and run() must still mean a clean stop (the
+    # OrderBook unlinks its segment), not the default handler's instant death.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        reactor.add_signal_handler(signum, reactor.stop)
     service = None
     try:
         service = build(reactor)
@@ -90,8 +94,6 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         if ready is not None:
             ready.send(info)
             ready.close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            reactor.add_signal_handler(signum, reactor.stop)
         reactor.call_every(STATS_INTERVAL, lambda: log.info("%s", format_stats(service.stats())))
         reactor.run()
         log.info("stopping: %s", format_stats(service.stats()))

@@ -66,8 +66,14 @@ class Child:
         if reader not in ready:
             self.stop()
             raise RuntimeError(f"{self.name} did not report ready (exit {self.proc.exitcode})")
-        self.info = reader.recv()
-        reader.close()
+        try:
+            self.info = reader.recv()
+        except EOFError:
+            self.proc.join(5)
+            raise RuntimeError(
+                f"{self.name} died before ready (exit {self.proc.exitcode})") from None
+        finally:
+            reader.close()
         if "error" in self.info:
             self.stop()
             raise RuntimeError(f"{self.name} failed: {self.info['error']}")

@@ -139,6 +139,17 @@ def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
     assert final and " ticks=3 " in final[-1], final
 
 
+@pytest.mark.timeout(60)
+def test_orderbook_stopped_right_after_ready_still_unlinks(tmp_path):
+    """SIGTERM the instant 'ready' is reported: the signal must already mean a clean stop."""
+    for _ in range(8):
+        cfg = make_config(tmp_path)
+        child = Child("orderbook", cfg)
+        child.start()
+        assert child.stop() == 0
+        assert not shm_exists(cfg.market.shm_name)
+
+
 def _book_prices(book: SharedPriceBook) -> dict[str, tuple]:
     return {s: book.read_slot(i) for i, s in enumerate(book.symbols)}
 
