@@ -250,6 +250,10 @@ class SharedPriceBook:
         """Seqlock-write slot i under the writer lock (write_ns = now). Does not publish."""
         w = self._check(i)
         price = float(price)
+        # Range-check before the odd store, as the C version converts arguments before it
+        # touches the slot: a store that raises half way would leave the slot torn (or odd).
+        if not (-(1 << 63) <= sent_ns < (1 << 63) and 0 <= tick_seq < (1 << 64)):
+            raise OverflowError("sent_ns must fit int64 and tick_seq uint64")
         lock = self.lock
         lock.acquire()
         try:

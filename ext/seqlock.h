@@ -48,8 +48,9 @@
  * --------------------------------------------------------------- doorbell (Dekker)
  * Writer publish():  fetch_add(publish_seq, 1, SEQ_CST)  [W1];  n = load(sleepers, SEQ_CST) [R1]
  *                    if n: for entries: CAS(state SLEEPING->AWAKE) -> fetch_sub(sleepers), ring.
- * Reader arm():      CAS(state AWAKE->SLEEPING, SEQ_CST); fetch_add(sleepers, 1, SEQ_CST) [W2];
- *                    p = load(publish_seq, SEQ_CST) [R2]; if p != last polled: undo, don't sleep.
+ * Reader arm():      fetch_add(sleepers, 1, SEQ_CST) [W2]; CAS(state AWAKE->SLEEPING, SEQ_CST)
+ *                    (undo the add if the CAS fails); p = load(publish_seq, SEQ_CST) [R2];
+ *                    if p != last polled: disarm, don't sleep.
  *
  * Each side stores its flag and then loads the other side's flag - the classic Dekker shape,
  * which needs store->load ordering. x86-TSO *does* reorder a store with a later load (the
@@ -61,11 +62,15 @@
  * sequence: the reader's CAS to SLEEPING (sequenced before W2) happens-before the writer's
  * scan, which therefore sees SLEEPING and rings. No lost wake-up in either interleaving.
  *
- * Exactly one party decrements for each increment: whoever wins CAS SLEEPING->AWAKE (the
- * writer when waking, the reader when disarming). sleepers is only a "somebody may be
- * asleep" hint; it may transiently wrap below zero while a reader's fetch_add races the
- * writer's fetch_sub for the same entry, which merely costs the writer one extra scan. The
- * per-entry CAS is the authority.
+ * Invariant: sleepers >= the number of SLEEPING entries, at every instant. The add comes
+ * BEFORE an entry can become SLEEPING, and the matching sub comes only AFTER it has left
+ * SLEEPING (by whoever wins CAS SLEEPING->AWAKE: the writer when waking, the reader when
+ * disarming). The opposite order (CAS first, add second) is wrong with two readers: the
+ * writer can claim reader A between A's CAS and A's add and decrement first, so the counter
+ * undercounts by one and reads 0 while reader B sleeps - B's next publish is skipped and its
+ * wake-up lost (tests/test_pricebook.py reproduces this interleaving). The counter may
+ * overcount for a moment (an add whose CAS is about to fail or be undone); that only costs the
+ * writer a scan that finds nobody. The per-entry CAS is the authority on who rings.
  */
 #ifndef TRADESTACK_SEQLOCK_H
 #define TRADESTACK_SEQLOCK_H
@@ -203,7 +208,9 @@ TSB_INLINE uint32_t tsb_publish(uint32_t *publish_seq, const uint32_t *sleepers)
  * readers' cache lines shared (no RMW); it cannot miss a sleeper that the Dekker argument
  * guarantees, because that reader's CAS happens-before this load (see top of file). */
 TSB_INLINE int tsb_wake_claim(uint32_t *state, uint32_t *sleepers) {
-    if (__atomic_load_n(state, __ATOMIC_ACQUIRE) != TSB_STATE_SLEEPING)
+    /* SEQ_CST (the same instruction as acquire on x86 and ARMv8): the Dekker argument needs
+     * this load in the single total order, after R1, to see the reader's CAS. */
+    if (__atomic_load_n(state, __ATOMIC_SEQ_CST) != TSB_STATE_SLEEPING)
         return 0;
     if (!tsb_u32_cas_seqcst(state, TSB_STATE_SLEEPING, TSB_STATE_AWAKE))
         return 0;                                /* the reader disarmed itself first */
@@ -217,11 +224,12 @@ TSB_INLINE int tsb_disarm(uint32_t *state, uint32_t *sleepers);
 TSB_INLINE int tsb_arm(uint32_t *state, uint32_t *sleepers, const uint32_t *publish_seq,
                        uint32_t seen) {
     uint32_t expected = TSB_STATE_AWAKE;
-    if (__atomic_compare_exchange_n(state, &expected, TSB_STATE_SLEEPING, 0,
-                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-        __atomic_fetch_add(sleepers, 1u, __ATOMIC_SEQ_CST);           /* W2 */
-    } else if (expected != TSB_STATE_SLEEPING) {
-        return -1;                               /* already armed is fine; FREE is not */
+    __atomic_fetch_add(sleepers, 1u, __ATOMIC_SEQ_CST);               /* W2: before the CAS */
+    if (!__atomic_compare_exchange_n(state, &expected, TSB_STATE_SLEEPING, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        __atomic_fetch_sub(sleepers, 1u, __ATOMIC_SEQ_CST);           /* no transition: undo */
+        if (expected != TSB_STATE_SLEEPING)
+            return -1;                           /* already armed is fine; FREE is not */
     }
     if (__atomic_load_n(publish_seq, __ATOMIC_SEQ_CST) == seen)       /* R2 */
         return 1;

@@ -14,6 +14,9 @@ MESSAGE_DELIMITER = b"*"
 PROTOCOL_VERSION = 1
 SIDES = ("BUY", "SELL")
 MAX_FRAME = 4096  # bytes; a longer frame closes the connection (see reactor.FrameReader)
+MAX_PRICE = 1e9   # anything above is a feed error, and would overflow fixed-point maths downstream
+MAX_U64 = (1 << 64) - 1
+MAX_I64 = (1 << 63) - 1
 
 _COMMA = b","
 
@@ -42,10 +45,11 @@ def parse_price(frame: memoryview | bytes) -> tuple[bytes, float, int, int]:
         if isinstance(exc, ProtocolError):
             raise
         raise ProtocolError(f"bad number in price frame {bytes(frame)[:64]!r}") from None
-    if not (price > 0.0 and price != math.inf):  # also rejects nan
-        raise ProtocolError(f"price must be finite and > 0, got {price!r}")
-    if seq < 0 or sent_ns < 0:
-        raise ProtocolError("negative sequence or timestamp")
+    if not 0.0 < price <= MAX_PRICE:  # also rejects nan and inf
+        raise ProtocolError(f"price must be finite, > 0 and <= {MAX_PRICE:g}, got {price!r}")
+    # Bounded here so they fit the shared-memory slot (u64 seq, i64 ns) instead of failing there.
+    if not (0 <= seq <= MAX_U64 and 0 <= sent_ns <= MAX_I64):
+        raise ProtocolError("sequence or timestamp out of range")
     sym = parts[0]
     if not sym:
         raise ProtocolError("empty symbol")
@@ -116,8 +120,10 @@ def encode_order(order: Order) -> bytes:
 def decode_json(frame: memoryview | bytes) -> dict:
     try:
         obj = json.loads(bytes(frame))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and int-digit limits;
+        # RecursionError is what deeply nested brackets ("[[[[...") raise.
+        raise ProtocolError(f"malformed JSON: {type(exc).__name__}: {str(exc)[:100]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("expected a JSON object")
     return obj
@@ -137,16 +143,23 @@ def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
     qty = obj.get("qty")
     if isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0:
         raise ProtocolError(f"qty must be an integer > 0, got {qty!r}")
-    price = obj.get("price")
-    if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) \
-            or price <= 0:
-        raise ProtocolError(f"price must be a finite number > 0, got {price!r}")
+    raw_price = obj.get("price")
+    if isinstance(raw_price, bool) or not isinstance(raw_price, (int, float)):
+        raise ProtocolError(f"price must be a number, got {raw_price!r}")
+    try:
+        price = float(raw_price)  # a 400-digit int raises OverflowError here, not later
+    except OverflowError:
+        raise ProtocolError("price out of range") from None
+    if not (math.isfinite(price) and 0.0 < price <= MAX_PRICE):
+        raise ProtocolError(f"price must be finite, > 0 and <= {MAX_PRICE:g}, got {price!r}")
+    if qty > MAX_I64:
+        raise ProtocolError("qty out of range")
     client = obj.get("client", "")
     ints = [obj.get(k, 0) for k in ("tick_ns", "tick_seq", "sent_ns")]
-    if not isinstance(client, str) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in ints):
+    if not isinstance(client, str) or len(client) > 128 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_U64 for v in ints):
         raise ProtocolError("bad client, tick_ns, tick_seq or sent_ns field")
-    return Order(oid, symbol, side, qty, float(price), client, *ints)
+    return Order(oid, symbol, side, qty, price, client, *ints)
 
 
 def encode_ack(order_id: str, order_no: int) -> bytes:

@@ -373,6 +373,19 @@ def test_round_trip(book_impl, book_name):
     book.unlink()  # idempotent
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("bad", [(1.0, 1 << 63, 1), (1.0, 1, 1 << 64), (1.0, 1, -1)])
+def test_rejected_write_leaves_the_slot_untouched(book_impl, book_name, bad):
+    """An out-of-range field must fail before the odd store: never an odd or torn slot."""
+    with book_impl.SharedPriceBook(["AAPL"], name=book_name) as book:
+        book.write(0, 5.0, 7, 3)
+        seq = book.seq(0)
+        with pytest.raises(OverflowError):
+            book.write(0, *bad)
+        assert book.seq(0) == seq and seq % 2 == 0
+        assert book.read_slot(0)[:3] == (5.0, 7, 3)
+
+
 def test_symbol_validation(book_impl, book_name):
     for bad in ([], ["A", "A"], ["X" * 16], ["A,B"], ["A*"], ["é"], [""], ["A B\n"]):
         with pytest.raises((ValueError, TypeError)):
@@ -665,6 +678,47 @@ def test_arm_disarm_protocol_in_process(book_impl, book_name):
         assert book.header()["sleepers"] == 0
         assert book.publish() == 0  # nobody asleep: no ring
         assert r.drain() == 0
+
+
+@pytest.mark.timeout(10)
+def test_two_readers_no_lost_wakeup_when_one_stalls_mid_arm(book_name):
+    """Reader A stalls inside arm() (emulated with raw word pokes: its add is done, its CAS not
+    yet), the writer wakes B meanwhile; afterwards B must still be rung, and at every step
+    `sleepers` >= the number of SLEEPING entries (the invariant seqlock.h argues)."""
+    if cpb is None:
+        pytest.skip("ext._pricebook is not built")
+    sleepers_at = layout.CONTROL_OFFSET + layout.CONTROL_OFFSETS["sleepers"]
+    with cpb.SharedPriceBook(SYMS, name=book_name) as book, book.reader() as a, \
+            book.reader() as b:
+
+        def check_invariant() -> int:
+            h = book.header()
+            asleep = sum(r["state"] == layout.STATE_SLEEPING for r in h["readers"])
+            assert 0 <= h["sleepers"] < 2**31 and h["sleepers"] >= asleep, h
+            return h["sleepers"]
+
+        state_at = (layout.READERS_OFFSET + a.entry_index * layout.READER_ENTRY_SIZE
+                    + layout.READER_OFFSETS["state"])
+        a.poll()
+        b.poll()
+        assert b.arm() is True
+        # A: fetch_add(sleepers) done, CAS AWAKE->SLEEPING not yet.
+        _poke(book_name, sleepers_at, struct.pack("<I", check_invariant() + 1))
+        book.write(0, 101.0)
+        assert book.publish() == 1                      # rings B only
+        check_invariant()
+        # A: its CAS lands now, then its re-check sees the publish and it backs out.
+        _poke(book_name, state_at, struct.pack("<I", layout.STATE_SLEEPING))
+        check_invariant()
+        a.disarm()
+        assert check_invariant() == 0
+        assert select.select([b.fileno()], [], [], 1.0)[0] and b.drain() == 1
+        assert b.poll() == 1 and b.arm() is True        # B goes back to sleep
+        book.write(0, 102.0)
+        assert book.publish() == 1, "B's wake-up was lost"
+        assert select.select([b.fileno()], [], [], 1.0)[0] and b.drain() == 1
+        b.disarm()
+        assert check_invariant() == 0
 
 
 @pytest.mark.timeout(60)

@@ -47,7 +47,10 @@ def test_price_extended_form_round_trips():
     (b"AAPL,0", "> 0"),
     (b",10.0", "empty symbol"),
     (b"AAPL,1.0,x,5", "bad number"),
-    (b"AAPL,1.0,-1,5", "negative"),
+    (b"AAPL,1.0,-1,5", "out of range"),
+    (b"AAPL,1e303", "<= 1e"),
+    (b"AAPL,1.0,2,99999999999999999999", "out of range"),
+    (b"AAPL,1.0,18446744073709551616,5", "out of range"),
 ])
 def test_bad_price_frames_say_why(frame, reason):
     with pytest.raises(ProtocolError, match=reason):
@@ -89,6 +92,12 @@ def test_order_round_trip_and_delimiter_safety():
     ({"price": -1}, "price"),
     ({"id": ""}, "order id"),
     ({"tick_ns": "x"}, "tick_ns"),
+    ({"tick_ns": -1}, "tick_ns"),
+    ({"sent_ns": 1 << 64}, "sent_ns"),
+    ({"price": 10 ** 400}, "out of range"),
+    ({"price": 1e300}, "price"),
+    ({"qty": 1 << 70}, "qty"),
+    ({"client": 7}, "client"),
 ])
 def test_invalid_orders_are_rejected_with_a_reason(change, reason):
     obj = {"id": "a-1", "symbol": "AAPL", "side": "SELL", "qty": 3, "price": 10.0, **change}
@@ -96,7 +105,8 @@ def test_invalid_orders_are_rejected_with_a_reason(change, reason):
         validate_order(obj, SYMBOLS)
 
 
-@pytest.mark.parametrize("frame", [b"{", b"[1,2]", b"\xff\xfe", b"null"])
+@pytest.mark.parametrize("frame", [b"{", b"[1,2]", b"\xff\xfe", b"null", b"[" * 4000,
+                                   b'{"price": ' + b"9" * 5000 + b"}"])
 def test_malformed_json(frame):
     with pytest.raises(ProtocolError):
         decode_json(frame)
