@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -182,6 +183,13 @@ def validate(cfg: Config) -> None:
         port = getattr(cfg.network, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"network.{name}: {port} is not a TCP port")
+    if not cfg.network.host.strip():
+        raise ConfigError("network.host: must not be empty")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", cfg.market.shm_name):
+        raise ConfigError(f"market.shm_name: {cfg.market.shm_name!r} must be 1-200 of "
+                          "A-Z a-z 0-9 _ . - (it names a file in /dev/shm)")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.strategy.name):
+        raise ConfigError(f"strategy.name: {cfg.strategy.name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
     symbols = cfg.market.symbols
     if not symbols:
         raise ConfigError("market.symbols: at least one symbol is needed")

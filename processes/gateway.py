@@ -241,7 +241,8 @@ class Gateway:
         self.ticks += n
         self.batches += 1
         sent = 0
-        for conn in self.price_clients:
+        # A snapshot: a failing send closes its client, which removes it from the list.
+        for conn in tuple(self.price_clients):
             if conn.send(data):
                 sent += n
         self.ticks_sent += sent
@@ -249,7 +250,7 @@ class Gateway:
     def _broadcast_news(self, n: int) -> None:
         data = self.news.batch(n)
         self.news_sent += n
-        for conn in self.news_clients:
+        for conn in tuple(self.news_clients):
             conn.send(data)
 
 

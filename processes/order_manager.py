@@ -27,6 +27,9 @@ from reactor import Connection, Reactor, Server
 
 log = logging.getLogger("order_manager")
 
+LOGGED_REJECTS = 20  # rejects logged one by one; the rest only counted (a garbage flood
+                     # must not turn into a console and disk flood that stalls every client)
+
 
 class OrderManager:
     """Books every valid order exactly once per receipt and answers every frame."""
@@ -46,8 +49,10 @@ class OrderManager:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         net = self.cfg.network
+        # overflow="close": a client that stops reading acks is closed, never silently
+        # short of an ack for an order we booked.
         self.server = Server(self.reactor, net.host, net.order_port, self._on_client,
-                             max_frame=MAX_FRAME)
+                             max_frame=MAX_FRAME, overflow="close")
         return {"order_port": self.server.port, "order_log": str(path)}
 
     def close(self) -> None:
@@ -99,7 +104,10 @@ class OrderManager:
     def _reject(self, conn: Connection, order_id: str | None, reason: str) -> None:
         self.rejects += 1
         conn.send(encode_reject(order_id, reason))
-        log.warning("rejected order %s from %s: %s", order_id, conn.peer, reason)
+        if self.rejects <= LOGGED_REJECTS:
+            log.warning("rejected order %s from %s: %s", order_id, conn.peer, reason)
+        elif self.rejects == LOGGED_REJECTS + 1:
+            log.warning("more rejects follow; only counted from now on (see the stats line)")
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:

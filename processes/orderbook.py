@@ -19,7 +19,8 @@ from reactor import Backoff, Connection, Dialer, Reactor
 
 log = logging.getLogger("orderbook")
 
-HEARTBEAT_INTERVAL = 0.5  # seconds; lets a later start tell a crashed owner from a live one
+HEARTBEAT_INTERVAL = 0.5  # seconds; written for readers and reclaim logic to judge liveness
+                          # (today reclaim uses owner_pid only; see the reliability issue)
 LOGGED_REJECTS = 5        # malformed/unknown frames logged one by one; the rest only counted
 
 
@@ -61,8 +62,8 @@ class OrderBookService:
         if self.dialer is not None:
             self.dialer.close()
         if self.book is not None:
+            self.book.unlink()   # first: the name must go even if unmapping fails
             self.book.close()
-            self.book.unlink()
 
     def stats(self) -> dict[str, Any]:
         now = self.reactor.time()

@@ -18,6 +18,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
+from ext import layout
 from processes import config as config_mod
 
 log = logging.getLogger("main")
@@ -36,8 +37,25 @@ def _child(name: str, cfg: config_mod.Config, ready: Any, lock: Any) -> None:
     raise SystemExit(module.run(cfg, **kwargs))
 
 
+def segment_owner(path: str) -> int | None:
+    """owner_pid from a price-book header, or None if the file is missing or not a book."""
+    off = layout.HEADER_OFFSETS["owner_pid"]
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(off + 8)
+    except OSError:
+        return None
+    if len(head) < off + 8 or not head.startswith(layout.MAGIC_BYTES):
+        return None
+    return int.from_bytes(head[off:off + 8], "little")
+
+
 class StackError(RuntimeError):
     """A child failed to start or died."""
+
+
+class StartInterrupted(Exception):
+    """A stop was requested (Ctrl+C, SIGTERM) while the stack was still starting."""
 
 
 class Stack:
@@ -50,22 +68,27 @@ class Stack:
         self.info: dict[str, dict[str, Any]] = {}
         self.lock = self.ctx.Lock()   # shared by every writer of the price book
 
-    def start(self) -> None:
+    def start(self, stop_fd: Any = None) -> None:
+        """Start every child in order; `stop_fd` becoming readable aborts the start-up."""
         # One resource tracker for all children, started before them: if the OrderBook is killed,
         # the tracker (not the dead process) unlinks its segment when the stack exits.
         from multiprocessing import resource_tracker
         resource_tracker.ensure_running()
         for name in ORDER:
-            self._start_one(name)
+            self._start_one(name, stop_fd)
 
-    def _start_one(self, name: str) -> None:
+    def _start_one(self, name: str, stop_fd: Any = None) -> None:
         reader, writer = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(target=_child, name=name,
                                 args=(name, self.cfg, writer, self.lock), daemon=False)
         proc.start()
         writer.close()
         self.procs[name] = proc
-        ready = wait([reader, proc.sentinel], timeout=READY_TIMEOUT)
+        watch = [reader, proc.sentinel] + ([stop_fd] if stop_fd is not None else [])
+        ready = wait(watch, timeout=READY_TIMEOUT)
+        if stop_fd is not None and stop_fd in ready and reader not in ready:
+            reader.close()
+            raise StartInterrupted(name)
         info = None
         if reader in ready:
             try:
@@ -80,7 +103,8 @@ class Stack:
                 why = f"no ready report within {READY_TIMEOUT:.0f}s"
             else:
                 why = f"exit code {proc.exitcode}"
-            raise StackError(f"{name} failed to start: {why} (see logs/{name}.log)")
+            log_file = os.path.join(self.cfg.logging.dir, f"{name}.log")
+            raise StackError(f"{name} failed to start: {why} (see {log_file})")
         self.info[name] = info
         net = self.cfg.network
         if name == "order_manager":
@@ -121,19 +145,28 @@ class Stack:
         return codes
 
     def _unlink_segment(self) -> None:
-        """The OrderBook unlinks its segment on a clean exit; this covers a crashed one."""
+        """The OrderBook unlinks its segment on a clean exit; this covers a crashed one.
+
+        Only a segment that OUR OrderBook created (header owner_pid == its pid) is removed: a
+        stack that failed to start because another one is running must not delete that
+        other stack's live segment.
+        """
+        proc = self.procs.get("orderbook")
+        if proc is None or "orderbook" not in self.info:
+            return
         name = self.cfg.market.shm_name.lstrip("/")
         path = f"/dev/shm/{name}"
-        if os.path.exists(path):
-            try:
-                os.unlink(path)
-                log.warning("removed segment %s left by a crashed OrderBook", path)
-            except FileNotFoundError:
-                return
-            # The dead OrderBook registered it with our shared resource tracker; tell the tracker
-            # it is gone, or it warns about a "leaked" segment it then fails to unlink.
-            from multiprocessing import resource_tracker
-            resource_tracker.unregister(f"/{name}", "shared_memory")
+        if segment_owner(path) != proc.pid:
+            return
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        log.warning("removed segment %s left by a crashed OrderBook", path)
+        # The dead OrderBook registered it with our shared resource tracker; tell the tracker it
+        # is gone, or it warns about a "leaked" segment it then fails to unlink.
+        from multiprocessing import resource_tracker
+        resource_tracker.unregister(f"/{name}", "shared_memory")
 
 
 def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
@@ -148,10 +181,12 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
 
     old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    stack = Stack(cfg)
+    stack: Stack | None = None
+    codes: dict[str, int | None] = {}
     code = 0
     try:
-        stack.start()
+        stack = Stack(cfg)
+        stack.start(stop_fd=wake_r)
         log.info("stack running%s; Ctrl+C to stop",
                  f" for {duration:.0f}s" if duration else "")
         deadline = None if duration is None else time.monotonic() + duration
@@ -169,6 +204,8 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 stop_reason.append("duration elapsed")
+    except StartInterrupted as exc:
+        log.info("stop requested while starting %s", exc)
     except StackError as exc:
         log.error("%s", exc)
         code = 1
@@ -177,13 +214,14 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.info("stopping (%s)", ", ".join(stop_reason) or "error")
-        codes = stack.stop()
+        if stack is not None:
+            codes = stack.stop()
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
         signal.set_wakeup_fd(old_wakeup)
         wake_r.close()
         wake_w.close()
-    bad = {n: c for n, c in codes.items() if c not in (0, None, -signal.SIGTERM)}
+    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
     if bad:
         log.error("children exited badly: %s", bad)
         code = code or 1

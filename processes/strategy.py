@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from ext import PriceReader, SharedPriceBook
+from ext import LayoutError, PriceReader, SharedPriceBook
 from processes import config as config_mod
 from processes import runtime
 from processes.protocol import (
@@ -37,6 +37,8 @@ from processes.signals import (
 from reactor import Backoff, Connection, Dialer, Reactor
 
 log = logging.getLogger("strategy")
+
+LOGGED_PROBLEMS = 5  # bad frames/replies logged one by one; the rest only counted
 
 
 class OrderClient:
@@ -84,15 +86,23 @@ class OrderClient:
         try:
             reply = decode_json(frame)
         except ProtocolError as exc:
-            self.bad_replies += 1
-            log.warning("unreadable reply from order manager: %s", exc)
+            self._bad_reply(str(exc))
             return
-        entry = self.pending.pop(reply.get("id"), None)
+        oid = reply.get("id")
+        if not isinstance(oid, str) and oid is not None:
+            self._bad_reply(f"reply id is not a string: {oid!r}")
+            return
+        entry = self.pending.pop(oid, None)
         if reply.get("type") == "ack":
             self.acks += 1
         else:
             self.rejects += 1
         self.on_reply(reply, entry)
+
+    def _bad_reply(self, reason: str) -> None:
+        self.bad_replies += 1
+        if self.bad_replies <= LOGGED_PROBLEMS:
+            log.warning("unreadable reply from order manager: %s", reason)
 
 
 class StrategyService:
@@ -158,9 +168,11 @@ class StrategyService:
         """Attach to the OrderBook's segment; if it is not there yet, retry with backoff."""
         try:
             book = SharedPriceBook(name=self.cfg.market.shm_name, create=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError, LayoutError) as exc:
+            # Missing, or caught mid-creation (empty file, header not written yet): retry.
             delay = self._attach_backoff.next()
-            log.info("segment %s not there yet; retrying in %.2fs", self.cfg.market.shm_name, delay)
+            log.info("segment %s not ready (%s); retrying in %.2fs", self.cfg.market.shm_name,
+                     type(exc).__name__, delay)
             self.reactor.call_later(delay, self._attach)
             return False
         self.book = book
@@ -228,7 +240,7 @@ class StrategyService:
             sym, value = parse_news(frame)
         except ProtocolError as exc:
             self.bad_news += 1
-            if self.bad_news <= 5:
+            if self.bad_news <= LOGGED_PROBLEMS:
                 log.warning("skipped news frame %r: %s", bytes(frame[:80]), exc)
             return
         self.news += 1
@@ -248,7 +260,7 @@ class StrategyService:
 
     def _on_reply(self, reply: dict, entry: tuple[Order, int] | None) -> None:
         if entry is None:
-            log.warning("reply for unknown order: %s", reply)
+            self.orders_out._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
             return
         order, before = entry
         if reply.get("type") == "ack":

@@ -40,6 +40,10 @@ def test_precedence(tmp_path):
     ("[strategy]\nidle = 'nap'\n", "strategy.idle"),
     ("[market]\nsymbols = ['A*B']\n", "market.symbols"),
     ("[gateway]\nplain = 3\n", "gateway.plain"),
+    ("[market]\nshm_name = ''\n", "market.shm_name"),
+    ("[market]\nshm_name = '../etc'\n", "market.shm_name"),
+    ("[strategy]\nname = 'a b'\n", "strategy.name"),
+    ("[network]\nhost = ' '\n", "network.host"),
 ])
 def test_errors_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"

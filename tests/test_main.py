@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def child_pids(output: str) -> dict[str, int]:
 def start_main(tmp_path: Path, shm: str) -> tuple[subprocess.Popen, list[str]]:
     """Start main.py in its own session (as a terminal would) and read its output until the
     whole stack reports running."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -131,6 +133,59 @@ def test_children_exit_when_main_is_killed(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.mark.timeout(60)
+def test_a_second_stack_fails_without_touching_the_first(tmp_path):
+    """Same segment name twice (e.g. `python main.py` run twice): the second stack fails with a
+    clear error and must not delete the first stack's live segment."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    first, lines = start_main(tmp_path / "a", shm)
+    try:
+        second = subprocess.run(main_cmd(tmp_path / "b", shm), cwd=tmp_path, text=True,
+                                capture_output=True, timeout=40)
+        out = second.stdout + second.stderr
+        assert second.returncode == 1, out[-2000:]
+        assert "orderbook failed to start" in out and "FileExistsError" in out, out[-2000:]
+        assert shm_exists(shm), "the failed stack deleted the running stack's segment"
+        assert first.poll() is None, "the first stack must keep running"
+        os.kill(first.pid, signal.SIGTERM)
+        rest, _ = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0
+    assert_nothing_left("".join(lines) + rest, shm)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_during_start_up_stops_at_once(tmp_path):
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        while True:  # first child ready: the stack is mid start-up
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "order_manager ready" in line:
+                break
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    assert took < 10, f"stop during start-up took {took:.1f}s"
+    pids = child_pids(out)
+    wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 5, what="children")
+    assert not shm_exists(shm)
 
 
 @pytest.mark.timeout(30)

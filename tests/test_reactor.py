@@ -457,7 +457,11 @@ for seq in range(1, 6):
 
 def test_idle_source_woken_across_processes(reactor: Reactor, cleanup: list, tmp_path) -> None:
     """The intended shared-memory pattern: arm() sets a "sleeping" flag and re-checks; a
-    producer in another process that sees the flag pokes a socket in the epoll set."""
+    producer in another process that sees the flag pokes a socket in the epoll set.
+
+    Python cannot fence, so this store->load (Dekker) pair has a nanoseconds-wide window where
+    x86 may reorder it and lose a wake-up; with 5 events 30 ms apart that is negligible here.
+    The real protocol is C with SEQ_CST (ext/seqlock.h) and is tested in test_pricebook.py."""
     import mmap
 
     path = tmp_path / "shm"
