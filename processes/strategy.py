@@ -113,13 +113,13 @@ class StrategyService:
         self.cfg = cfg
         s = cfg.strategy
         self.name = s.name
+        self.bullish, self.bearish, self.quantity = s.bullish, s.bearish, s.quantity
         self.book: SharedPriceBook | None = None
         self.reader: PriceReader | None = None
         self.symbols: tuple[str, ...] = ()
         self.trends: list[MovingAverageCrossover] = []
         self.sentiment: list[int | None] = []
         self.positions: list[int] = []
-        self.last_price: list[float] = []
         self._sym_index: dict[bytes, int] = {}
         self._order_seq = 0
         self._id_prefix = f"{s.name}-{os.getpid()}-{time.time_ns() // 1_000_000}"
@@ -182,7 +182,6 @@ class StrategyService:
         self.trends = [MovingAverageCrossover(s.short_window, s.long_window) for _ in range(n)]
         self.sentiment = [None] * n
         self.positions = [FLAT] * n
-        self.last_price = [float("nan")] * n
         self._sym_index = {sym.encode(): i for i, sym in enumerate(self.symbols)}
         self.reader = book.reader()
         self.reactor.add_reader(self.reader.fileno(), self.reader.drain)
@@ -210,16 +209,14 @@ class StrategyService:
         self.reader.disarm()
 
     def _on_tick(self, i: int, price: float, sent_ns: int, tick_seq: int) -> None:
-        self.last_price[i] = price
         trend = self.trends[i].update(price)
-        s = self.cfg.strategy
-        signal = combine(trend, sentiment_signal(self.sentiment[i], s.bullish, s.bearish))
+        signal = combine(trend, sentiment_signal(self.sentiment[i], self.bullish, self.bearish))
         self.decisions += 1
         if signal != NEUTRAL:
             self._maybe_order(i, signal, price, sent_ns, tick_seq)
 
     def _maybe_order(self, i: int, signal: int, price: float, tick_ns: int, tick_seq: int) -> None:
-        side, qty = order_for(signal, self.positions[i], self.cfg.strategy.quantity)
+        side, qty = order_for(signal, self.positions[i], self.quantity)
         if side == NEUTRAL:
             return
         self._order_seq += 1

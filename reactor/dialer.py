@@ -15,6 +15,7 @@ from .loop import Reactor, Timer
 __all__ = ["Dialer"]
 
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
+STABLE_AFTER = 1.0  # seconds a connection must live before its loss restarts the backoff
 
 
 class Dialer:
@@ -46,6 +47,7 @@ class Dialer:
         "reconnects",
         "last_error",
         "closed",
+        "_connected_at",
         "_kwargs",
         "_started",
         "_pending",
@@ -81,6 +83,7 @@ class Dialer:
         self.reconnects = 0
         self.last_error: str | None = None
         self.closed = False
+        self._connected_at = 0.0
         self._kwargs = connection_kwargs
         self._started = False
         self._pending: socket.socket | None = None  # socket of the attempt in flight
@@ -177,7 +180,7 @@ class Dialer:
         self.connects += 1
         if self.connects > 1:
             self.reconnects += 1
-        self.backoff.reset()
+        self._connected_at = self.reactor.time()
         self.last_error = None
         conn = Connection(self.reactor, sock, on_frame=self.on_frame, **self._kwargs)
         conn._release = self._lost
@@ -198,6 +201,10 @@ class Dialer:
         self.connection = None
         self.connected = False
         self.last_error = reason
+        # Reset the backoff only for a connection that lived: a peer that accepts and closes at
+        # once would otherwise be redialled at the initial delay forever (a reconnect storm).
+        if self.reactor.time() - self._connected_at >= STABLE_AFTER:
+            self.backoff.reset()
         # Scheduled before the callback so that an exception in it cannot end reconnection
         # (and a close() from it cancels the attempt).
         self._schedule()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import reactor.dialer as dialer_module
 from reactor import (
     Backoff,
     Connection,
@@ -910,7 +911,8 @@ def test_send_on_closed_connection(reactor: Reactor) -> None:
     assert conn.closed and not conn.send(b"x*")
 
 
-def test_dialer_reconnects_with_growing_backoff(reactor: Reactor, cleanup: list) -> None:
+def test_dialer_reconnects_with_growing_backoff(reactor: Reactor, cleanup: list,
+                                               monkeypatch) -> None:
     delays: list[float] = []
 
     class RecordingBackoff(Backoff):
@@ -952,11 +954,35 @@ def test_dialer_reconnects_with_growing_backoff(reactor: Reactor, cleanup: list)
     dialer.connection.on_frame = lambda mv: got.append(bytes(mv))  # works after start()
     dialer.connection.send(b"back*")
     run_until(reactor, lambda: got == [b"back"])
-    # A successful connect resets the backoff.
+    # A connection that lived (STABLE_AFTER, shortened here) resets the backoff.
+    monkeypatch.setattr(dialer_module, "STABLE_AFTER", 0.05)
+    reactor.run_for(0.06)
     n = len(delays)
     server2.close()
     run_until(reactor, lambda: len(delays) > n)
     assert delays[n] == pytest.approx(0.01)
+
+
+def test_dialer_backs_off_from_a_peer_that_accepts_and_closes(reactor: Reactor,
+                                                              cleanup: list) -> None:
+    """Connecting is not success: a peer that hangs up at once must not be redialled at the
+    initial delay forever (a reconnect storm)."""
+    delays: list[float] = []
+
+    class RecordingBackoff(Backoff):
+        def next(self) -> float:
+            d = super().next()
+            delays.append(d)
+            return d
+
+    server = Server(reactor, LOCALHOST, 0, lambda conn: conn.close("go away"))
+    cleanup.append(server)
+    dialer = Dialer(reactor, LOCALHOST, server.port,
+                    backoff=RecordingBackoff(initial=0.01, maximum=0.08, jitter=0.0))
+    cleanup.append(dialer)
+    dialer.start()
+    run_until(reactor, lambda: dialer.connects >= 5)
+    assert delays[:4] == pytest.approx([0.01, 0.02, 0.04, 0.08])
 
 
 def test_dialer_refused_counts_failures_without_disconnect(reactor: Reactor, cleanup: list) -> None:
