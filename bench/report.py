@@ -165,7 +165,16 @@ def render(doc: dict, pipeline: list[str] | None) -> str:
     out += ["", "## Not yet measured", "",
             "- Per-hop histograms (tick -> decision, order -> ack) inside the processes, CPU "
             "placement and idle-strategy comparisons, throughput and scale curves: the latency "
-            "issue adds them; this report grows with it.", ""]
+            "issue adds them; this report grows with it.",
+            "- Why the Strategy -> OrderManager hop sits far above the 26-45 us wake-up floor in "
+            "the default layout: `send()` is immediate and TCP_NODELAY is set, but the woken "
+            "OrderManager shares 2 vCPUs with three busier processes and does not preempt the "
+            "running Strategy, which finishes its tick batch and goes back to sleep first. "
+            "Pinning everything to one CPU (`taskset -c 0`) brought that hop from ~186 us to "
+            "~134 us in a development run. Placement and spin-then-block idling are the fix "
+            "to measure next.",
+            "- The pure-Python FrameReader is slower than `bytes.split` (see framing); a Cython "
+            "framer is the planned fix.", ""]
     return "\n".join(out)
 
 
