@@ -48,6 +48,13 @@ def start_main(tmp_path: Path, shm: str) -> tuple[subprocess.Popen, list[str]]:
             return proc, lines
 
 
+def reap(proc: subprocess.Popen) -> None:
+    """Teardown for a main.py the test may have left running: kill its whole session."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
 def assert_nothing_left(output: str, shm: str) -> None:
     pids = child_pids(output)
     assert set(pids) == {"order_manager", "gateway", "orderbook", "strategy"}, output[-2000:]
@@ -88,9 +95,7 @@ def test_signal_to_main_stops_everything(tmp_path, sig, group):
             os.kill(proc.pid, sig)
         rest, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     out = "".join(lines) + rest
     assert proc.returncode == 0, out[-3000:]
     assert_nothing_left(out, shm)
@@ -104,9 +109,7 @@ def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
         os.kill(child_pids("".join(lines))["orderbook"], signal.SIGKILL)
         rest, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     out = "".join(lines) + rest
     assert proc.returncode == 1
     assert "orderbook died with exit code -9" in out
@@ -152,9 +155,7 @@ def test_a_second_stack_fails_without_touching_the_first(tmp_path):
         os.kill(first.pid, signal.SIGTERM)
         rest, _ = first.communicate(timeout=30)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        reap(first)
     assert first.returncode == 0
     assert_nothing_left("".join(lines) + rest, shm)
 
@@ -177,9 +178,7 @@ def test_ctrl_c_during_start_up_stops_at_once(tmp_path):
         rest, _ = proc.communicate(timeout=30)
         took = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     out = "".join(lines) + rest
     assert proc.returncode == 0, out[-3000:]
     assert took < 10, f"stop during start-up took {took:.1f}s"

@@ -911,15 +911,22 @@ def test_send_on_closed_connection(reactor: Reactor) -> None:
     assert conn.closed and not conn.send(b"x*")
 
 
+class RecordingBackoff(Backoff):
+    """A Backoff that appends every delay it hands out to `delays`."""
+
+    def __init__(self, delays: list[float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.delays = delays
+
+    def next(self) -> float:
+        d = super().next()
+        self.delays.append(d)
+        return d
+
+
 def test_dialer_reconnects_with_growing_backoff(reactor: Reactor, cleanup: list,
                                                monkeypatch) -> None:
     delays: list[float] = []
-
-    class RecordingBackoff(Backoff):
-        def next(self) -> float:
-            d = super().next()
-            delays.append(d)
-            return d
 
     server = echo_server(reactor, cleanup)
     port = server.port
@@ -931,7 +938,7 @@ def test_dialer_reconnects_with_growing_backoff(reactor: Reactor, cleanup: list,
         port,
         on_connect=lambda c: events.append("connect"),
         on_disconnect=disconnects.append,
-        backoff=RecordingBackoff(initial=0.01, maximum=0.08, jitter=0.0),
+        backoff=RecordingBackoff(delays, initial=0.01, maximum=0.08, jitter=0.0),
     )
     cleanup.append(dialer)
     dialer.start()
@@ -969,16 +976,10 @@ def test_dialer_backs_off_from_a_peer_that_accepts_and_closes(reactor: Reactor,
     initial delay forever (a reconnect storm)."""
     delays: list[float] = []
 
-    class RecordingBackoff(Backoff):
-        def next(self) -> float:
-            d = super().next()
-            delays.append(d)
-            return d
-
     server = Server(reactor, LOCALHOST, 0, lambda conn: conn.close("go away"))
     cleanup.append(server)
     dialer = Dialer(reactor, LOCALHOST, server.port,
-                    backoff=RecordingBackoff(initial=0.01, maximum=0.08, jitter=0.0))
+                    backoff=RecordingBackoff(delays, initial=0.01, maximum=0.08, jitter=0.0))
     cleanup.append(dialer)
     dialer.start()
     run_until(reactor, lambda: dialer.connects >= 5)
