@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ext import SharedPriceBook
+from ext import IMPLEMENTATION, SharedPriceBook
 from processes import config as config_mod
 from processes import runtime
 from processes.protocol import MAX_FRAME, ProtocolError, parse_price
@@ -56,7 +56,7 @@ class OrderBookService:
                              max_frame=MAX_FRAME, read_capacity=1 << 18)
         self.dialer.start()
         return {"shm_name": self.book.name, "symbols": self.book.nsymbols,
-                "bytes": self.book.size}
+                "bytes": self.book.size, "impl": IMPLEMENTATION}
 
     def close(self) -> None:
         if self.dialer is not None:

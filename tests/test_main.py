@@ -63,12 +63,16 @@ def assert_nothing_left(output: str, shm: str) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_main_duration_trades_and_exits_clean(tmp_path):
+@pytest.mark.parametrize("impl", ["cython", "python"])
+def test_main_duration_trades_and_exits_clean(tmp_path, impl):
+    """The whole stack for 8 s, on the compiled price book and on its pure-Python twin."""
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
-    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "8"), cwd=tmp_path,
+    env = dict(os.environ, TRADESTACK_PURE_PYTHON="1" if impl == "python" else "0")
+    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "8"), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=80)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
+    assert f"'impl': '{impl}'" in out, "the OrderBook must report the implementation it ran"
     assert re.search(r"Received Order \d+: (BUY|SELL) \d+ [A-Z]+ @ \d+\.\d\d", out), out[-3000:]
     orders = [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
     assert orders and all(o["client"] == "strat-1" for o in orders)
