@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Callable
 
 import pytest
 
@@ -135,6 +136,24 @@ def test_oversized_without_delimiter_raises_before_buffer_fills() -> None:
         feed(reader, b"x")
 
 
+def split_feed(reader: FrameReader, stream: bytes, cuts: list[int],
+               after_each: Callable[[], None] | None = None) -> int:
+    """Feed ``stream`` in pieces of the given sizes (then whatever fits), calling
+    ``after_each`` after every read so a test can check invariants mid-stream."""
+    pos = 0
+    for cut in cuts + [len(stream)] * (len(stream) + 2):
+        if pos >= len(stream):
+            break
+        buf = reader.get_buffer()
+        n = min(cut, len(buf), len(stream) - pos)
+        buf[:n] = stream[pos : pos + n]
+        reader.buffer_updated(n)
+        pos += n
+        if after_each is not None:
+            after_each()
+    return pos
+
+
 def test_exact_buffer_boundary_and_compaction() -> None:
     # capacity == 2 * max_frame is the tightest legal buffer; the compaction memmove then
     # overlaps itself.
@@ -142,16 +161,12 @@ def test_exact_buffer_boundary_and_compaction() -> None:
     frames = [b"%07d" % i for i in range(500)]  # 7 bytes + delimiter = 8
     stream = b"*".join(frames) + b"*"
     # Fill to exactly the end of the buffer, then keep going with odd-sized reads.
-    pos = 0
-    for size in [16, 3, 5, 1, 7, 13, 2] * 1000:
-        if pos >= len(stream):
-            break
-        buf = reader.get_buffer()
-        n = min(size, len(buf), len(stream) - pos)
-        buf[:n] = stream[pos : pos + n]
-        reader.buffer_updated(n)
-        pos += n
+
+    def free_tail_in_bounds() -> None:
         assert 0 < len(reader.get_buffer()) <= 16
+
+    assert split_feed(reader, stream, [16, 3, 5, 1, 7, 13, 2] * 1000,
+                      free_tail_in_bounds) == len(stream)
     assert out.frames == frames
 
 
@@ -248,20 +263,6 @@ def test_invalid_arguments() -> None:
     reader = FrameReader(None, max_frame=4, capacity=8)
     with pytest.raises(ValueError):
         reader.buffer_updated(9)
-
-
-def split_feed(reader: FrameReader, stream: bytes, cuts: list[int]) -> int:
-    """Feed ``stream`` in pieces of the given sizes (then whatever fits)."""
-    pos = 0
-    for cut in cuts + [len(stream)] * (len(stream) + 2):
-        if pos >= len(stream):
-            break
-        buf = reader.get_buffer()
-        n = min(cut, len(buf), len(stream) - pos)
-        buf[:n] = stream[pos : pos + n]
-        reader.buffer_updated(n)
-        pos += n
-    return pos
 
 
 @pytest.mark.parametrize("delimiter", [b"*", b"\r\n"])
