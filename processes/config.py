@@ -17,6 +17,20 @@ from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "tradestack.toml"
 IDLE_MODES = ("block", "spin", "hybrid")
+PROCESSES = ("gateway", "orderbook", "strategy", "order_manager")
+
+# Where each process runs and how it waits: {layout: {process: (cpus, idle)}}. Measured in
+# performance_report.md ("Placement"); `--layout NAME` applies one, explicit keys override it.
+# cpus that this machine does not have are dropped at start-up (unpinned if none remain).
+LAYOUTS: dict[str, dict[str, tuple[list[int], str]]] = {
+    "unpinned": {p: ([], "block") for p in PROCESSES},
+    "one-core": {p: ([0], "block") for p in PROCESSES},
+    "spread": {"gateway": ([0], "block"), "orderbook": ([0], "block"),
+               "strategy": ([1], "block"), "order_manager": ([1], "block")},
+    "strategy-spin": {"gateway": ([0], "block"), "orderbook": ([0], "block"),
+                      "strategy": ([1], "spin"), "order_manager": ([0], "block")},
+    "strategy-hybrid": {p: ([0], "hybrid" if p == "strategy" else "block") for p in PROCESSES},
+}
 
 
 class ConfigError(ValueError):
@@ -46,11 +60,16 @@ class Gateway:
     plain: bool = False
     max_client_buffer: int = 1 << 20
     slow_client: str = "drop"
+    cpus: list[int] = field(default_factory=list)
+    idle: str = "block"
+    spin_us: float = 50.0
 
 
 @dataclass
 class OrderBook:
+    cpus: list[int] = field(default_factory=list)
     idle: str = "block"
+    spin_us: float = 50.0
 
 
 @dataclass
@@ -61,18 +80,25 @@ class Strategy:
     bullish: int = 60
     bearish: int = 40
     quantity: int = 10
+    cpus: list[int] = field(default_factory=list)
     idle: str = "block"
+    spin_us: float = 50.0
 
 
 @dataclass
 class OrderManager:
     order_log: str = "logs/orders.jsonl"
+    cpus: list[int] = field(default_factory=list)
+    idle: str = "block"
+    spin_us: float = 50.0
 
 
 @dataclass
 class Logging:
     dir: str = "logs"
     level: str = "INFO"
+    stats_dir: str = ""          # "" = <dir>/stats
+    stats_interval: float = 1.0  # seconds between published snapshots
 
 
 @dataclass
@@ -135,6 +161,13 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError(value)
             return value
+        if kind == "list[int]":
+            if isinstance(value, str):
+                value = [int(part) for part in value.strip("[] ").split(",") if part.strip()]
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(value)
+            return list(value)
         if kind.startswith("list"):
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
@@ -154,6 +187,17 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
     if key not in types:
         raise ConfigError(f"unknown key {section}.{key}")
     setattr(sect, key, _coerce(f"{section}.{key}", types[key], value))
+
+
+def layout_overrides(name: str) -> dict[str, Any]:
+    """The {"section.key": value} settings of a named layout."""
+    if name not in LAYOUTS:
+        raise ConfigError(f"layout {name!r}: one of {', '.join(LAYOUTS)}")
+    out: dict[str, Any] = {}
+    for process, (cpus, idle) in LAYOUTS[name].items():
+        out[f"{process}.cpus"] = list(cpus)
+        out[f"{process}.idle"] = idle
+    return out
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -217,10 +261,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError("strategy: need 0 <= bearish <= bullish <= 100")
     if s.quantity <= 0:
         raise ConfigError("strategy.quantity: must be > 0")
-    for section in ("orderbook", "strategy"):
-        idle = getattr(cfg, section).idle
-        if idle not in IDLE_MODES:
+    for section in PROCESSES:
+        sect = getattr(cfg, section)
+        if sect.idle not in IDLE_MODES:
             raise ConfigError(f"{section}.idle: one of {', '.join(IDLE_MODES)}")
+        if any(c < 0 for c in sect.cpus):
+            raise ConfigError(f"{section}.cpus: CPU numbers are >= 0")
+        if not 0 <= sect.spin_us <= 1_000_000:
+            raise ConfigError(f"{section}.spin_us: 0..1000000")
+    if not 0.05 <= cfg.logging.stats_interval <= 3600:
+        raise ConfigError("logging.stats_interval: 0.05..3600 seconds")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
 
@@ -241,6 +291,8 @@ def add_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...],
                         help="override any setting, e.g. --set gateway.tick_rate=0")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective settings and exit")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default=None,
+                        help="CPU placement and idle strategy preset (explicit keys override it)")
     wanted = list(_COMMON) + list(extra)
     defaults = Config()
     for section in sections:
@@ -262,6 +314,8 @@ def from_args(args: argparse.Namespace) -> Config:
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
     overrides: dict[str, Any] = {}
+    if getattr(args, "layout", None):
+        overrides.update(layout_overrides(args.layout))
     for item in args.set:
         dotted, sep, value = item.partition("=")
         if not sep or "." not in dotted:

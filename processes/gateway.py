@@ -174,7 +174,6 @@ class Gateway:
         self.tick_feed = PacedFeed(reactor, g.tick_rate, self._broadcast, self.price_clients, room)
         self.news_feed = PacedFeed(reactor, g.news_rate, self._broadcast_news, self.news_clients,
                                    room)
-        self._last_stats: tuple[float, int, int] = (time.monotonic(), 0, 0)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -196,14 +195,9 @@ class Gateway:
                 server.close()
 
     def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
-        t, ticks, sent = self._last_stats
-        dt = max(now - t, 1e-9)
-        self._last_stats = (now, self.ticks, self.ticks_sent)
         dropped = sum(c.dropped_sends for c in self.price_clients)
-        return {"ticks_per_s": (self.ticks - ticks) / dt,
-                "sent_per_s": (self.ticks_sent - sent) / dt,
-                "ticks": self.ticks, "price_clients": len(self.price_clients),
+        return {"ticks": self.ticks, "deliveries": self.ticks_sent,
+                "price_clients": len(self.price_clients),
                 "news_clients": len(self.news_clients), "news": self.news_sent,
                 "dropped_batches": dropped}
 

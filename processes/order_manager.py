@@ -23,6 +23,7 @@ from processes.protocol import (
     encode_reject,
     validate_order,
 )
+from processes.telemetry import Recorder
 from reactor import Connection, Reactor, Server
 
 log = logging.getLogger("order_manager")
@@ -43,6 +44,8 @@ class OrderManager:
         self.rejects = 0
         self.clients = 0
         self._log_file: IO[str] | None = None
+        self.tick_to_order = Recorder("tick_to_order")   # Gateway send -> order received here
+        self.send_to_order = Recorder("send_to_order")   # Strategy send -> received (one hop)
 
     def start(self) -> dict[str, Any]:
         path = Path(self.cfg.order_manager.order_log)
@@ -61,6 +64,9 @@ class OrderManager:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def recorders(self) -> tuple[Recorder, ...]:
+        return (self.tick_to_order, self.send_to_order)
 
     def stats(self) -> dict[str, Any]:
         return {"orders": self.order_no, "rejects": self.rejects,
@@ -90,6 +96,10 @@ class OrderManager:
             return
         self.order_no += 1
         conn.send(encode_ack(order.id, self.order_no))
+        if order.tick_ns:
+            self.tick_to_order.record(received_ns - order.tick_ns)
+        if order.sent_ns:
+            self.send_to_order.record(received_ns - order.sent_ns)
         self._book(order, self.order_no, received_ns, conn.peer)
 
     def _book(self, order: Order, order_no: int, received_ns: int, peer: str) -> None:

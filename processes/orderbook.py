@@ -9,12 +9,14 @@ without waiting for the rest of the recv() batch to be parsed.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ext import IMPLEMENTATION, SharedPriceBook
 from processes import config as config_mod
 from processes import runtime
 from processes.protocol import MAX_FRAME, ProtocolError, parse_price
+from processes.telemetry import Recorder
 from reactor import Backoff, Connection, Dialer, Reactor
 
 log = logging.getLogger("orderbook")
@@ -40,8 +42,7 @@ class OrderBookService:
         self.seq_resets = 0      # sequence went backwards: the Gateway restarted
         self.disconnects = 0
         self._last_seq: list[int] = []
-        self._last_ticks = 0
-        self._last_time = reactor.time()
+        self.tick_to_shm = Recorder("tick_to_shm")   # Gateway send -> slot written
 
     def start(self) -> dict[str, Any]:
         m, net = self.cfg.market, self.cfg.network
@@ -65,11 +66,11 @@ class OrderBookService:
             self.book.unlink()   # first: the name must go even if unmapping fails
             self.book.close()
 
+    def recorders(self) -> tuple[Recorder, ...]:
+        return (self.tick_to_shm,)
+
     def stats(self) -> dict[str, Any]:
-        now = self.reactor.time()
-        rate = (self.ticks - self._last_ticks) / max(now - self._last_time, 1e-9)
-        self._last_ticks, self._last_time = self.ticks, now
-        return {"ticks_per_s": rate, "ticks": self.ticks, "malformed": self.malformed,
+        return {"ticks": self.ticks, "malformed": self.malformed,
                 "unknown": self.unknown, "gaps": self.gaps, "seq_resets": self.seq_resets,
                 "connected": bool(self.dialer and self.dialer.connected),
                 "reconnects": self.dialer.reconnects if self.dialer else 0}
@@ -96,6 +97,8 @@ class OrderBookService:
         write = book.write
         publish = book.publish
         last_seq = self._last_seq
+        record = self.tick_to_shm.record
+        now_ns = time.monotonic_ns
 
         def on_frame(frame: memoryview) -> None:
             try:
@@ -119,6 +122,8 @@ class OrderBookService:
             write(i, price, sent_ns, seq)
             publish()
             self.ticks += 1
+            if sent_ns:
+                record(now_ns() - sent_ns)
 
         return on_frame
 
@@ -126,7 +131,7 @@ class OrderBookService:
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False,
         lock: Any = None) -> int:
     return runtime.serve("orderbook", cfg, lambda r: OrderBookService(r, cfg, lock), ready,
-                         idle=cfg.orderbook.idle, supervised=supervised)
+                         supervised=supervised)
 
 
 def main(argv: list[str] | None = None) -> int:

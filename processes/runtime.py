@@ -16,21 +16,42 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from processes import config as config_mod
+from processes import telemetry
 from reactor import Reactor
 
 PR_SET_PDEATHSIG = 1
-STATS_INTERVAL = 5.0  # seconds between the periodic one-line counters in the log
+LOG_STATS_INTERVAL = 5.0  # seconds between the periodic one-line counters in the log
 
 _FORMAT = "%(asctime)s.%(msecs)03d %(name)-13s %(levelname)-7s %(message)s"
 _DATEFMT = "%H:%M:%S"
 
 
 class Service(Protocol):
-    """A process body: started on a reactor, reports counters, closes cleanly."""
+    """A process body: started on a reactor, reports counters, closes cleanly.
+
+    stats() returns cumulative counters (rates are derived by the telemetry publisher);
+    an optional recorders() returns its latency telemetry.Recorders.
+    """
 
     def start(self) -> dict[str, Any]: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
+
+
+def pin(name: str, cpus: list[int], log: logging.Logger) -> list[int]:
+    """Pin this process to `cpus` (those this machine has); [] = leave it unpinned."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    usable = [c for c in cpus if c < (os.cpu_count() or 1)]
+    missing = sorted(set(cpus) - set(usable))
+    if missing:
+        log.warning("%s.cpus %s: CPU %s not on this machine; ignored", name, cpus, missing)
+    if usable:
+        try:
+            os.sched_setaffinity(0, usable)
+        except OSError as exc:
+            log.warning("could not pin %s to CPUs %s: %s", name, usable, exc)
+    return sorted(os.sched_getaffinity(0))
 
 
 def setup_logging(name: str, cfg: config_mod.Logging) -> logging.Logger:
@@ -72,31 +93,39 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service],
-          ready: Any = None, idle: str = "block", supervised: bool = False) -> int:
+          ready: Any = None, supervised: bool = False) -> int:
     """Run one process body until SIGINT/SIGTERM; returns the exit code.
 
     `ready` is the write end of a multiprocessing Pipe: main.py waits on it so each process starts
     only once its upstream is listening (no sleeps); we send the bound ports or segment name.
+    Placement (cpus, idle, spin_us) comes from the process's own config section.
     """
     if supervised:
         die_with_parent()
     log = setup_logging(name, cfg.logging)
-    reactor = Reactor(idle=idle)
+    place = getattr(cfg, name)
+    cpus = pin(name, place.cpus, log)
+    reactor = Reactor(idle=place.idle, spin_us=place.spin_us)
     # Handlers first: a SIGTERM between "ready" and run() must still mean a clean stop (the
     # OrderBook unlinks its segment), not the default handler's instant death.
     for signum in (signal.SIGINT, signal.SIGTERM):
         reactor.add_signal_handler(signum, reactor.stop)
     service = None
+    publisher: telemetry.Publisher | None = None
     try:
         service = build(reactor)
         info = service.start()
+        info.update(pid=os.getpid(), cpus=cpus, idle=place.idle)
         log.info("ready %s", format_stats(info))
+        publisher = _publisher(name, cfg.logging, service)
         if ready is not None:
             ready.send(info)
             ready.close()
-        reactor.call_every(STATS_INTERVAL, lambda: log.info("%s", format_stats(service.stats())))
+        reactor.call_every(telemetry.FOLD_INTERVAL, publisher.fold)
+        reactor.call_every(cfg.logging.stats_interval, publisher.publish)
+        reactor.call_every(LOG_STATS_INTERVAL, _log_line, log, publisher)
         reactor.run()
-        log.info("stopping: %s", format_stats(service.stats()))
+        log.info("stopping: %s", format_stats(_scalars(service.stats())))
         return 0
     except Exception as exc:
         log.exception("%s failed: %s", name, exc)
@@ -106,8 +135,31 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     finally:
         if service is not None:
             service.close()
+        if publisher is not None:
+            try:
+                publisher.publish(final=True)
+            except OSError as exc:
+                log.warning("final stats snapshot not written: %s", exc)
         reactor.close()
         logging.shutdown()
+
+
+def _publisher(name: str, cfg: config_mod.Logging, service: Service) -> telemetry.Publisher:
+    recorders = getattr(service, "recorders", None) or (lambda: ())
+    return telemetry.Publisher(name, telemetry.stats_dir(cfg.dir, cfg.stats_dir), service.stats,
+                               recorders, cfg.stats_interval)
+
+
+def _log_line(log: logging.Logger, publisher: telemetry.Publisher) -> None:
+    """Counters plus the per-second rate of the busiest one (ticks, orders)."""
+    counters = publisher.stats()
+    rates = {f"{k}_per_s": v for k, v in publisher.rates.items() if k in ("ticks", "orders")}
+    log.info("%s", format_stats({**rates, **_scalars(counters)}))
+
+
+def _scalars(stats: dict[str, Any]) -> dict[str, Any]:
+    """The one-line counters; lists (per-symbol state) are for the snapshot files only."""
+    return {k: v for k, v in stats.items() if not isinstance(v, (list, dict))}
 
 
 def parse_cli(parser: argparse.ArgumentParser, sections: tuple[str, ...],

@@ -20,6 +20,7 @@ from typing import Any
 
 from ext import layout
 from processes import config as config_mod
+from processes import summary, telemetry
 
 log = logging.getLogger("main")
 
@@ -112,6 +113,13 @@ class Stack:
         elif name == "gateway":
             net.price_port, net.news_port = info["price_port"], info["news_port"]
         log.info("%s ready (pid %d) %s", name, proc.pid, info)
+
+    def snapshots(self) -> dict[str, dict[str, Any]]:
+        """This stack's processes' latest stats snapshots (files of other runs are ignored)."""
+        log_cfg = self.cfg.logging
+        found = telemetry.read_all(telemetry.stats_dir(log_cfg.dir, log_cfg.stats_dir))
+        pids = {name: p.pid for name, p in self.procs.items()}
+        return {name: snap for name, snap in found.items() if snap.get("pid") == pids.get(name)}
 
     def sentinels(self) -> dict[int, str]:
         return {p.sentinel: name for name, p in self.procs.items()}
@@ -216,6 +224,9 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
         log.info("stopping (%s)", ", ".join(stop_reason) or "error")
         if stack is not None:
             codes = stack.stop()
+            snaps = stack.snapshots()
+            if snaps:
+                log.info("%s", summary.render(summary.build(snaps)))
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
         signal.set_wakeup_fd(old_wakeup)

@@ -34,6 +34,7 @@ from processes.signals import (
     order_for,
     sentiment_signal,
 )
+from processes.telemetry import Recorder
 from reactor import Backoff, Connection, Dialer, Reactor
 
 log = logging.getLogger("strategy")
@@ -130,7 +131,9 @@ class StrategyService:
         self.news = 0
         self.bad_news = 0
         self._attach_backoff = Backoff(initial=0.1, maximum=2.0)
-        self._last = (reactor.time(), 0)
+        self.tick_to_decision = Recorder("tick_to_decision")  # Gateway send -> signal computed
+        self.order_to_ack = Recorder("order_to_ack")          # our send -> OrderManager's ack
+        self.tick_to_ack = Recorder("tick_to_ack")            # Gateway send -> ack received
         net = cfg.network
         self.news_dialer = Dialer(reactor, net.host, net.news_port, on_frame=self._on_news,
                                   on_connect=lambda c: log.info("connected to news %s", c.peer),
@@ -155,14 +158,17 @@ class StrategyService:
         if self.book is not None:
             self.book.close()
 
+    def recorders(self) -> tuple[Recorder, ...]:
+        return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack)
+
     def stats(self) -> dict[str, Any]:
-        now = self.reactor.time()
-        t, ticks = self._last
-        self._last = (now, self.ticks)
         held = sum(1 for p in self.positions if p != FLAT)
-        return {"ticks_per_s": (self.ticks - ticks) / max(now - t, 1e-9), "ticks": self.ticks,
-                "news": self.news, "orders": self.orders, "acks": self.orders_out.acks,
-                "rejects": self.orders_out.rejects, "unsent": self.unsent, "positions": held}
+        return {"ticks": self.ticks, "decisions": self.decisions, "news": self.news,
+                "orders": self.orders, "acks": self.orders_out.acks,
+                "rejects": self.orders_out.rejects, "unsent": self.unsent, "held": held,
+                "reconnects": self.news_dialer.reconnects + self.orders_out.dialer.reconnects,
+                "symbols": list(self.symbols), "positions": list(self.positions),
+                "sentiment": list(self.sentiment)}
 
     def _attach(self) -> bool:
         """Attach to the OrderBook's segment; if it is not there yet, retry with backoff."""
@@ -211,6 +217,8 @@ class StrategyService:
     def _on_tick(self, i: int, price: float, sent_ns: int, tick_seq: int) -> None:
         trend = self.trends[i].update(price)
         signal = combine(trend, sentiment_signal(self.sentiment[i], self.bullish, self.bearish))
+        if sent_ns:
+            self.tick_to_decision.record(time.monotonic_ns() - sent_ns)
         self.decisions += 1
         if signal != NEUTRAL:
             self._maybe_order(i, signal, price, sent_ns, tick_seq)
@@ -261,6 +269,10 @@ class StrategyService:
             return
         order, before = entry
         if reply.get("type") == "ack":
+            now = time.monotonic_ns()
+            self.order_to_ack.record(now - order.sent_ns)
+            if order.tick_ns:
+                self.tick_to_ack.record(now - order.tick_ns)
             log.debug("order %s acked as #%s", order.id, reply.get("order_no"))
             return
         # Rejected: the position we assumed never happened.
@@ -272,7 +284,7 @@ class StrategyService:
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:
     return runtime.serve("strategy", cfg, lambda r: StrategyService(r, cfg), ready,
-                         idle=cfg.strategy.idle, supervised=supervised)
+                         supervised=supervised)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,18 @@ def test_main_duration_trades_and_exits_clean(tmp_path, impl):
     assert [o["order_no"] for o in orders] == list(range(1, len(orders) + 1))
     for name in ("main", "gateway", "orderbook", "strategy", "order_manager"):
         assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0
+    # The exit summary: every hop's flow and the latency rows, from the final snapshots.
+    assert "tradestack summary" in out, out[-3000:]
+    for label in ("OrderBook ticks written to shm", "tick -> decision (Strategy)",
+                  "tick -> order received (OrderManager)", "tick -> ack (Strategy)"):
+        assert label in out, out[-3000:]
+    stats_dir = tmp_path / "logs" / "stats"
+    snaps = {p.stem: json.loads(p.read_text()) for p in stats_dir.glob("*.json")}
+    assert set(snaps) == {"gateway", "orderbook", "strategy", "order_manager"}
+    assert all(s["final"] for s in snaps.values())
+    assert snaps["strategy"]["latency"]["tick_to_ack"]["count"] == len(orders)
+    assert snaps["strategy"]["latency"]["tick_to_decision"]["count"] == \
+        snaps["strategy"]["counters"]["decisions"]
     assert_nothing_left(out, shm)
 
 

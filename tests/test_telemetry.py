@@ -1,0 +1,127 @@
+"""Telemetry: HdrHistogram-exact bucketing, recording, snapshots, the exit summary, placement."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from hdrh.histogram import HdrHistogram
+
+from processes import config, runtime, summary, telemetry
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_quantize_matches_hdrhistogram_buckets():
+    """Folding by our quantised value must land every value in the bucket HdrHistogram uses."""
+    hist = HdrHistogram(1, telemetry.HIGHEST_NS, telemetry.SIGNIFICANT_DIGITS)
+    rng = np.random.default_rng(3)
+    powers = 2 ** np.arange(1, 35, dtype=np.int64)
+    values = np.concatenate([rng.integers(1, telemetry.HIGHEST_NS, 5000), powers, powers - 1,
+                             powers + 1, np.arange(1, 5000)])
+    got = telemetry.quantize(values)
+    want = [hist.get_lowest_equivalent_value(int(v)) for v in values]
+    assert got.tolist() == want
+
+
+def test_recorder_percentiles_equal_a_direct_hdrhistogram():
+    rng = np.random.default_rng(5)
+    values = rng.lognormal(10.5, 0.6, 20_000).astype(np.int64) + 1
+    rec = telemetry.Recorder("hop", capacity=1000)  # forces folds while recording
+    direct = HdrHistogram(1, telemetry.HIGHEST_NS, telemetry.SIGNIFICANT_DIGITS)
+    for v in values.tolist():
+        rec.record(v)
+        direct.record_value(v)
+    snap = rec.snapshot()
+    assert snap["count"] == len(values) and snap["max"] == int(values.max())
+    stats = telemetry.summarize(snap["pairs"], snap["max"])
+    for p in telemetry.PERCENTILES:
+        assert stats[f"p{p:g}"] == direct.get_value_at_percentile(p)
+    # The window restarts after each snapshot; the cumulative pairs do not.
+    rec.record(123)
+    snap2 = rec.snapshot()
+    assert snap2["window"] == [[123, 1]] or snap2["window"] == [(123, 1)]
+    assert snap2["count"] == len(values) + 1
+
+
+def test_recorder_extend_and_empty():
+    rec = telemetry.Recorder("x")
+    assert rec.snapshot() == {"count": 0, "max": 0, "pairs": [], "window": []}
+    rec.extend(np.array([], dtype=np.int64))
+    rec.extend(np.array([5, 5, 7000], dtype=np.int64))
+    snap = rec.snapshot()
+    assert snap["count"] == 3 and dict(snap["pairs"]) == {5: 2, 7000: 1}
+    assert telemetry.summarize([])["count"] == 0
+
+
+def test_publisher_writes_atomic_snapshots_with_rates(tmp_path):
+    counters = {"ticks": 0, "symbols": ["A"]}
+    rec = telemetry.Recorder("tick_to_x")
+    pub = telemetry.Publisher("proc", tmp_path / "stats", lambda: dict(counters), lambda: (rec,))
+    pub.publish()
+    counters["ticks"] = 500
+    rec.record(1500)
+    snap = pub.publish(final=True)
+    on_disk = json.loads((tmp_path / "stats" / "proc.json").read_text())
+    assert on_disk["final"] and on_disk["pid"] == os.getpid()
+    assert on_disk["counters"] == {"ticks": 500, "symbols": ["A"]}
+    assert on_disk["rates"]["ticks"] > 0 and "symbols" not in on_disk["rates"]
+    assert on_disk["latency"]["tick_to_x"]["count"] == 1 == snap["latency"]["tick_to_x"]["count"]
+    assert [p.name for p in (tmp_path / "stats").iterdir()] == ["proc.json"]  # no tmp left
+    assert telemetry.read_all(tmp_path / "stats")["proc"]["counters"]["ticks"] == 500
+    (tmp_path / "stats" / "broken.json").write_text("{")
+    assert set(telemetry.read_all(tmp_path / "stats")) == {"proc"}
+
+
+def test_summary_renders_flow_latency_and_problems():
+    rec = telemetry.Recorder("tick_to_decision")
+    for v in (20_000, 25_000, 30_000, 90_000):
+        rec.record(v)
+    snaps = {
+        "strategy": {"uptime_s": 2.0, "counters": {"ticks": 4, "decisions": 4, "orders": 1,
+                                                   "rejects": 0, "unsent": 0, "reconnects": 1},
+                     "latency": {"tick_to_decision": rec.snapshot()}},
+        "orderbook": {"uptime_s": 2.0, "counters": {"ticks": 4, "malformed": 2},
+                      "latency": {}},
+    }
+    built = summary.build(snaps)
+    row = next(r for r in built["latency"] if r["name"] == "tick_to_decision")
+    # Percentiles are bucket values (3 significant digits); max is the exact recorded one.
+    assert row["count"] == 4 and abs(row["p50"] - 25_000) <= 25 and row["max"] == 90_000
+    assert {"label": "Strategy ticks read from shm", "count": 4, "per_s": 2.0}.items() <= \
+        next(r for r in built["flow"] if r["label"] == "Strategy ticks read from shm").items()
+    assert built["problems"]["orderbook.malformed"] == 2
+    text = summary.render(built)
+    assert "tick -> decision (Strategy)" in text and "25.0" in text and "90.0" in text
+    assert "(no snapshots found)" in summary.render(summary.build({}))
+
+
+def test_layouts_and_cpu_lists():
+    cfg = config.load(None, config.layout_overrides("spread"))
+    assert cfg.strategy.cpus == [1] and cfg.gateway.cpus == [0] and cfg.strategy.idle == "block"
+    cfg = config.load(None, {**config.layout_overrides("strategy-spin"), "strategy.cpus": "0,1"})
+    assert cfg.strategy.idle == "spin" and cfg.strategy.cpus == [0, 1]
+    with pytest.raises(config.ConfigError, match="layout 'nope'"):
+        config.layout_overrides("nope")
+    with pytest.raises(config.ConfigError, match="strategy.cpus"):
+        config.load(None, {"strategy.cpus": "x"})
+    with pytest.raises(config.ConfigError, match="gateway.cpus"):
+        config.load(None, {"gateway.cpus": [-1]})
+    with pytest.raises(config.ConfigError, match="order_manager.idle"):
+        config.load(None, {"order_manager.idle": "nap"})
+
+
+def test_pin_drops_cpus_the_machine_lacks(caplog):
+    before = os.sched_getaffinity(0)
+    try:
+        log = logging.getLogger("pin-test")
+        with caplog.at_level(logging.WARNING):
+            got = runtime.pin("strategy", [0, 4096], log)
+        assert got == [0]
+        assert "4096" in caplog.text
+        assert runtime.pin("strategy", [], log) == [0]  # [] leaves the affinity alone
+    finally:
+        os.sched_setaffinity(0, before)
