@@ -1,13 +1,17 @@
-"""Build the tradestack packages and the ext._pricebook Cython extension.
+"""Build the tradestack packages and the Cython extensions ext._pricebook and ext._wire.
 
     python setup.py build_ext --inplace
 
 -O2 and no -march: the .so must run on whatever x86-64 (or ARM) box CI and the other
 processes use; the hot paths are a handful of loads/stores where -march buys nothing.
+ext._wire adds -ffp-contract=off: its random walk must produce the same doubles as the
+pure-Python twin, and a fused multiply-add (the default on ARM) would round differently.
 """
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+CFLAGS = ["-O2", "-std=gnu11", "-Wno-unused-function"]
 
 extensions = [
     Extension(
@@ -15,8 +19,16 @@ extensions = [
         sources=["ext/_pricebook.pyx"],
         include_dirs=["ext"],
         depends=["ext/seqlock.h", "ext/_pricebook.pxd"],
-        extra_compile_args=["-O2", "-std=gnu11", "-Wno-unused-function"],
-    )
+        extra_compile_args=CFLAGS,
+    ),
+    Extension(
+        "ext._wire",
+        sources=["ext/_wire.pyx"],
+        include_dirs=["ext"],       # seqlock.h, via the cimport of ext._pricebook
+        depends=["ext/seqlock.h", "ext/_pricebook.pxd"],
+        extra_compile_args=[*CFLAGS, "-ffp-contract=off"],
+        libraries=["m"],
+    ),
 ]
 
 setup(

@@ -1,10 +1,14 @@
-"""Native extensions of tradestack: the shared-memory seqlock price book.
+"""Native extensions of tradestack: the shared-memory seqlock price book and the price-feed
+codec (PriceFeedDecoder, TickEncoder).
 
 Picks the compiled ``ext._pricebook`` when it is importable, else the pure-Python twin
 ``ext.pricebook_py`` (with a RuntimeWarning, because it is ~20x slower). Set
 ``TRADESTACK_PURE_PYTHON=1`` to force the twin (tests, debugging, platforms without a
-compiler). Both modules stay importable for tests: ``ext.pricebook_py`` and, when built,
-``ext._pricebook``. This package must not import ``reactor`` or ``processes``.
+compiler). The codec follows the book: ``ext._wire`` with the compiled book (its decoder
+writes through the book's C fast paths), ``ext.wire_py`` otherwise. Every module stays
+importable for tests: ``ext.pricebook_py``, ``ext.wire_py`` and, when built,
+``ext._pricebook`` and ``ext._wire``. This package must not import ``reactor`` or
+``processes``.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import os
 import warnings
 from types import ModuleType
 
-from ext import layout, pricebook_py
+from ext import layout, pricebook_py, wire_py
 from ext.layout import LayoutError, footprint, segment_size
 
 _pricebook: ModuleType | None = None
+_wire: ModuleType | None = None
 
 if os.environ.get("TRADESTACK_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on"):
     _impl: ModuleType = pricebook_py
@@ -37,17 +42,40 @@ else:
     else:
         _impl = _pricebook
 
+_wire_impl: ModuleType = wire_py
+if _impl is _pricebook:
+    try:
+        _wire = importlib.import_module("ext._wire")
+    except ImportError as exc:  # an older build: the twin codec works with the compiled book
+        warnings.warn(
+            f"ext._wire is not built ({exc}); using the slow pure-Python price-feed codec. "
+            "Run `python setup.py build_ext --inplace`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    else:
+        _wire_impl = _wire
+
 SharedPriceBook = _impl.SharedPriceBook
 PriceReader = _impl.PriceReader
 IMPLEMENTATION: str = "cython" if _impl is _pricebook else "python"
+PriceFeedDecoder = _wire_impl.PriceFeedDecoder
+TickEncoder = _wire_impl.TickEncoder
+FrameTooLong = wire_py.FrameTooLong  # one class, shared by both codecs
+WIRE_IMPLEMENTATION: str = "cython" if _wire_impl is _wire else "python"
 
 __all__ = [
     "IMPLEMENTATION",
+    "WIRE_IMPLEMENTATION",
+    "FrameTooLong",
     "LayoutError",
+    "PriceFeedDecoder",
     "PriceReader",
     "SharedPriceBook",
+    "TickEncoder",
     "footprint",
     "layout",
     "pricebook_py",
     "segment_size",
+    "wire_py",
 ]

@@ -39,6 +39,7 @@ class Connection:
         "reactor",
         "sock",
         "reader",
+        "on_data",
         "on_close",
         "name",
         "peer",
@@ -63,6 +64,7 @@ class Connection:
         sock: socket.socket,
         *,
         on_frame: Callable[[memoryview], Any] | None = None,
+        on_data: Callable[[bytearray, int, int], int] | None = None,
         on_close: Callable[[Connection, str | None], Any] | None = None,
         max_frame: int = 4096,
         read_capacity: int = 65536,
@@ -81,6 +83,8 @@ class Connection:
         self.reactor = reactor
         self.sock = sock
         self.reader = FrameReader(on_frame, max_frame=max_frame, capacity=read_capacity)
+        # Bulk consumer (see FrameReader.bulk_updated); when set, on_frame is not used.
+        self.on_data = on_data
         self.on_close = on_close
         self.name = name
         self.peer = _describe_peer(sock)
@@ -173,7 +177,11 @@ class Connection:
             # Outside the OSError handler: an OSError from user code in on_frame must
             # propagate, not pose as a connection error.
             try:
-                reader.buffer_updated(n)
+                on_data = self.on_data
+                if on_data is None:
+                    reader.buffer_updated(n)
+                else:
+                    reader.bulk_updated(n, on_data)
             except FrameTooLarge as exc:
                 self.close(f"frame too large: {exc}")
         else:

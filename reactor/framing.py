@@ -177,6 +177,34 @@ class FrameReader:
             self._settle(start, end)
         return n
 
+    def bulk_updated(self, nbytes: int, consume: Callable[[bytearray, int, int], int]) -> int:
+        """Account ``nbytes`` and hand every unconsumed byte to ``consume(buf, start, end)``,
+        which parses the complete frames itself and returns the offset where it stopped.
+
+        For a native decoder: one call per read instead of one Python call per frame. The
+        remainder is the partial frame, bounded exactly as in buffer_updated(). A ValueError
+        from ``consume`` (e.g. its own frame-too-long) means the stream cannot be trusted and
+        is re-raised as FrameTooLarge. Returns the bytes consumed.
+        """
+        end = self._end + nbytes
+        if end > self._capacity:
+            raise ValueError(f"bulk_updated({nbytes}) overruns the free buffer")
+        self.bytes_in += nbytes
+        start = self._start
+        gen = self._gen
+        try:
+            stop = consume(self._buf, start, end)
+        except ValueError as exc:
+            self.reset()
+            raise FrameTooLarge(str(exc)) from None
+        if self._gen != gen:
+            return 0  # the consumer reset us (closed its connection): the rest is stale
+        if not start <= stop <= end:
+            self.reset()
+            raise ValueError(f"consumer returned {stop}, outside [{start}, {end}]")
+        self._settle(stop, end)
+        return stop - start
+
     def _settle(self, start: int, end: int) -> None:
         """After a scan: bound the partial frame, remember where to resume searching, and
         make room at the tail if needed."""

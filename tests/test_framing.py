@@ -315,3 +315,78 @@ else:
     @pytest.mark.skip(reason="hypothesis not installed")
     def test_any_split_yields_same_frames() -> None:
         pass
+
+
+# --- bulk consumers (FrameReader.bulk_updated): a native decoder takes the whole region ---------
+
+def _split_consumer(out: list[bytes]) -> Callable[[bytearray, int, int], int]:
+    """A pure-Python stand-in for ext.PriceFeedDecoder.feed: consumes complete frames only."""
+
+    def consume(buf: bytearray, start: int, end: int) -> int:
+        last = buf.rfind(b"*", start, end)
+        if last < 0:
+            return start
+        out.extend(f for f in bytes(buf[start:last]).split(b"*") if f)
+        return last + 1
+
+    return consume
+
+
+def _feed(reader: FrameReader, data: bytes, consume) -> None:
+    buf = reader.get_buffer()
+    buf[: len(data)] = data
+    reader.bulk_updated(len(data), consume)
+
+
+def test_bulk_consumer_keeps_the_partial_frame_for_the_next_read() -> None:
+    out: list[bytes] = []
+    consume = _split_consumer(out)
+    reader = FrameReader(None, max_frame=16, capacity=64)
+    _feed(reader, b"A,1*B,2*C,", consume)
+    assert out == [b"A,1", b"B,2"] and reader.pending == 2
+    _feed(reader, b"3*", consume)
+    assert out == [b"A,1", b"B,2", b"C,3"] and reader.pending == 0
+    for k in range(50):  # many reads: compaction keeps working with a bulk consumer
+        _feed(reader, b"D,%d*E," % k, consume)
+    assert len(out) == 53 and reader.pending == 2
+
+
+def test_bulk_partial_over_max_frame_raises() -> None:
+    reader = FrameReader(None, max_frame=8, capacity=64)
+    with pytest.raises(FrameTooLarge):
+        _feed(reader, b"X" * 20, _split_consumer([]))
+    assert reader.pending == 0  # reset: reusable after the caller drops the stream
+
+
+def test_bulk_consumer_value_error_becomes_frame_too_large() -> None:
+    def refuse(buf: bytearray, start: int, end: int) -> int:
+        raise ValueError("frame of 999 bytes > max_frame 8")
+
+    reader = FrameReader(None, max_frame=8, capacity=64)
+    with pytest.raises(FrameTooLarge, match="999 bytes"):
+        _feed(reader, b"A*", refuse)
+    with pytest.raises(ValueError, match="outside"):
+        _feed(reader, b"A*", lambda buf, start, end: end + 5)
+
+
+def test_connection_with_bulk_consumer_closes_on_oversize() -> None:
+    from reactor import Connection, Reactor
+
+    reactor = Reactor()
+    a, b = socket.socketpair()
+    out: list[bytes] = []
+    closed: list[str | None] = []
+    conn = Connection(reactor, a, on_data=_split_consumer(out), max_frame=8,
+                      read_capacity=64, on_close=lambda c, why: closed.append(why))
+    conn.start()
+    try:
+        b.sendall(b"A,1*B,2*")
+        reactor.run_for(0.05)
+        assert out == [b"A,1", b"B,2"]
+        b.sendall(b"Y" * 30)
+        reactor.run_for(0.05)
+        assert conn.closed and closed and "frame too large" in closed[0]
+    finally:
+        conn.close()
+        b.close()
+        reactor.close()
