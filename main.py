@@ -3,6 +3,8 @@
     python main.py                  # until Ctrl+C (or SIGTERM)
     python main.py --duration 10    # ten seconds, then a clean stop
     python main.py --print-config   # effective settings
+    python main.py --dashboard      # with the live dashboard in this terminal; q stops the stack
+    python main.py --csv data/sample_prices.csv   # replay a price file instead of the random walk
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from processes.runtime import parse_cli, setup_logging
+from processes.monitor import DashboardHook
+from processes.runtime import parse_cli, set_console, setup_logging
 from processes.stack import run_stack
 
 
@@ -18,15 +21,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python main.py", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                         help="stop cleanly after this many seconds (default: run until Ctrl+C)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="draw the live dashboard in this terminal instead of log lines "
+                             "(logs/ is still written); q or Ctrl+C stops the stack")
     cfg, args = parse_cli(parser, (), argv, extra=(
         ("network", "price_port"), ("network", "news_port"), ("network", "order_port"),
-        ("gateway", "tick_rate"), ("gateway", "news_rate"), ("order_manager", "order_log")))
+        ("gateway", "tick_rate"), ("gateway", "news_rate"), ("order_manager", "order_log"),
+        ("gateway", "csv"), ("gateway", "csv_speed"), ("gateway", "csv_loop"),
+        ("monitor", "refresh")))
     if cfg is None:
         return 0
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be > 0")
+    hook = None
+    if args.dashboard:
+        # The dashboard owns the terminal: no child logs to it (their files are still written).
+        # main's own lines go to the console until the dashboard starts (a failed start-up is
+        # then still explained there) and again once it closes.
+        cfg.logging.console = False
+        hook = DashboardHook(cfg.monitor.refresh, cfg.logging.stats_interval)
     setup_logging("main", cfg.logging)
-    return run_stack(cfg, args.duration)
+    if hook is not None:
+        set_console(True)
+    return run_stack(cfg, args.duration, hook=hook)
 
 
 if __name__ == "__main__":

@@ -718,18 +718,22 @@ cdef class PriceReader:
         tsb_disarm(&self._entry.state, &self.book._head.c.sleepers)
 
     def drain(self):
-        """Discard pending doorbell datagrams (non-blocking); returns how many."""
+        """Discard one doorbell datagram (non-blocking); returns 1, or 0 if none was queued.
+
+        One, not all: a writer rings once per sleep (it claims SLEEPING -> AWAKE first), so a
+        second datagram is rare, and reading until EAGAIN would cost a syscall on every wake-up.
+        A leftover datagram keeps the (level-triggered) fd readable: one more cheap wake-up.
+        """
         cdef char buf[16]
-        cdef int count = 0
         cdef ssize_t r
         if self._closed:
             raise ValueError("PriceReader is closed")
         while True:
             r = recv(self._fd, buf, sizeof(buf), MSG_DONTWAIT)
             if r >= 0:
-                count += 1
-            elif errno != EINTR:
-                return count
+                return 1
+            if errno != EINTR:
+                return 0
 
     cdef void _release_entry(self) noexcept:
         cdef tsb_reader_entry *e = self._entry

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -17,12 +18,14 @@ from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "tradestack.toml"
 IDLE_MODES = ("block", "spin", "hybrid")
+TOKEN_ENV = "TRADESTACK_TOKEN"
+MAX_TOKEN = 256
 PROCESSES = ("gateway", "orderbook", "strategy", "order_manager")
 
 # Where each process runs and how it waits: {layout: {process: (cpus, idle)}}. Measured in
 # performance_report.md ("Placement"); `--layout NAME` applies one, explicit keys override it.
 # cpus that this machine does not have are dropped at start-up (unpinned if none remain).
-LAYOUTS: dict[str, dict[str, tuple[list[int], str]]] = {
+LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]] = {
     "unpinned": {p: ([], "block") for p in PROCESSES},
     "one-core": {p: ([0], "block") for p in PROCESSES},
     "spread": {"gateway": ([0], "block"), "orderbook": ([0], "block"),
@@ -30,6 +33,11 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str]]] = {
     "strategy-spin": {"gateway": ([0], "block"), "orderbook": ([0], "block"),
                       "strategy": ([1], "spin"), "order_manager": ([0], "block")},
     "strategy-hybrid": {p: ([0], "hybrid" if p == "strategy" else "block") for p in PROCESSES},
+    # One core, SCHED_FIFO in pipeline order: a woken downstream process preempts its upstream
+    # at once instead of waiting for it to block, and background load cannot delay a hop. The
+    # Strategy ranks above the OrderManager so an ack preempts the OM's booking I/O.
+    "one-core-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
+                    "order_manager": ([0], "block", 30), "strategy": ([0], "block", 40)},
 }
 
 
@@ -60,9 +68,13 @@ class Gateway:
     plain: bool = False
     max_client_buffer: int = 1 << 20
     slow_client: str = "drop"
+    csv: str = ""                # price file to replay instead of the random walk ("" = walk)
+    csv_speed: float = 1.0       # x the recorded pace; 0 = as fast as clients drain
+    csv_loop: bool = True        # at the end of the file: start again (true) or stop sending
     cpus: list[int] = field(default_factory=list)
     idle: str = "block"
     spin_us: float = 50.0
+    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
@@ -70,6 +82,7 @@ class OrderBook:
     cpus: list[int] = field(default_factory=list)
     idle: str = "block"
     spin_us: float = 50.0
+    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
@@ -80,17 +93,28 @@ class Strategy:
     bullish: int = 60
     bearish: int = 40
     quantity: int = 10
+    token: str = ""             # sent in the hello to the OrderManager; TRADESTACK_TOKEN overrides
     cpus: list[int] = field(default_factory=list)
     idle: str = "block"
     spin_us: float = 50.0
+    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
 class OrderManager:
     order_log: str = "logs/orders.jsonl"
+    fsync: bool = False         # fsync the order log per order (survives power loss; ~ms each)
+    token: str = ""             # clients must send it in their hello; "" = none required;
+                                # TRADESTACK_TOKEN overrides
+    max_position: int = 0       # |net position| per client and symbol after an order; 0 = no limit
+    max_order_rate: int = 0     # orders per client in any 1 s window; 0 = no limit
+    max_notional: float = 0.0   # qty * price of one order; 0 = no limit
+    max_bad_frames: int = 20    # consecutive malformed frames before a client is closed; 0 = never
+    kill_switch: bool = False   # start with the kill switch on (SIGUSR1 toggles it)
     cpus: list[int] = field(default_factory=list)
     idle: str = "block"
     spin_us: float = 50.0
+    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
@@ -99,6 +123,12 @@ class Logging:
     level: str = "INFO"
     stats_dir: str = ""          # "" = <dir>/stats
     stats_interval: float = 1.0  # seconds between published snapshots
+    console: bool = True         # log lines to the console too (off while a dashboard draws)
+
+
+@dataclass
+class Monitor:
+    refresh: float = 0.5         # seconds between dashboard redraws
 
 
 @dataclass
@@ -110,6 +140,7 @@ class Config:
     strategy: Strategy = field(default_factory=Strategy)
     order_manager: OrderManager = field(default_factory=OrderManager)
     logging: Logging = field(default_factory=Logging)
+    monitor: Monitor = field(default_factory=Monitor)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -194,9 +225,10 @@ def layout_overrides(name: str) -> dict[str, Any]:
     if name not in LAYOUTS:
         raise ConfigError(f"layout {name!r}: one of {', '.join(LAYOUTS)}")
     out: dict[str, Any] = {}
-    for process, (cpus, idle) in LAYOUTS[name].items():
+    for process, (cpus, idle, *rt) in LAYOUTS[name].items():
         out[f"{process}.cpus"] = list(cpus)
         out[f"{process}.idle"] = idle
+        out[f"{process}.rt_priority"] = rt[0] if rt else 0
     return out
 
 
@@ -254,6 +286,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gateway.max_client_buffer: at least 4096 bytes")
     if g.slow_client not in ("drop", "close"):
         raise ConfigError("gateway.slow_client: 'drop' or 'close'")
+    if not math.isfinite(g.csv_speed) or g.csv_speed < 0:
+        raise ConfigError("gateway.csv_speed: must be a finite number >= 0 (0 = unpaced)")
     s = cfg.strategy
     if not 1 <= s.short_window < s.long_window:
         raise ConfigError("strategy: need 1 <= short_window < long_window")
@@ -261,6 +295,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("strategy: need 0 <= bearish <= bullish <= 100")
     if s.quantity <= 0:
         raise ConfigError("strategy.quantity: must be > 0")
+    _validate_order_manager(cfg.order_manager)
+    for section in ("strategy", "order_manager"):
+        if len(getattr(cfg, section).token) > MAX_TOKEN:
+            raise ConfigError(f"{section}.token: at most {MAX_TOKEN} characters")
     for section in PROCESSES:
         sect = getattr(cfg, section)
         if sect.idle not in IDLE_MODES:
@@ -269,10 +307,37 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{section}.cpus: CPU numbers are >= 0")
         if not 0 <= sect.spin_us <= 1_000_000:
             raise ConfigError(f"{section}.spin_us: 0..1000000")
+        if not 0 <= sect.rt_priority <= 99:
+            raise ConfigError(f"{section}.rt_priority: 0 (normal) or 1..99 (SCHED_FIFO)")
+        if sect.rt_priority and sect.idle != "block":
+            # A real-time process that never sleeps starves everything else on its core,
+            # including the softirq work loopback TCP needs.
+            raise ConfigError(f"{section}.rt_priority: only with idle = \"block\"")
     if not 0.05 <= cfg.logging.stats_interval <= 3600:
         raise ConfigError("logging.stats_interval: 0.05..3600 seconds")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
+    if not (math.isfinite(cfg.monitor.refresh) and 0.05 <= cfg.monitor.refresh <= 60):
+        raise ConfigError("monitor.refresh: 0.05..60 seconds")
+
+
+def _validate_order_manager(om: OrderManager) -> None:
+    """Risk limits are >= 0 (0 = no limit); a NaN limit would silently never trigger."""
+    for key in ("max_position", "max_order_rate", "max_bad_frames"):
+        if getattr(om, key) < 0:
+            raise ConfigError(f"order_manager.{key}: must be >= 0 (0 = no limit)")
+    if not (math.isfinite(om.max_notional) and om.max_notional >= 0):
+        raise ConfigError("order_manager.max_notional: must be a finite number >= 0 (0 = no limit)")
+
+
+def effective_token(configured: str) -> str:
+    """TRADESTACK_TOKEN if set and non-empty, else the configured token.
+
+    Read at start-up by the OrderManager and the Strategy, so a secret need not sit in a file
+    or on a command line; an empty variable never clears a configured token (that would turn
+    authentication off by accident).
+    """
+    return os.environ.get(TOKEN_ENV) or configured
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 MESSAGE_DELIMITER = b"*"
@@ -168,3 +169,49 @@ def encode_ack(order_id: str, order_no: int) -> bytes:
 
 def encode_reject(order_id: str | None, reason: str) -> bytes:
     return _frame_json({"type": "reject", "id": order_id, "reason": reason})
+
+
+# --- order-session handshake: hello -> welcome | refused ----------------------------------------
+# An order client's first frame must be a hello; the OrderManager answers welcome (orders may
+# follow) or refused (and closes). The version lets either side be upgraded without the other
+# misreading its frames; the token keeps a stray or hostile local process from trading.
+
+CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the same rule as strategy.name
+MAX_TOKEN = 256
+
+
+@dataclass(slots=True)
+class Hello:
+    client: str
+    token: str
+    version: int
+
+
+def encode_hello(client: str, token: str = "", version: int = PROTOCOL_VERSION) -> bytes:
+    return _frame_json({"type": "hello", "version": version, "client": client, "token": token})
+
+
+def validate_hello(obj: dict) -> Hello:
+    """Check a decoded hello's shape (not its token or version: the server decides those)."""
+    if obj.get("type") != "hello":
+        raise ProtocolError("expected a hello first")
+    version = obj.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ProtocolError(f"hello: version must be an integer, got {version!r}")
+    client = obj.get("client")
+    if not isinstance(client, str) or not CLIENT_NAME.fullmatch(client):
+        raise ProtocolError(f"hello: bad client name {str(client)[:80]!r} "
+                            "(1-64 of A-Z a-z 0-9 _ . -)")
+    token = obj.get("token", "")
+    if not isinstance(token, str) or len(token) > MAX_TOKEN:
+        raise ProtocolError("hello: token must be a string of at most 256 characters")
+    return Hello(client, token, version)
+
+
+def encode_welcome(client: str, kill_switch: bool = False) -> bytes:
+    return _frame_json({"type": "welcome", "version": PROTOCOL_VERSION, "client": client,
+                        "kill_switch": kill_switch})
+
+
+def encode_refused(reason: str) -> bytes:
+    return _frame_json({"type": "refused", "reason": reason})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -38,6 +39,19 @@ class Service(Protocol):
     def close(self) -> None: ...
 
 
+def set_rt_priority(name: str, priority: int, log: logging.Logger) -> int:
+    """SCHED_FIFO at `priority` (0 = leave normal scheduling); returns what was applied."""
+    if not priority:
+        return 0
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        log.warning("%s.rt_priority %d not applied (%s); running with normal scheduling",
+                    name, priority, exc)
+        return 0
+    return priority
+
+
 def pin(name: str, cpus: list[int], log: logging.Logger) -> list[int]:
     """Pin this process to `cpus` (those this machine has); [] = leave it unpinned."""
     if not cpus or not hasattr(os, "sched_setaffinity"):
@@ -55,22 +69,36 @@ def pin(name: str, cpus: list[int], log: logging.Logger) -> list[int]:
 
 
 def setup_logging(name: str, cfg: config_mod.Logging) -> logging.Logger:
-    """Console and logs/<name>.log, both with the process name; replaces earlier handlers."""
+    """Console (if cfg.console) and logs/<name>.log, both with the process name; replaces
+    earlier handlers."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     root.setLevel(cfg.level.upper())
     formatter = logging.Formatter(_FORMAT, _DATEFMT)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
-    root.addHandler(console)
+    set_console(cfg.console)
     if cfg.dir:
         Path(cfg.dir).mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(Path(cfg.dir) / f"{name}.log")
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     return logging.getLogger(name)
+
+
+def set_console(enabled: bool) -> None:
+    """Add or remove the console log handler: a dashboard owns the terminal while it draws (log
+    lines would scroll it apart), and hands it back to the log when it closes."""
+    root = logging.getLogger()
+    current = [h for h in root.handlers if getattr(h, "_tradestack_console", False)]
+    if enabled and not current:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
+        console._tradestack_console = True  # type: ignore[attr-defined]
+        root.addHandler(console)
+    elif not enabled:
+        for handler in current:
+            root.removeHandler(handler)
 
 
 def die_with_parent() -> None:
@@ -105,6 +133,7 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     log = setup_logging(name, cfg.logging)
     place = getattr(cfg, name)
     cpus = pin(name, place.cpus, log)
+    rt = set_rt_priority(name, place.rt_priority, log)
     reactor = Reactor(idle=place.idle, spin_us=place.spin_us)
     # Handlers first: a SIGTERM between "ready" and run() must still mean a clean stop (the
     # OrderBook unlinks its segment), not the default handler's instant death.
@@ -115,9 +144,10 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     try:
         service = build(reactor)
         info = service.start()
-        info.update(pid=os.getpid(), cpus=cpus, idle=place.idle)
+        info.update(pid=os.getpid(), cpus=cpus, idle=place.idle, rt_priority=rt)
         log.info("ready %s", format_stats(info))
         publisher = _publisher(name, cfg.logging, service)
+        quiet_gc()
         if ready is not None:
             ready.send(info)
             ready.close()
@@ -142,6 +172,19 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
                 log.warning("final stats snapshot not written: %s", exc)
         reactor.close()
         logging.shutdown()
+
+
+def quiet_gc() -> None:
+    """Keep the cyclic GC off the hot path.
+
+    Everything allocated at start-up (modules, config, buffers) is frozen into the permanent
+    generation, so a collection never walks it again; and gen-0 runs every 50k container
+    allocations instead of every 700. The hot paths create few cycles (refcounting frees the rest),
+    so this trades a few MB of delayed cycle freeing for no 10-50 us GC pause every few ticks.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _publisher(name: str, cfg: config_mod.Logging, service: Service) -> telemetry.Publisher:

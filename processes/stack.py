@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Protocol
 
 from ext import layout
 from processes import config as config_mod
@@ -114,6 +114,15 @@ class Stack:
             net.price_port, net.news_port = info["price_port"], info["news_port"]
         log.info("%s ready (pid %d) %s", name, proc.pid, info)
 
+    def restart(self, name: str) -> None:
+        """Start `name` again (after it died or was killed) on the ports already bound once."""
+        proc = self.procs.get(name)
+        if proc is not None and proc.is_alive():
+            raise StackError(f"{name} is still running")
+        if proc is not None:
+            proc.join(1.0)
+        self._start_one(name)
+
     def snapshots(self) -> dict[str, dict[str, Any]]:
         """This stack's processes' latest stats snapshots (files of other runs are ignored)."""
         log_cfg = self.cfg.logging
@@ -177,7 +186,20 @@ class Stack:
         resource_tracker.unregister(f"/{name}", "shared_memory")
 
 
-def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
+class LoopHook(Protocol):
+    """Something main.py runs alongside the stack (the --dashboard): poll() every `interval`
+    seconds and when one of waitables() is readable; a reason it returns stops the stack as
+    Ctrl+C does. close() runs first thing when the stack stops, before anything is logged."""
+
+    interval: float
+
+    def waitables(self) -> list[int]: ...
+    def poll(self, stack: Stack) -> str | None: ...
+    def close(self) -> None: ...
+
+
+def run_stack(cfg: config_mod.Config, duration: float | None = None,
+              hook: LoopHook | None = None) -> int:
     """Run until Ctrl+C, SIGTERM, `duration` seconds, or a child dies; 0 only for a clean stop."""
     stop_reason: list[str] = []
     wake_r, wake_w = socket.socketpair()
@@ -201,7 +223,10 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
         sentinels = stack.sentinels()
         while not stop_reason:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait([*sentinels, wake_r], timeout=timeout)
+            if hook is not None:
+                timeout = hook.interval if timeout is None else min(timeout, hook.interval)
+            ready = wait([*sentinels, wake_r, *(hook.waitables() if hook else ())],
+                         timeout=timeout)
             if stop_reason:
                 break
             died = [sentinels[s] for s in ready if s in sentinels]
@@ -209,6 +234,9 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
                 for name, exitcode in stack.reap(died):
                     log.error("%s died with exit code %s; stopping the stack", name, exitcode)
                 code = 1
+                break
+            if hook is not None and (why := hook.poll(stack)):
+                stop_reason.append(why)
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 stop_reason.append("duration elapsed")
@@ -221,6 +249,11 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
         # Ignore further Ctrl+C while we stop the children, so a double Ctrl+C cannot orphan them.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if hook is not None:
+            try:
+                hook.close()
+            except Exception:   # a broken terminal must not keep the children running
+                log.exception("closing the dashboard failed")
         log.info("stopping (%s)", ", ".join(stop_reason) or "error")
         if stack is not None:
             codes = stack.stop()
@@ -232,7 +265,8 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None) -> int:
         signal.set_wakeup_fd(old_wakeup)
         wake_r.close()
         wake_w.close()
-    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
+    # -SIGINT: a terminal Ctrl+C reaches every child; one still starting up dies of it at once.
+    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM, -signal.SIGINT)}
     if bad:
         log.error("children exited badly: %s", bad)
         code = code or 1

@@ -21,6 +21,7 @@ from processes.protocol import (
     Order,
     ProtocolError,
     decode_json,
+    encode_hello,
     encode_order,
     parse_news,
 )
@@ -43,21 +44,43 @@ LOGGED_PROBLEMS = 5  # bad frames/replies logged one by one; the rest only count
 
 
 class OrderClient:
-    """Connection to the OrderManager: sends orders, matches acks and rejects to them."""
+    """Connection to the OrderManager: handshake, orders out, acks and rejects matched to them.
 
-    def __init__(self, reactor: Reactor, host: str, port: int, on_reply) -> None:
+    Delivery: an order is submitted once and stays in `pending` (insertion order = creation
+    order) until the OrderManager acks or rejects it. It is written at once when a session is
+    up (connected and welcomed); otherwise it waits there. After every (re)connect and welcome,
+    ALL pending orders are (re)sent in order with their original ids, so an order is never
+    lost to an OrderManager outage, and the OrderManager's dedup by id means a resend of an order
+    it had already booked is only acked again (same order_no), never booked twice.
+
+    Counters: `unsent` = distinct orders that had to wait because no session was up when they
+    were made; `resent` = orders written again after a reconnect; `refusals` = handshakes the
+    OrderManager refused (bad token or version: logged, and retried with the Dialer's backoff).
+    """
+
+    def __init__(self, reactor: Reactor, host: str, port: int, on_reply, client: str = "",
+                 token: str = "") -> None:
         self.on_reply = on_reply
+        self.client = client
+        self.token = token
         self.pending: dict[str, tuple[Order, int]] = {}   # id -> (order, position before it)
+        self.welcomed = False
         self.acks = 0
         self.rejects = 0
         self.bad_replies = 0
+        self.unsent = 0
+        self.resent = 0
+        self.refusals = 0
+        self._last_refusal = ""
+        # overflow="close": an order that does not fit the write buffer must not vanish; the
+        # close makes us reconnect and resend everything pending instead.
         self.dialer = Dialer(reactor, host, port, on_connect=self._on_connect,
                              on_disconnect=self._on_disconnect, on_frame=self._on_frame,
-                             backoff=Backoff(), max_frame=MAX_FRAME)
+                             backoff=Backoff(), max_frame=MAX_FRAME, overflow="close")
 
     @property
     def connected(self) -> bool:
-        return self.dialer.connected
+        return self.dialer.connected and self.welcomed
 
     def start(self) -> None:
         self.dialer.start()
@@ -65,23 +88,57 @@ class OrderClient:
     def close(self) -> None:
         self.dialer.close()
 
-    def send(self, order: Order, position_before: int) -> bool:
-        conn = self.dialer.connection
-        if conn is None or conn.closed:
-            return False
-        if not conn.send(encode_order(order)):
-            return False
+    def submit(self, order: Order, position_before: int) -> bool:
+        """Own `order` until it is acked or rejected; True if it went on the wire right now."""
         self.pending[order.id] = (order, position_before)
-        return True
+        log.debug("order %s created: %s %d %s @ %.2f", order.id, order.side, order.qty,
+                  order.symbol, order.price)
+        if self.welcomed:
+            conn = self.dialer.connection
+            if conn is not None and conn.send(encode_order(order)):
+                return True
+        self.unsent += 1
+        return False
 
     def _on_connect(self, conn: Connection) -> None:
-        log.info("connected to order manager %s", conn.peer)
+        log.info("connected to order manager %s; saying hello as %s", conn.peer, self.client)
+        self.welcomed = False
+        conn.send(encode_hello(self.client, self.token))
 
     def _on_disconnect(self, reason: str | None) -> None:
-        if self.dialer.closed:
-            return  # our own shutdown
-        log.warning("order manager lost (%s); %d orders unacknowledged; reconnecting",
-                    reason or "closed by peer", len(self.pending))
+        self.welcomed = False
+        if self.dialer.closed or (reason or "").startswith("refused"):
+            return  # our own shutdown, or a refusal already logged
+        log.warning("order manager lost (%s); %d orders unacknowledged, kept for resending; "
+                    "reconnecting", reason or "closed by peer", len(self.pending))
+
+    def _on_welcome(self, reply: dict) -> None:
+        """Session up: resend every pending order, oldest first."""
+        self.welcomed = True
+        self._last_refusal = ""
+        conn = self.dialer.connection
+        if reply.get("kill_switch"):
+            log.warning("order manager's kill switch is on: orders will be rejected")
+        log.info("welcomed by order manager; resending %d unacknowledged orders",
+                 len(self.pending))
+        now = time.monotonic_ns()
+        for order, _ in list(self.pending.values()):
+            if conn is None or conn.closed:
+                return  # lost again (or overflowed): the next welcome resends the rest
+            order.sent_ns = now  # this attempt's send time: order -> ack measures one try
+            if conn.send(encode_order(order)):
+                self.resent += 1
+
+    def _on_refused(self, reply: dict) -> None:
+        reason = str(reply.get("reason"))[:300]
+        self.refusals += 1
+        if self.refusals <= LOGGED_PROBLEMS or reason != self._last_refusal:
+            log.error("order manager REFUSED this strategy: %s; retrying with backoff "
+                      "(%d orders kept)", reason, len(self.pending))
+        self._last_refusal = reason
+        conn = self.dialer.connection
+        if conn is not None:
+            conn.close(f"refused: {reason}")  # the Dialer redials with its backoff
 
     def _on_frame(self, frame: memoryview) -> None:
         try:
@@ -89,12 +146,19 @@ class OrderClient:
         except ProtocolError as exc:
             self._bad_reply(str(exc))
             return
+        kind = reply.get("type")
+        if kind == "welcome":
+            self._on_welcome(reply)
+            return
+        if kind == "refused":
+            self._on_refused(reply)
+            return
         oid = reply.get("id")
         if not isinstance(oid, str) and oid is not None:
             self._bad_reply(f"reply id is not a string: {oid!r}")
             return
         entry = self.pending.pop(oid, None)
-        if reply.get("type") == "ack":
+        if kind == "ack":
             self.acks += 1
         else:
             self.rejects += 1
@@ -107,7 +171,13 @@ class OrderClient:
 
 
 class StrategyService:
-    """MA crossover + sentiment, one position per symbol, orders only on a change of side."""
+    """MA crossover + sentiment, one position per symbol, orders only on a change of side.
+
+    An order is made once per change of side and the position moves at once (optimistically):
+    the OrderClient keeps the order until the OrderManager answers, waiting out an outage and
+    resending after a reconnect, so no agreeing tick has to retry it. A reject restores the
+    position the order started from.
+    """
 
     def __init__(self, reactor: Reactor, cfg: config_mod.Config) -> None:
         self.reactor = reactor
@@ -127,7 +197,6 @@ class StrategyService:
         self.ticks = 0
         self.decisions = 0
         self.orders = 0
-        self.unsent = 0
         self.news = 0
         self.bad_news = 0
         self._attach_backoff = Backoff(initial=0.1, maximum=2.0)
@@ -139,7 +208,8 @@ class StrategyService:
                                   on_connect=lambda c: log.info("connected to news %s", c.peer),
                                   on_disconnect=self._on_news_lost, backoff=Backoff(),
                                   max_frame=MAX_FRAME)
-        self.orders_out = OrderClient(reactor, net.host, net.order_port, self._on_reply)
+        self.orders_out = OrderClient(reactor, net.host, net.order_port, self._on_reply,
+                                      s.name, config_mod.effective_token(s.token))
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -165,7 +235,9 @@ class StrategyService:
         held = sum(1 for p in self.positions if p != FLAT)
         return {"ticks": self.ticks, "decisions": self.decisions, "news": self.news,
                 "orders": self.orders, "acks": self.orders_out.acks,
-                "rejects": self.orders_out.rejects, "unsent": self.unsent, "held": held,
+                "rejects": self.orders_out.rejects, "unsent": self.orders_out.unsent,
+                "pending": len(self.orders_out.pending), "resent": self.orders_out.resent,
+                "refusals": self.orders_out.refusals, "held": held,
                 "reconnects": self.news_dialer.reconnects + self.orders_out.dialer.reconnects,
                 "symbols": list(self.symbols), "positions": list(self.positions),
                 "sentiment": list(self.sentiment)}
@@ -231,13 +303,11 @@ class StrategyService:
         order = Order(f"{self._id_prefix}-{self._order_seq}", self.symbols[i], SIDE_NAME[side],
                       qty, round(price, 2), self.name, tick_ns, tick_seq, time.monotonic_ns())
         before = self.positions[i]
-        if self.orders_out.send(order, before):
-            self.positions[i] = signal
-            self.orders += 1
-        else:
-            # Not connected (or its buffer is full): keep the position so the next agreeing tick
-            # retries, instead of believing in a trade the OrderManager never saw.
-            self.unsent += 1
+        # Made once: the OrderClient owns it until acked (resent after a reconnect, waiting if
+        # the OrderManager is down), so the position moves now; only a reject restores it.
+        self.positions[i] = signal
+        self.orders += 1
+        self.orders_out.submit(order, before)
 
     # --- news and replies ------------------------------------------------------------------------
     def _on_news(self, frame: memoryview) -> None:

@@ -44,6 +44,14 @@ def test_precedence(tmp_path):
     ("[market]\nshm_name = '../etc'\n", "market.shm_name"),
     ("[strategy]\nname = 'a b'\n", "strategy.name"),
     ("[network]\nhost = ' '\n", "network.host"),
+    ("[gateway]\ncsv = 5\n", "gateway.csv"),
+    ("[gateway]\ncsv_speed = -1\n", "gateway.csv_speed"),
+    ("[gateway]\ncsv_speed = nan\n", "gateway.csv_speed"),
+    ("[gateway]\ncsv_loop = 'sometimes'\n", "gateway.csv_loop"),
+    ("[logging]\nconsole = 2\n", "logging.console"),
+    ("[monitor]\nrefresh = 0\n", "monitor.refresh"),
+    ("[monitor]\nrefresh = 'fast'\n", "monitor.refresh"),
+    ("[monitor]\ncolour = 1\n", "monitor.colour"),
 ])
 def test_errors_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"

@@ -20,7 +20,7 @@ from stackutil import (
 
 from ext import SharedPriceBook
 from processes.protocol import Order as OrderMsg
-from processes.protocol import encode_order, parse_news, parse_price
+from processes.protocol import encode_hello, encode_order, encode_welcome, parse_news, parse_price
 
 
 @pytest.fixture
@@ -209,6 +209,7 @@ def _order(i: int, symbol: str = "AAPL", **kw) -> bytes:
 def _client_proc(port: int, name: str, count: int, result_q) -> None:
     """A Strategy stand-in: sends `count` orders plus bad ones, reads every reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(encode_hello(name))   # the handshake; orders may follow at once
         frames = [encode_order(OrderMsg(f"{name}-{i}", "AAPL", "BUY", 1 + i % 5, 100.5,
                                         client=name)) for i in range(count)]
         first, second = b"".join(frames[: count // 2]), b"".join(frames[count // 2:])
@@ -216,7 +217,7 @@ def _client_proc(port: int, name: str, count: int, result_q) -> None:
         cut = len(second) // 2 + 7  # split the stream inside a frame on purpose
         for chunk in (first, bad, second[:cut], second[cut:]):
             sock.sendall(chunk)
-        frames = recv_frames(sock, count + 2, timeout=20)
+        frames = recv_frames(sock, count + 3, timeout=20)   # welcome + one reply per frame
     replies = [json.loads(f) for f in frames]
     result_q.put((name, replies))
 
@@ -268,12 +269,24 @@ class FakeVenue:
         self.order_srv.settimeout(timeout)
         self.news, _ = self.news_srv.accept()
         self.orders, _ = self.order_srv.accept()
+        hello = self._next_frame(timeout)
+        assert hello and hello["type"] == "hello", hello
+        self.orders.sendall(encode_welcome(hello["client"]))
 
     def say(self, symbol: str, sentiment: int) -> None:
         self.news.sendall(b"%s,%d*" % (symbol.encode(), sentiment))
 
     def next_order(self, timeout: float) -> dict | None:
         """The next order frame (acked), or None if none completed within `timeout`."""
+        order = self._next_frame(timeout)
+        if order is None:
+            return None
+        self.order_no += 1
+        self.orders.sendall(b'{"type":"ack","id":"%s","order_no":%d}*'
+                            % (order["id"].encode(), self.order_no))
+        return order
+
+    def _next_frame(self, timeout: float) -> dict | None:
         deadline = time.monotonic() + timeout
         while b"*" not in self._buf:
             left = deadline - time.monotonic()
@@ -287,11 +300,7 @@ class FakeVenue:
             assert chunk, "strategy closed the order connection"
             self._buf += chunk
         frame, _, self._buf = self._buf.partition(b"*")
-        order = json.loads(frame)
-        self.order_no += 1
-        self.orders.sendall(b'{"type":"ack","id":"%s","order_no":%d}*'
-                            % (order["id"].encode(), self.order_no))
-        return order
+        return json.loads(frame)
 
     def close(self) -> None:
         for s in (self.news, self.orders, self.news_srv, self.order_srv):

@@ -1,0 +1,73 @@
+"""Print the README's "Config reference" table: every key of processes.config, its default, and
+what it means (the comment beside it in tradestack.toml, else a line from NOTES below).
+
+    python scripts/config_reference.py > /tmp/table.md
+
+Keys and defaults come from the dataclasses, so the table cannot list a key that does not exist
+or a default that is not the real one; paste the output over the table in README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from processes import config  # noqa: E402
+
+# For keys whose line in tradestack.toml has no comment.
+NOTES = {
+    "network.price_port": "Gateway price stream (Gateway -> OrderBook); 0 = any free port",
+    "network.news_port": "Gateway news stream (Gateway -> Strategy); 0 = any free port",
+    "network.order_port": "OrderManager orders (Strategy -> OrderManager); 0 = any free port",
+    "market.symbols": "traded symbols: the segment's slots, the Gateway's feed, the "
+                      "OrderManager's accepted symbols",
+    "market.shm_name": "name of the shared-memory price book (/dev/shm/NAME)",
+    "strategy.name": "client name in orders and in the OrderManager's pnl",
+    "strategy.short_window": "ticks in the short moving average",
+    "strategy.long_window": "ticks in the long moving average",
+    "strategy.quantity": "order size; a flip long <-> short trades 2 x quantity",
+    "order_manager.order_log": "one JSON line per booked order",
+    "logging.dir": "logs/<process>.log and, by default, the stats snapshots",
+    "logging.level": "DEBUG, INFO, WARNING or ERROR",
+}
+# For a key of that name in any section, when neither of the above has it.
+BY_NAME = {"spin_us": "with idle = hybrid: microseconds to spin before blocking"}
+
+
+def comments(path: Path) -> dict[str, str]:
+    """{"section.key": comment} from the shipped TOML (continuation comment lines included)."""
+    out: dict[str, str] = {}
+    section, last = "", None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if m := re.fullmatch(r"\[(\w+)\]", line):
+            section, last = m[1], None
+        elif m := re.match(r"(\w+)\s*=\s*(\"[^\"]*\"|[^#]*?)\s*(#\s*(.*))?$", line):
+            last = f"{section}.{m[1]}"
+            if m[4]:
+                out[last] = m[4].strip()
+        elif line.startswith("#") and last and raw.startswith(" "):
+            out[last] = f"{out.get(last, '')} {line.lstrip('# ').strip()}".strip()
+    return out
+
+
+def table() -> str:
+    notes = {**NOTES, **comments(config.DEFAULT_CONFIG)}
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    defaults = config.Config()
+    for section in dataclasses.fields(defaults):
+        for f in dataclasses.fields(getattr(defaults, section.name)):
+            key = f"{section.name}.{f.name}"
+            value = config._toml_value(getattr(getattr(defaults, section.name), f.name))
+            meaning = notes.get(key, BY_NAME.get(f.name, "")).replace("|", "\\|")
+            rows.append(f"| `{key}` | `{value}` | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())
