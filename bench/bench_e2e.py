@@ -29,7 +29,8 @@ pytestmark = pytest.mark.timeout(180)
 TICK_RATE = 1000          # ticks/s over all symbols: one tick every ms, every hop wakes from idle
 FULL_SECONDS = 20.0
 SMOKE_SECONDS = 1.5       # under --benchmark-disable (CI): proves the path, measures nothing
-LAYOUTS = ("one-core", "one-core-rt", "spread", "strategy-spin", "strategy-hybrid", "unpinned")
+LAYOUTS = ("unpinned", "one-core", "one-core-rt", "spread", "spread-rt", "strategy-spin",
+           "strategy-spin-rt", "strategy-hybrid", "om-apart-rt", "spin-om-rt")
 HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "order_to_ack",
         "tick_to_ack")
 

@@ -169,3 +169,28 @@ def test_read_call_floor(benchmark):
             f(SLOT)
 
     _run(benchmark, loop, "floor")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.benchmark(group="torn-reads")
+def test_torn_reads(benchmark) -> None:
+    """Cross-process stress: one writer process rewrites 4 slots flat out, two reader processes
+    read every slot and check that all fields come from the same write (a torn read would mix
+    two). The same harness fails at once against a reader that skips the sequence check (see
+    tests/test_pricebook.py); here it runs long enough to count reads for the report."""
+    if cpb is None:
+        pytest.skip("ext._pricebook is not built")
+    from tests.test_pricebook import _run_stress
+
+    duration = 1.0 if benchmark.disabled else 10.0
+    out: dict = {}
+
+    def run() -> None:
+        wrote, readers = _run_stress("cython", f"tsbench_{uuid4().hex[:12]}", nreaders=2,
+                                     duration=duration, min_reads=100_000)
+        out.update(writes=wrote, reads=sum(r[1] for r in readers),
+                   torn=sum(r[2] for r in readers), non_monotonic=sum(r[3] for r in readers))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(out, seconds=duration)
+    assert out["torn"] == 0 and out["non_monotonic"] == 0 and out["reads"] > 0

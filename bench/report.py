@@ -1,13 +1,13 @@
-"""Generate performance_report.md from one benchmark run (never typed by hand).
+"""Generate performance_report.md and its PNG plots from one benchmark run (never typed by hand).
 
-    python bench/report.py                  # run the benchmarks + a stack sample, write the report
-    python bench/report.py --json FILE      # re-render from a saved pytest-benchmark JSON
+    python bench/report.py                 # run every benchmark + the fault tests (~10 min), render
+    python bench/report.py --json FILE     # re-render from a saved pytest-benchmark JSON
+                           [--faults DIR]  # ... and the fault tests' recovery JSON files
 
-Per-call figures: every benchmark round times an inner loop of N calls, so one round gives one
-per-call sample (round time / N); percentiles are taken over those samples with HdrHistogram.
-Ratios compare rows measured in the same run, which is what survives a shared, noisy machine.
-The pipeline sample runs `main.py` and reads tick -> order-received latency from the order log
-(Gateway send time in the order vs OrderManager receive time; both CLOCK_MONOTONIC).
+Micro-benchmarks time an inner loop per round, so one round is one per-call sample (round time /
+calls); process-level benchmarks run once and carry their own HdrHistogram percentiles (measured
+inside the processes, see processes/telemetry.py) in pytest-benchmark's extra_info. Ratios
+compare rows measured in the same run, which is what survives a shared, noisy machine.
 """
 
 from __future__ import annotations
@@ -18,126 +18,104 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
+from typing import Any
 
-from hdrh.histogram import HdrHistogram
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+from hdrh.histogram import HdrHistogram  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from ext import footprint  # noqa: E402
+from processes import config  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
+PLOTS = ROOT / "bench" / "plots"
 REPORT = ROOT / "performance_report.md"
 COMMAND = "python bench/report.py"
+MICRO_GROUPS = ("shm-write", "shm-read", "framing", "encoding", "orders")
+HOP_LABELS = {
+    "tick_to_shm": "tick -> shm (OrderBook wrote the slot)",
+    "tick_to_decision": "tick -> decision (Strategy computed the signal)",
+    "send_to_order": "order send -> OrderManager received (one TCP hop)",
+    "tick_to_order": "tick -> order received (OrderManager)",
+    "order_to_ack": "order send -> ack (round trip)",
+    "tick_to_ack": "tick -> ack (Strategy)",
+}
+
+
+# --- running ------------------------------------------------------------------------------------
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, **(env or {})})
 
 
 def run_benchmarks(json_path: Path) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q",
-           "--benchmark-save-data", f"--benchmark-json={json_path}", "-p", "no:cacheprovider"]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    run([sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
+         "no:cacheprovider", f"--benchmark-json={json_path}"])
 
 
-def histogram(values_ns: list[float]) -> HdrHistogram:
-    hist = HdrHistogram(1, 60_000_000_000, 3)  # 1 ns .. 60 s, 3 significant digits
-    for v in values_ns:
-        hist.record_value(max(1, int(round(v))))
-    return hist
+def run_faults(directory: Path) -> None:
+    """The fault tests write their recovery times to TRADESTACK_FAULT_RESULTS."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.json"):
+        old.unlink()
+    tests = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_faults*.py"))]
+    if tests:
+        run([sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider"],
+            env={"TRADESTACK_FAULT_RESULTS": str(directory)})
 
 
-def pct(hist: HdrHistogram) -> tuple[float, float, float, float]:
-    return (hist.get_value_at_percentile(50), hist.get_value_at_percentile(99),
-            hist.get_value_at_percentile(99.9), hist.get_max_value())
-
+# --- helpers ------------------------------------------------------------------------------------
 
 def fmt_ns(ns: float) -> str:
     if ns >= 1_000_000:
         return f"{ns / 1e6:.2f} ms"
     if ns >= 1_000:
-        return f"{ns / 1e3:.2f} us"
+        return f"{ns / 1e3:.1f} us"
     return f"{ns:.0f} ns"
 
 
-def per_call_samples(bench: dict) -> list[float]:
-    """Per-call ns for each round (round time / inner iterations)."""
+def fmt_us(us: Any) -> str:
+    return "-" if us is None else f"{us:,.1f}"
+
+
+def by_name(doc: dict) -> dict[str, dict]:
+    return {b["name"]: b for b in doc["benchmarks"]}
+
+
+def group(doc: dict, name: str) -> list[dict]:
+    return [b for b in doc["benchmarks"] if b.get("group") == name]
+
+
+def per_call_hist(bench: dict) -> HdrHistogram:
+    """Per-call ns, one sample per round (round time / inner calls)."""
     stats = bench["stats"]
-    iterations = stats.get("iterations", 1) or 1
-    calls = bench.get("extra_info", {}).get("calls_per_round", 1) or 1
-    data = stats.get("data") or [stats["median"]]
-    return [d / iterations / calls * 1e9 for d in data]
+    calls = (bench.get("extra_info", {}).get("calls_per_round") or 1) * (stats.get("iterations")
+                                                                         or 1)
+    hist = HdrHistogram(1, 60_000_000_000, 3)
+    for d in stats.get("data") or [stats["median"]]:
+        hist.record_value(max(1, round(d / calls * 1e9)))
+    return hist
 
 
-def benchmark_tables(doc: dict) -> list[str]:
-    groups: dict[str, list[dict]] = {}
-    for bench in doc["benchmarks"]:
-        groups.setdefault(bench.get("group") or "ungrouped", []).append(bench)
-    out: list[str] = []
-    for group in sorted(groups):
-        rows = []
-        for bench in groups[group]:
-            hist = histogram(per_call_samples(bench))
-            rows.append((bench["name"], bench.get("extra_info", {}), hist, pct(hist)))
-        baseline = next((r for r in rows if "baseline" in r[0]), None)
-        out += [f"### {group}", "",
-                "| benchmark | p50 | p99 | p99.9 | max | rounds | "
-                "vs baseline (p50) |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
-        for name, _extra, hist, (p50, p99, p999, mx) in sorted(rows, key=lambda r: r[3][0]):
-            ratio = ""
-            if baseline is not None and p50 > 0 and name != baseline[0]:
-                speedup = baseline[3][0] / p50
-                ratio = (f"{speedup:.2f}x faster" if speedup >= 1
-                         else f"{1 / speedup:.2f}x slower")
-            elif baseline is not None:
-                ratio = "baseline"
-            out.append(f"| `{name}` | {fmt_ns(p50)} | {fmt_ns(p99)} | {fmt_ns(p999)} | "
-                       f"{fmt_ns(mx)} | {hist.get_total_count()} | {ratio} |")
-        notes = [f"`{n}`: " + ", ".join(f"{k}={v}" for k, v in e.items())
-                 for n, e, *_ in rows if e]
-        if notes:
-            out += ["", "Extra info: " + "; ".join(notes)]
-        out.append("")
-    return out
+def p50_ns(bench: dict | None) -> float | None:
+    return None if bench is None else per_call_hist(bench).get_value_at_percentile(50)
 
 
-def pipeline_sample(seconds: float) -> tuple[list[str], dict]:
-    """Run the real stack and read tick -> order-received latency out of the order log."""
-    with tempfile.TemporaryDirectory() as tmp:
-        shm = f"tsreport_{uuid.uuid4().hex[:8]}"
-        log = Path(tmp) / "orders.jsonl"
-        cmd = [sys.executable, "main.py", "--duration", str(seconds), "--price-port", "0",
-               "--news-port", "0", "--order-port", "0", "--shm-name", shm,
-               "--log-dir", str(Path(tmp) / "logs"), "--order-log", str(log),
-               "--news-rate", "50"]
-        print("+", " ".join(cmd), flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                              timeout=seconds + 60)
-        orders = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    timed = [o for o in orders if o.get("tick_ns") and o.get("sent_ns")]
-    hops = [  # every stamp is CLOCK_MONOTONIC on one host, so differences across processes hold
-        ("Gateway send -> Strategy order send (G -> OB -> shm -> S + decision)",
-         [o["sent_ns"] - o["tick_ns"] for o in timed]),
-        ("Strategy order send -> OrderManager receive (one TCP hop)",
-         [o["received_ns"] - o["sent_ns"] for o in timed]),
-        ("Gateway send -> OrderManager receive (tick -> order, whole pipeline)",
-         [o["received_ns"] - o["tick_ns"] for o in timed]),
-    ]
-    info = {"exit": proc.returncode, "orders": len(orders), "seconds": seconds}
-    lines = [f"`{' '.join(cmd[1:]).replace(tmp, '$TMP')}` exited {proc.returncode} after "
-             f"{seconds:.0f} s with {len(orders)} orders booked. Default layout: no pinning, "
-             "every process in `block` idle mode.", ""]
-    if timed:
-        lines += ["| hop | samples | p50 | p99 | p99.9 | max |", "|---|---:|---:|---:|---:|---:|"]
-        for label, values in hops:
-            p50, p99, p999, mx = pct(histogram(values))
-            lines.append(f"| {label} | {len(values)} | {fmt_ns(p50)} | {fmt_ns(p99)} | "
-                         f"{fmt_ns(p999)} | {fmt_ns(mx)} |")
-        lines += ["", "Only ticks that produced an order are sampled (a few per second), so the "
-                  "tail percentiles rest on few samples. For scale, the machine's floor "
-                  "(`shared/reference/ipc-floor.md`) is 26-45 us per cross-core wake-up: the "
-                  "pipeline has three."]
-    return lines, info
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
 
+
+# --- sections -----------------------------------------------------------------------------------
 
 def machine() -> list[str]:
     cpu = "unknown"
@@ -148,48 +126,391 @@ def machine() -> list[str]:
                 break
     except OSError:
         pass
-    return [f"- CPU: {cpu}, {os.cpu_count()} vCPUs; kernel {platform.release()}",
-            f"- Python {platform.python_version()}; idle mode of every process: block (default)"]
+    return [f"- CPU: {cpu}, {os.cpu_count()} vCPUs; kernel {platform.release()}; "
+            f"Python {platform.python_version()}",
+            "- Method: `pytest bench --benchmark-only` (pytest-benchmark), one session, so every "
+            "ratio below compares rows measured minutes apart on the same (shared, noisy) host.",
+            "- Per-hop latencies are recorded inside the processes for every event "
+            "(`processes/telemetry.py`: raw ns into a preallocated array, folded into "
+            "HdrHistogram buckets off the hot path) and read from their final stats snapshots.",
+            "- Clock: CLOCK_MONOTONIC ns, comparable across processes on one host.", ""]
 
 
-def render(doc: dict, pipeline: list[str] | None) -> str:
+def micro_tables(doc: dict) -> list[str]:
+    out: list[str] = []
+    for name in MICRO_GROUPS:
+        rows = [b for b in group(doc, name) if b.get("extra_info", {}).get("calls_per_round")]
+        if not rows:
+            continue
+        base = next((b for b in rows if "baseline" in b["name"]), None)
+        base_p50 = p50_ns(base)
+        body = []
+        for b in sorted(rows, key=lambda r: p50_ns(r) or 0):
+            h = per_call_hist(b)
+            p50 = h.get_value_at_percentile(50)
+            ratio = ""
+            if base is not None and b is not base and p50:
+                r = base_p50 / p50
+                ratio = f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
+            elif b is base:
+                ratio = "baseline"
+            extra = b.get("extra_info", {})
+            rate = extra.get("frames_per_s") or extra.get("ticks_per_s")
+            body.append([f"`{b['name']}`", fmt_ns(p50), fmt_ns(h.get_value_at_percentile(99)),
+                         fmt_ns(h.get_value_at_percentile(99.9)), fmt_ns(h.get_max_value()),
+                         h.get_total_count(), f"{rate:,}/s" if rate else "", ratio])
+        out += [f"### {name}", "", "Per call (one sample per round of "
+                f"{rows[0]['extra_info']['calls_per_round']} calls):", ""]
+        out += table(["benchmark", "p50", "p99", "p99.9", "max", "rounds", "items/s",
+                      "vs baseline (p50)"], body)
+    return out
+
+
+def e2e_rows(doc: dict) -> dict[str, dict]:
+    return {b["extra_info"]["layout"]: b["extra_info"] for b in group(doc, "e2e")
+            if "layout" in b.get("extra_info", {})}
+
+
+def best_layout(rows: dict[str, dict]) -> str | None:
+    """Lowest tick -> ack p50 among layouts whose p99 stays within 3x of their p50 (robust);
+    if none is that tight, the lowest p99."""
+    def ack(info: dict, key: str) -> float:
+        return info.get(f"tick_to_ack_{key}_us") or float("inf")
+    robust = [n for n, i in rows.items() if ack(i, "p99") <= 3 * ack(i, "p50")]
+    pool = robust or list(rows)
+    key = "p50" if robust else "p99"
+    return min(pool, key=lambda n: ack(rows[n], key)) if pool else None
+
+
+def placement_section(doc: dict) -> tuple[list[str], str | None]:
+    rows = e2e_rows(doc)
+    if not rows:
+        return ["Not measured (no `e2e` rows in this run)."], None
+    best = best_layout(rows)
+    any_info = next(iter(rows.values()))
+    out = [f"The four real processes (`processes.stack.Stack`, as `main.py` runs them) at "
+           f"{any_info['tick_rate']:,} ticks/s, {any_info['seconds']:.0f} s per layout, every "
+           "hop waking from idle. Layouts are `processes/config.py` LAYOUTS (`--layout NAME`). "
+           "Latency in us, p50 / p99 / p99.9; ack percentiles rest on "
+           f"~{any_info.get('orders', 0):,} orders per layout.", ""]
+    body = []
+    for name, info in rows.items():
+        def trio(hop: str, i: dict = info) -> str:
+            return " / ".join(fmt_us(i.get(f"{hop}_{k}_us")) for k in ("p50", "p99", "p99.9"))
+        body.append([f"**{name}**" if name == best else name, _describe(name),
+                     trio("tick_to_shm"), trio("tick_to_decision"), trio("tick_to_ack"),
+                     info.get("orders", 0)])
+    out += table(["layout", "placement (G, OB, S, OM)", "tick -> shm", "tick -> decision",
+                  "tick -> ack", "orders"], body)
+    out.append(f"Fastest robust layout in this run (lowest tick -> ack p50 with p99 <= 3x "
+               f"p50): **{best}**.")
+    return out + [""], best
+
+
+def _describe(layout: str) -> str:
+    parts = []
+    for proc in ("gateway", "orderbook", "strategy", "order_manager"):
+        cpus, idle, *rt = config.LAYOUTS[layout][proc]
+        where = "cpu" + ",".join(map(str, cpus)) if cpus else "any"
+        parts.append(where + ("" if idle == "block" else f" {idle}") + (f" rt{rt[0]}" if rt
+                                                                         else ""))
+    return "; ".join(parts)
+
+
+def cdf_plot(info: dict, layout: str) -> str | None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    drawn = False
+    for hop, label in HOP_LABELS.items():
+        pairs = info.get(f"{hop}_pairs")
+        if not pairs:
+            continue
+        values, counts = zip(*pairs)
+        total, acc, xs, ys = sum(counts), 0, [], []
+        for v, c in zip(values, counts):
+            acc += c
+            xs.append(v / 1e3)
+            ys.append(acc / total * 100)
+        ax.plot(xs, ys, label=label, drawstyle="steps-post")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (us, log scale)")
+    ax.set_ylabel("percentile")
+    ax.set_title(f"Latency CDF per hop, layout {layout}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, "latency_cdf.png")
+
+
+def save(fig: Any, name: str) -> str:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(PLOTS / name, dpi=110)
+    plt.close(fig)
+    return f"bench/plots/{name}"
+
+
+def throughput_section(doc: dict) -> tuple[list[str], dict]:
+    rows = group(doc, "throughput")
+    if not rows:
+        return ["Not measured."], {}
+    out: list[str] = []
+    facts: dict = {}
+    top = next((b["extra_info"] for b in rows if "test_max_sustained_rate" in b["name"]), None)
+    if top:
+        facts["max_rate"] = top.get("ticks_per_s")
+        out += [f"Highest sustained Gateway -> OrderBook -> shared memory rate "
+                f"(`gateway.tick_rate = 0`, {top.get('seconds', '?')} s): "
+                f"**{top.get('ticks_per_s', 0):,} ticks/s**, {top.get('orderbook_gaps', 0)} "
+                f"gaps, {top.get('gateway_dropped_batches', 0)} dropped batches.", ""]
+    points = []
+    for b in rows:
+        info = b["extra_info"]
+        if "target_ticks_per_s" not in info:
+            continue
+        points.append((info["target_ticks_per_s"], info))
+    body, xs, p50s, p99s = [], [], [], []
+    for target, info in points:
+        achieved = info.get("ticks_per_s", 0)
+        body.append([target if target == "max" else f"{target:,}", f"{achieved:,}",
+                     " / ".join(fmt_us(info.get(f"orderbook_tick_to_shm_{k}_us"))
+                                for k in ("p50", "p99", "p99_9", "max")),
+                     " / ".join(fmt_us(info.get(f"tick_to_shm_{k}_us"))
+                                for k in ("p50", "p99", "p99_9"))])
+        if info.get("orderbook_tick_to_shm_p50_us") is not None and achieved:
+            xs.append(achieved)
+            p50s.append(info["orderbook_tick_to_shm_p50_us"])
+            p99s.append(info["orderbook_tick_to_shm_p99_us"])
+    if body:
+        out += ["Latency vs load (us). *OrderBook's own* = every tick it recorded; *reader* = a "
+                "busy-polling reader in the bench process sampling the newest tick per symbol.",
+                ""]
+        out += table(["target ticks/s", "achieved ticks/s",
+                      "tick -> shm, OrderBook's own p50 / p99 / p99.9 / max",
+                      "tick -> shm, reader p50 / p99 / p99.9"], body)
+    if xs:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(xs, p50s, "o-", label="p50")
+        ax.plot(xs, p99s, "s--", label="p99")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("achieved ticks/s (log)")
+        ax.set_ylabel("tick -> shm latency, us (log)")
+        ax.set_title("Latency vs tick rate (Gateway -> OrderBook -> shm)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        out += [f"![latency vs rate]({save(fig, 'latency_vs_rate.png')})", ""]
+    return out, facts
+
+
+def scale_section(doc: dict) -> list[str]:
+    rows = group(doc, "scale")
+    if not rows:
+        return ["Not measured."]
+    syms = sorted((b["extra_info"] for b in rows if "symbols" in b["extra_info"]),
+                  key=lambda i: i["symbols"])
+    subs = sorted((b["extra_info"] for b in rows if "subscribers" in b["extra_info"]),
+                  key=lambda i: i["subscribers"])
+    out: list[str] = []
+    if syms:
+        out += ["Symbols (Gateway + OrderBook at a fixed rate; latency from the OrderBook's own "
+                "histogram, us):", ""]
+        out += table(["symbols", "segment bytes", "achieved ticks/s", "p50 / p99 / p99.9"],
+                     [[f"{i['symbols']:,}", f"{i.get('segment_bytes', 0):,}",
+                       f"{i.get('ticks_per_s', 0):,}",
+                       " / ".join(fmt_us(i.get(f"orderbook_tick_to_shm_{k}_us"))
+                                  for k in ("p50", "p99", "p99_9"))] for i in syms])
+    if subs:
+        out += ["Subscribers (raw TCP clients of the Gateway; latency of the first frame of "
+                "each read, us):", ""]
+        out += table(["subscribers", "delivered ticks/s", "p50 / p99 / p99.9"],
+                     [[i["subscribers"], f"{i.get('ticks_per_s', 0):,}",
+                       " / ".join(fmt_us(i.get(f"tick_to_subscriber_{k}_us"))
+                                  for k in ("p50", "p99", "p99_9"))] for i in subs])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, data, key, lat, title in (
+            (axes[0], syms, "symbols", "orderbook_tick_to_shm", "tick -> shm vs symbols"),
+            (axes[1], subs, "subscribers", "tick_to_subscriber", "tick -> subscriber vs fan-out")):
+        pts = [(i[key], i.get(f"{lat}_p50_us"), i.get(f"{lat}_p99_us")) for i in data
+               if i.get(f"{lat}_p50_us") is not None]
+        if pts:
+            x, p50, p99 = zip(*pts)
+            ax.plot(x, p50, "o-", label="p50")
+            ax.plot(x, p99, "s--", label="p99")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel("us")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+    out += [f"![scale curves]({save(fig, 'scale.png')})", ""]
+    return out
+
+
+def orders_section(doc: dict) -> list[str]:
+    rows = [b["extra_info"] for b in group(doc, "orders") if "placement" in b["extra_info"]]
+    if not rows:
+        return []
+    out = ["Order -> ack round trip against the real OrderManager vs a raw echo server (the "
+           "loopback floor), measured interleaved in one run (us):", ""]
+    out += table(["placement", "OrderManager p50 / p99 / p99.9", "echo floor p50 / p99 / p99.9",
+                  "ratio p50"],
+                 [[i["placement"], " / ".join(fmt_us(i.get(f"om_rtt_{k}_us"))
+                                              for k in ("p50", "p99", "p99_9")),
+                   " / ".join(fmt_us(i.get(f"floor_rtt_{k}_us")) for k in ("p50", "p99", "p99_9")),
+                   f"{i.get('rtt_p50_ratio_ours_over_floor', 0):.2f}x"] for i in rows])
+    return out
+
+
+def faults_section(doc: dict, fault_dir: Path | None) -> list[str]:
+    out: list[str] = []
+    outage = next((b["extra_info"] for b in group(doc, "faults")), None)
+    if outage:
+        out += [f"**Gateway killed (-9) mid-stream, restarted after {outage['outage_s']} s** "
+                "(`bench/bench_e2e.py::test_gateway_outage`, sampled every 20 ms): ticks into "
+                f"shared memory during the outage: {outage['ticks_during_outage']}; orders sent "
+                f"during it: {outage['orders_during_outage']}; first tick in shared memory "
+                f"{outage['first_tick_after_restart_ms']} ms after the new Gateway reported "
+                f"ready (the OrderBook's reconnect backoff); then {outage['ticks_after_restart']:,}"
+                f" ticks and {outage['orders_after_restart']} orders in the next seconds.", ""]
+    files = sorted(fault_dir.glob("*.json")) if fault_dir and fault_dir.exists() else []
+    if files:
+        body = []
+        for f in files:
+            try:
+                rec = json.loads(f.read_text())
+            except ValueError:
+                continue
+            details = rec.get("details", "")
+            if isinstance(details, dict):
+                details = ", ".join(f"{k}={v}" for k, v in details.items())
+            rs = rec.get("recovery_s")
+            body.append([f"`{rec.get('test', f.stem)}`",
+                         "-" if rs is None else f"{rs:.3f} s", str(details)[:160]])
+        out += ["Fault tests (`tests/test_faults*.py`, run by this script with "
+                "TRADESTACK_FAULT_RESULTS set); recovery time as each test defines it:", ""]
+        out += table(["test", "recovery", "details"], body)
+    return out or ["Not measured."]
+
+
+def footprint_section() -> list[str]:
+    body = []
+    for n in (5, 100, 10_000):
+        f = footprint(n)
+        body.append([f"{n:,}", f"{f['header_bytes']:,}", f"{f['symtab_bytes']:,}",
+                     f"{f['slot_bytes']:,}", f"{f['total_bytes']:,}", f["bytes_per_symbol"],
+                     f"{f['cache_lines']:,}"])
+    return ["One segment per stack: a fixed header (magic, layout version, owner pid, heartbeat, "
+            "control line with publish_seq and sleepers, 16 reader entries of one cache line "
+            "each), a symbol table, then one 64-byte slot (one cache line: seq, price, sent_ns, "
+            "tick_seq, write_ns) per symbol.", ""] + table(
+        ["symbols", "header B", "symbol table B", "slots B", "total B", "B per symbol",
+         "cache lines"], body)
+
+
+def targets(doc: dict, best: str | None, facts: dict) -> tuple[list[str], list[str]]:
+    """The issue's targets vs this run, and what was not reached."""
+    names = by_name(doc)
+    rows, missed = [], []
+
+    def ratio(base: str, ours: str) -> float | None:
+        b, o = p50_ns(names.get(base)), p50_ns(names.get(ours))
+        return None if not b or not o else b / o
+
+    def check(label: str, target: str, value: str, ok: bool | None, why: str = "") -> None:
+        rows.append([label, target, value, "yes" if ok else ("-" if ok is None else "**no**")])
+        if ok is False:
+            missed.append(f"- {label}: {value} (target {target}). {why}".rstrip())
+
+    w = ratio("test_write_numpy_lock_baseline", "test_write[cython]")
+    r = ratio("test_read_numpy_lock_baseline", "test_read_slot[cython]")
+    check("seqlock write vs Lock+numpy", ">= 3x", f"{w:.1f}x" if w else "-",
+          None if w is None else w >= 3)
+    check("seqlock read vs Lock+numpy", ">= 3x", f"{r:.1f}x" if r else "-",
+          None if r is None else r >= 3)
+    torn = next((b["extra_info"] for b in group(doc, "torn-reads")), None)
+    check("torn reads", "0", f"{torn['torn']} in {torn['reads']:,} cross-process reads"
+          if torn else "-", None if torn is None else torn["torn"] == 0)
+    split = names.get("test_split_baseline", {}).get("extra_info", {}).get("frames_per_s")
+    dec = names.get("test_decoder_compiled", {}).get("extra_info", {}).get("frames_per_s")
+    fr = dec / split if dec and split else None
+    check("framer frames/s vs split", ">= 2x", f"{fr:.1f}x" if fr else "-",
+          None if fr is None else fr >= 2)
+    e2e = e2e_rows(doc).get(best or "", {})
+    dec50, ack50 = e2e.get("tick_to_decision_p50_us"), e2e.get("tick_to_ack_p50_us")
+    dec99, ack99 = e2e.get("tick_to_decision_p99_us"), e2e.get("tick_to_ack_p99_us")
+    why_wake = ("Each hop is a wake-up of a sleeping Python process; see Placement for the "
+                "layouts and the ipc-floor reference for the machine's floor.")
+    check(f"tick -> decision p50 ({best})", "<= 30 us", fmt_us(dec50) + " us" if dec50 else "-",
+          None if dec50 is None else dec50 <= 30, why_wake)
+    check(f"tick -> ack p50 ({best})", "<= 50 us", fmt_us(ack50) + " us" if ack50 else "-",
+          None if ack50 is None else ack50 <= 50, why_wake)
+    if dec50 and dec99:
+        check("tick -> decision p99 / p50", "<= 3x", f"{dec99 / dec50:.1f}x", dec99 <= 3 * dec50,
+              "Tail from wake-ups that land behind other work on the shared core.")
+    if ack50 and ack99:
+        check("tick -> ack p99 / p50", "<= 3x", f"{ack99 / ack50:.1f}x", ack99 <= 3 * ack50,
+              "Tail from wake-ups that land behind other work on the shared core.")
+    mr = facts.get("max_rate")
+    check("Gateway -> shm sustained", ">= 1,000,000 ticks/s", f"{mr:,}/s" if mr else "-",
+          None if mr is None else mr >= 1_000_000)
+    idle = next((b["extra_info"] for b in group(doc, "idle")), None)
+    if idle:
+        worst = max((v, k) for k, v in idle.items() if k.endswith("_cpu_percent"))
+        check("idle CPU per process (no ticks)", "< 2 % of a core",
+              f"max {worst[0]:.2f} % ({worst[1].removesuffix('_cpu_percent')})", worst[0] < 2)
+    return table(["target", "goal", "this run", "met"], rows), missed
+
+
+def render(doc: dict, fault_dir: Path | None) -> str:
+    placement, best = placement_section(doc)
+    thr, facts = throughput_section(doc)
+    target_rows, missed = targets(doc, best, facts)
+    e2e = e2e_rows(doc).get(best or "", {})
     out = ["# Performance report", "",
-           f"Generated by `{COMMAND}` on {doc.get('datetime', '?')[:19]} UTC. Do not edit by hand.",
-           "", "## Machine and method", "", *machine(),
-           "- Benchmarks: `pytest bench --benchmark-only` (pytest-benchmark); each round times an "
-           "inner loop, per-call percentiles over rounds via HdrHistogram.",
-           "- Ratios are between rows of one run; absolute numbers move with the shared host.",
-           "", "## Micro-benchmarks", "", *benchmark_tables(doc)]
-    out += ["## Pipeline sample", ""]
-    out += pipeline if pipeline else ["Not run (`--no-pipeline`)."]
-    out += ["", "## Not yet measured", "",
-            "- Per-hop histograms (tick -> decision, order -> ack) inside the processes, CPU "
-            "placement and idle-strategy comparisons, throughput and scale curves: the latency "
-            "issue adds them; this report grows with it.",
-            "- Why the Strategy -> OrderManager hop sits far above the 26-45 us wake-up floor in "
-            "the default layout: `send()` is immediate and TCP_NODELAY is set, but the woken "
-            "OrderManager shares 2 vCPUs with three busier processes and does not preempt the "
-            "running Strategy, which finishes its tick batch and goes back to sleep first. "
-            "Pinning everything to one CPU (`taskset -c 0`) brought that hop from ~186 us to "
-            "~134 us in a development run. Placement and spin-then-block idling are the fix "
-            "to measure next.",
-            "- The pure-Python FrameReader is slower than `bytes.split` (see framing); a Cython "
-            "framer is the planned fix.", ""]
-    return "\n".join(out)
+           f"Generated by `{COMMAND}` on {doc.get('datetime', '?')[:19]} UTC from one "
+           "benchmark run; do not edit by hand (`python bench/report.py --json "
+           "bench/results/latest.json` re-renders it).", "",
+           "## Targets", "", *target_rows,
+           "## Machine and method", "", *machine(),
+           "## Placement and idle strategy (end to end)", "", *placement]
+    if e2e:
+        latency_rows = [[HOP_LABELS[h], f"{e2e.get(f'{h}_count', 0):,}",
+                         *(fmt_us(e2e.get(f"{h}_{k}_us")) for k in ("p50", "p99", "p99.9",
+                                                                     "max"))]
+                        for h in HOP_LABELS if e2e.get(f"{h}_count")]
+        out += [f"Every hop in the {best} layout (us):", ""]
+        out += table(["hop", "samples", "p50", "p99", "p99.9", "max"], latency_rows)
+        plot = cdf_plot(e2e, best or "")
+        if plot:
+            out += [f"![latency CDF]({plot})", ""]
+    out += ["## Micro-benchmarks", "", *micro_tables(doc), *orders_section(doc),
+            "## Throughput", "", *thr, "## Scale", "", *scale_section(doc),
+            "## Shared-memory footprint", "", *footprint_section(),
+            "## Faults: dropped connections and missing data", "",
+            *faults_section(doc, fault_dir),
+            "## Not reached, and why", ""]
+    out += missed or ["Every target above was met in this run."]
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="render from this pytest-benchmark JSON")
-    parser.add_argument("--no-pipeline", action="store_true", help="skip the main.py sample")
-    parser.add_argument("--seconds", type=float, default=20.0, help="pipeline sample length")
+    parser.add_argument("--faults", type=Path, default=RESULTS / "faults",
+                        help="directory of fault-test recovery JSON files")
+    parser.add_argument("--no-faults", action="store_true", help="do not run the fault tests")
     args = parser.parse_args(argv)
     json_path = args.json or RESULTS / "latest.json"
     if args.json is None:
         run_benchmarks(json_path)
+        if not args.no_faults:
+            run_faults(args.faults)
     doc = json.loads(json_path.read_text())
-    pipeline = None if args.no_pipeline else pipeline_sample(args.seconds)[0]
-    REPORT.write_text(render(doc, pipeline))
+    REPORT.write_text(render(doc, args.faults))
     print(f"wrote {REPORT}")
     return 0
 

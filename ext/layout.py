@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
+from typing import NamedTuple
 
 log = logging.getLogger("tradestack.shm")
 
@@ -273,31 +274,72 @@ def pid_alive(pid: int) -> bool:
 
 
 _INIT_GRACE_S = 0.25  # how long a zero/empty segment may take to get its header
+# An owner that is alive but has not stamped its heartbeat for this long is not the process that
+# created the segment (its pid was reused after a crash) or is hung: the segment is reclaimed. The
+# OrderBook stamps every 0.5 s; a process that creates a book and never calls heartbeat() keeps
+# its name only this long against a second creator.
+HEARTBEAT_STALE_S = 5.0
 
 
-def _probe_owner(name: str) -> tuple[bool, int, str, bool]:
-    """(valid, owner_pid, why, initialising) of an existing segment, read as plain bytes.
+class SegmentProbe(NamedTuple):
+    """What an existing segment's header says, read as plain bytes (no attach, no reader)."""
+
+    valid: bool            # a price book this build can read
+    owner_pid: int
+    created_ns: int        # CLOCK_MONOTONIC; with owner_pid, identifies one segment
+    heartbeat_ns: int      # CLOCK_MONOTONIC of the owner's last heartbeat()
+    why: str               # "valid", or what is wrong
+    initialising: bool     # empty or magic still 0: maybe a creator mid-way
+
+
+def probe_segment(name: str) -> SegmentProbe | None:
+    """The header of the segment called `name`, or None if there is none.
 
     ``initialising``: empty or magic still 0, i.e. possibly a creator between shm_open and
-    its final magic store; the caller gives it a grace period before calling it garbage.
+    its final magic store; a reclaimer gives it a grace period before calling it garbage.
     """
     try:
         shm = attach_shm(name)
     except FileNotFoundError:
-        return False, 0, "vanished", False
+        return None
     except (OSError, ValueError) as exc:  # mmap refuses a size-0 segment (not truncated yet)
-        return False, 0, f"unmappable ({exc})", True
+        return SegmentProbe(False, 0, 0, 0, f"unmappable ({exc})", True)
     try:
         if shm.size < CACHE_LINE:
-            return False, 0, f"too small ({shm.size} bytes)", False
+            return SegmentProbe(False, 0, 0, 0, f"too small ({shm.size} bytes)", False)
         h = decode_header_bytes(bytes(shm.buf[:CACHE_LINE]))
+        ids = (h["owner_pid"], h["created_ns"], h["heartbeat_ns"])
         try:
             validate_header(h, shm.size)
         except LayoutError as exc:
-            return False, h["owner_pid"], str(exc), h["magic"] == 0
-        return True, h["owner_pid"], "valid", False
+            return SegmentProbe(False, *ids, str(exc), h["magic"] == 0)
+        return SegmentProbe(True, *ids, "valid", False)
     finally:
         shm.close()
+
+
+def pid_stopped(pid: int) -> bool:
+    """True if `pid` is stopped (SIGSTOP, a debugger): silent, but not dead or reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return False
+    return state in (b"T", b"t")
+
+
+def stale_owner(probe: SegmentProbe, now_ns: int | None = None) -> str | None:
+    """Why a valid segment's owner no longer holds it (dead, or alive with a heartbeat older
+    than HEARTBEAT_STALE_S: the pid was reused), or None if the owner still holds it."""
+    pid = probe.owner_pid
+    if not pid_alive(pid):
+        return f"owner pid {pid} is dead"
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    age = (now - probe.heartbeat_ns) / 1e9
+    if age < HEARTBEAT_STALE_S or pid_stopped(pid):
+        return None
+    return (f"owner pid {pid} is alive but its heartbeat is {age:.1f}s old "
+            f"(> {HEARTBEAT_STALE_S:g}s: the pid was reused, or the owner hung)")
 
 
 def validate_name(name: str) -> str:
@@ -307,7 +349,8 @@ def validate_name(name: str) -> str:
 
 
 def create_shm(name: str, size: int) -> tuple[SharedMemory, bool]:
-    """Create the segment; reclaim it if a dead owner (or garbage) holds the name.
+    """Create the segment (mode 0600, as SharedMemory does); reclaim it if garbage or a stale
+    owner (dead, or alive with a heartbeat older than HEARTBEAT_STALE_S) holds the name.
 
     Returns (shm, reclaimed). The created segment IS tracker-registered, so the standard
     library unlinks it if this process tree dies without cleaning up.
@@ -318,18 +361,20 @@ def create_shm(name: str, size: int) -> tuple[SharedMemory, bool]:
         pass
     deadline = time.monotonic() + _INIT_GRACE_S
     while True:
-        valid, pid, why, initialising = _probe_owner(name)
-        if not initialising or time.monotonic() >= deadline:
+        probe = probe_segment(name)
+        if probe is None or not probe.initialising or time.monotonic() >= deadline:
             break
         time.sleep(0.005)  # a concurrent creator is probably still writing the header
-    if valid and pid_alive(pid):
+    if probe is None:  # vanished meanwhile: the name is free
+        return SharedMemory(name=name, create=True, size=size), False
+    reason = stale_owner(probe) if probe.valid else f"invalid header: {probe.why}"
+    if reason is None:
         raise FileExistsError(
-            f"shared price book {name!r} already exists and its owner pid {pid} is alive; "
-            "attach with create=False or choose another name"
+            f"shared price book {name!r} already exists and its owner pid {probe.owner_pid} is "
+            "alive; attach with create=False or choose another name"
         )
     # A creator stalled for longer than the grace period between shm_open and its magic
     # store would lose its segment here; names have a single owner by construction.
-    reason = f"owner pid {pid} is dead" if valid else f"invalid header: {why}"
     log.warning("reclaiming stale shared price book %r (%s)", name, reason)
     with contextlib.suppress(FileNotFoundError):
         unlink_untracked(name)

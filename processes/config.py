@@ -21,6 +21,7 @@ IDLE_MODES = ("block", "spin", "hybrid")
 TOKEN_ENV = "TRADESTACK_TOKEN"
 MAX_TOKEN = 256
 PROCESSES = ("gateway", "orderbook", "strategy", "order_manager")
+SLOW_CLIENT_POLICIES = ("drop", "close", "conflate")
 
 # Where each process runs and how it waits: {layout: {process: (cpus, idle)}}. Measured in
 # performance_report.md ("Placement"); `--layout NAME` applies one, explicit keys override it.
@@ -38,6 +39,21 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
     # Strategy ranks above the OrderManager so an ack preempts the OM's booking I/O.
     "one-core-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
                     "order_manager": ([0], "block", 30), "strategy": ([0], "block", 40)},
+    # The feed half (G, OB) and the order half (S, OM) each on a core of its own, real-time.
+    "spread-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
+                  "strategy": ([1], "block", 40), "order_manager": ([1], "block", 30)},
+    # The Strategy busy-polls the book on CPU1 (never sleeps: no wake-up on the tick path);
+    # the others block, real-time, on CPU0.
+    "strategy-spin-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
+                         "order_manager": ([0], "block", 30), "strategy": ([1], "spin")},
+    # Feed and decision on CPU0 (real-time, downstream first); the OrderManager alone on CPU1,
+    # so its caches stay warm between orders at the price of a cross-core hop each way.
+    "om-apart-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
+                    "strategy": ([0], "block", 40), "order_manager": ([1], "block", 30)},
+    # The Strategy busy-polls on CPU1; the real-time OrderManager shares CPU1 and preempts the
+    # spinner the moment an order arrives, so the order hop never crosses cores.
+    "spin-om-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
+                   "strategy": ([1], "spin"), "order_manager": ([1], "block", 30)},
 }
 
 
@@ -67,7 +83,9 @@ class Gateway:
     seed: int = 0
     plain: bool = False
     max_client_buffer: int = 1 << 20
-    slow_client: str = "drop"
+    slow_client: str = "drop"   # "drop" | "close" | "conflate" (latest price per symbol on drain)
+    socket_buffer: int = 262144  # kernel buffer of a feed connection: the Gateway's SO_SNDBUF per
+                                 # client and the OrderBook's SO_RCVBUF; 0 = kernel autotuning
     csv: str = ""                # price file to replay instead of the random walk ("" = walk)
     csv_speed: float = 1.0       # x the recorded pace; 0 = as fast as clients drain
     csv_loop: bool = True        # at the end of the file: start again (true) or stop sending
@@ -94,6 +112,7 @@ class Strategy:
     bearish: int = 40
     quantity: int = 10
     token: str = ""             # sent in the hello to the OrderManager; TRADESTACK_TOKEN overrides
+    max_price_age: float = 2.0  # seconds; no order on an older price (0 = no limit)
     cpus: list[int] = field(default_factory=list)
     idle: str = "block"
     spin_us: float = 50.0
@@ -132,6 +151,14 @@ class Monitor:
 
 
 @dataclass
+class Supervisor:
+    restart: bool = True         # main.py restarts a child that dies; false = stop the stack
+    max_restarts: int = 5        # restarts per child before the stack stops; 0 = no limit
+    backoff: float = 0.5         # seconds before the first restart; doubles per restart, +jitter
+    backoff_max: float = 10.0    # longest wait before a restart
+
+
+@dataclass
 class Config:
     network: Network = field(default_factory=Network)
     market: Market = field(default_factory=Market)
@@ -141,6 +168,7 @@ class Config:
     order_manager: OrderManager = field(default_factory=OrderManager)
     logging: Logging = field(default_factory=Logging)
     monitor: Monitor = field(default_factory=Monitor)
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -284,8 +312,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"gateway.{key}: must be a finite number >= 0")
     if g.max_client_buffer < 4096:
         raise ConfigError("gateway.max_client_buffer: at least 4096 bytes")
-    if g.slow_client not in ("drop", "close"):
-        raise ConfigError("gateway.slow_client: 'drop' or 'close'")
+    if g.slow_client not in SLOW_CLIENT_POLICIES:
+        raise ConfigError("gateway.slow_client: 'drop', 'close' or 'conflate'")
+    if g.socket_buffer and not 4096 <= g.socket_buffer <= 1 << 30:
+        raise ConfigError("gateway.socket_buffer: 0 (kernel default) or 4096..1073741824 bytes")
     if not math.isfinite(g.csv_speed) or g.csv_speed < 0:
         raise ConfigError("gateway.csv_speed: must be a finite number >= 0 (0 = unpaced)")
     s = cfg.strategy
@@ -295,6 +325,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("strategy: need 0 <= bearish <= bullish <= 100")
     if s.quantity <= 0:
         raise ConfigError("strategy.quantity: must be > 0")
+    if not (math.isfinite(s.max_price_age) and s.max_price_age >= 0):
+        raise ConfigError("strategy.max_price_age: must be a finite number of seconds >= 0 "
+                          "(0 = no limit)")
     _validate_order_manager(cfg.order_manager)
     for section in ("strategy", "order_manager"):
         if len(getattr(cfg, section).token) > MAX_TOKEN:
@@ -319,6 +352,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
     if not (math.isfinite(cfg.monitor.refresh) and 0.05 <= cfg.monitor.refresh <= 60):
         raise ConfigError("monitor.refresh: 0.05..60 seconds")
+    _validate_supervisor(cfg.supervisor)
+
+
+def _validate_supervisor(sup: Supervisor) -> None:
+    if sup.max_restarts < 0:
+        raise ConfigError("supervisor.max_restarts: must be >= 0 (0 = no limit)")
+    for key in ("backoff", "backoff_max"):
+        value = getattr(sup, key)
+        if not (math.isfinite(value) and 0 < value <= 3600):
+            raise ConfigError(f"supervisor.{key}: 0 < seconds <= 3600")
+    if sup.backoff_max < sup.backoff:
+        raise ConfigError("supervisor.backoff_max: must be >= supervisor.backoff")
 
 
 def _validate_order_manager(om: OrderManager) -> None:

@@ -2,14 +2,18 @@
 
 Ticks are paced by a timer and sent in batches, one send() per batch per client: a send per tick
 costs a syscall each and caps the feed near 0.2 M ticks/s on this class of machine. Each client's
-pending output is bounded (reactor.Connection): a client that cannot keep up loses ticks (counted)
-or is closed, so it can never grow the Gateway's memory.
+pending output is bounded (reactor.Connection), and so is its kernel send buffer
+(gateway.socket_buffer): a client that cannot keep up loses ticks (counted), gets only the latest
+price per symbol once it reads again, or is closed (processes.subscribers), so it can never grow
+the Gateway's memory nor delay the other clients. Clients must send nothing; one that does is
+closed.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +23,7 @@ from processes import config as config_mod
 from processes import runtime
 from processes.protocol import format_news
 from processes.replay import CsvPrices, ReplayFeed, log_report
+from processes.subscribers import Subscribers
 from reactor import Connection, Reactor, Server
 
 log = logging.getLogger("gateway")
@@ -129,8 +134,15 @@ class Gateway:
             self.walk = TickEncoder(cfg.market.symbols, g.volatility, g.seed)
         self.news = Sentiment(cfg.market.symbols, rng)
         self.plain = g.plain
-        self.price_clients: list[Connection] = []
-        self.news_clients: list[Connection] = []
+        self.news_batches = 0
+        self.prices = Subscribers(
+            "price", g.slow_client, lambda: self.walk.snapshot(time.monotonic_ns(), self.plain),
+            lambda: self.batches, lambda: self.tick_feed.wake(), log)
+        self.news_subs = Subscribers("news", g.slow_client, self.news.snapshot,
+                                     lambda: self.news_batches, lambda: self.news_feed.wake(), log)
+        # The broadcast lists: clients that get every batch (conflating slow ones wait outside).
+        self.price_clients: list[Connection] = self.prices.live
+        self.news_clients: list[Connection] = self.news_subs.live
         self.price_server: Server | None = None
         self.news_server: Server | None = None
         self.ticks = 0               # ticks generated
@@ -152,7 +164,9 @@ class Gateway:
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         net, g = self.cfg.network, self.cfg.gateway
-        conn_opts = {"max_write_buffer": g.max_client_buffer, "overflow": g.slow_client,
+        # "conflate" is the Gateway's policy on top of a Connection that drops what does not fit.
+        overflow = "drop" if g.slow_client == "conflate" else g.slow_client
+        conn_opts = {"max_write_buffer": g.max_client_buffer, "overflow": overflow,
                      "max_frame": 256}
         self.price_server = Server(self.reactor, net.host, net.price_port,
                                    self._on_price_client, **conn_opts)
@@ -172,41 +186,52 @@ class Gateway:
                 server.close()
 
     def stats(self) -> dict[str, Any]:
-        dropped = sum(c.dropped_sends for c in self.price_clients)
+        p, n = self.prices, self.news_subs
         out = {"ticks": self.ticks, "deliveries": self.ticks_sent,
-               "price_clients": len(self.price_clients),
-               "news_clients": len(self.news_clients), "news": self.news_sent,
-               "dropped_batches": dropped}
+               "price_clients": len(p), "news_clients": len(n), "news": self.news_sent,
+               "dropped_batches": p.dropped(), "slow_clients": p.slow + n.slow,
+               "slow_events": p.slow_events + n.slow_events, "conflated": p.conflated,
+               "conflated_batches": p.conflated_batches,
+               "bad_clients": p.bad_clients + n.bad_clients}
         if self.replay is not None:
             out.update(self.replay.stats())
         return out
 
     # --- clients ---------------------------------------------------------------------------------
     def _on_price_client(self, conn: Connection) -> None:
-        conn.on_frame = _ignore_frame
+        self._set_send_buffer(conn)
         conn.on_close = self._on_price_close
-        self.price_clients.append(conn)
+        self.prices.add(conn)
         conn.send(self.walk.snapshot(time.monotonic_ns(), self.plain))
-        log.info("price client %s connected (%d now)", conn.peer, len(self.price_clients))
+        log.info("price client %s connected (%d now)", conn.peer, len(self.prices))
         self.tick_feed.wake()
 
     def _on_news_client(self, conn: Connection) -> None:
-        conn.on_frame = _ignore_frame
+        self._set_send_buffer(conn)
         conn.on_close = self._on_news_close
-        self.news_clients.append(conn)
+        self.news_subs.add(conn)
         conn.send(self.news.snapshot())
-        log.info("news client %s connected (%d now)", conn.peer, len(self.news_clients))
+        log.info("news client %s connected (%d now)", conn.peer, len(self.news_subs))
         self.news_feed.wake()
 
+    def _set_send_buffer(self, conn: Connection) -> None:
+        """Cap the kernel's send buffer: left to autotuning it grows to megabytes for a fast
+        stream, and every tick then queues behind all of them (tens of ms at full rate)."""
+        size = self.cfg.gateway.socket_buffer
+        if size:
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            except OSError as exc:
+                log.warning("gateway.socket_buffer %d not applied to %s: %s", size, conn.peer,
+                            exc)
+
     def _on_price_close(self, conn: Connection, reason: str | None) -> None:
-        if conn in self.price_clients:
-            self.price_clients.remove(conn)
+        self.prices.remove(conn)
         log.info("price client %s gone (%s); %d dropped batches", conn.peer,
                  reason or "closed by peer", conn.dropped_sends)
 
     def _on_news_close(self, conn: Connection, reason: str | None) -> None:
-        if conn in self.news_clients:
-            self.news_clients.remove(conn)
+        self.news_subs.remove(conn)
         log.info("news client %s gone (%s)", conn.peer, reason or "closed by peer")
 
     # --- feeds (hot path) ------------------------------------------------------------------------
@@ -215,21 +240,22 @@ class Gateway:
         self.ticks += n
         self.batches += 1
         sent = 0
-        # A snapshot: a failing send closes its client, which removes it from the list.
+        # A snapshot: a failing send closes its client, which removes it from the list, or
+        # makes it a slow client (only then is lagging() called).
         for conn in tuple(self.price_clients):
             if conn.send(data):
                 sent += n
+            else:
+                self.prices.lagging(conn)
         self.ticks_sent += sent
 
     def _broadcast_news(self, n: int) -> None:
         data = self.news.batch(n)
         self.news_sent += n
+        self.news_batches += 1
         for conn in tuple(self.news_clients):
-            conn.send(data)
-
-
-def _ignore_frame(frame: memoryview) -> None:
-    """Clients have nothing to say to the Gateway; what they send is read and discarded."""
+            if not conn.send(data):
+                self.news_subs.lagging(conn)
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:

@@ -9,6 +9,7 @@ without waiting for the rest of the recv() batch to be parsed.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from ext import IMPLEMENTATION, WIRE_IMPLEMENTATION, PriceFeedDecoder, SharedPriceBook
@@ -19,8 +20,10 @@ from reactor import Backoff, Connection, Dialer, Reactor
 
 log = logging.getLogger("orderbook")
 
-HEARTBEAT_INTERVAL = 0.5  # seconds; written for readers and reclaim logic to judge liveness
-                          # (today reclaim uses owner_pid only; see the reliability issue)
+HEARTBEAT_INTERVAL = 0.5  # seconds; readers (the Strategy) and the next OrderBook's reclaim
+                          # judge our liveness by it (ext.layout.HEARTBEAT_STALE_S)
+GAP_CHECK_INTERVAL = 1.0  # seconds between looks at the decoder's gap counter (off the hot path)
+GAP_LOG_EVERY = 10.0      # at most one gap line per this many seconds while gaps keep coming
 LOGGED_REJECTS = 5        # malformed/unknown frames logged one by one; the rest only counted
 MAX_PRICE_FRAME = 256     # bytes; a longer price frame closes the feed connection
 
@@ -37,6 +40,11 @@ class OrderBookService:
         self.dialer: Dialer | None = None
         self.disconnects = 0
         self.tick_to_shm = Recorder("tick_to_shm")   # Gateway send -> slot written
+        # Gap reporting: the decoder counts every missing sequence number on the hot path; a timer
+        # turns the counter into one log line per burst (see _check_gaps).
+        self._gap_base: tuple[int, list[int], list[int]] = (0, [], [])
+        self._gap_logged_at = float("-inf")
+        self.gap_reports = 0
 
     def start(self) -> dict[str, Any]:
         m, net = self.cfg.market, self.cfg.network
@@ -48,10 +56,13 @@ class OrderBookService:
         self.decoder = PriceFeedDecoder(self.book, max_frame=MAX_PRICE_FRAME,
                                         on_reject=self._reject)
         self.reactor.call_every(HEARTBEAT_INTERVAL, self.book.heartbeat)
+        self._gap_base = self._gap_state()
+        self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_gaps)
         self.dialer = Dialer(self.reactor, net.host, net.price_port,
                              on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_data=self.decoder.feed, backoff=Backoff(),
-                             max_frame=MAX_PRICE_FRAME, read_capacity=1 << 18)
+                             max_frame=MAX_PRICE_FRAME, read_capacity=1 << 18,
+                             sockopts=_feed_sockopts(self.cfg.gateway.socket_buffer))
         self.dialer.start()
         return {"shm_name": self.book.name, "symbols": self.book.nsymbols,
                 "bytes": self.book.size, "impl": IMPLEMENTATION, "codec": WIRE_IMPLEMENTATION}
@@ -87,11 +98,52 @@ class OrderBookService:
         self.disconnects += 1
         log.warning("price feed lost (%s); reconnecting with backoff", reason or "closed by peer")
 
+    def _gap_state(self) -> tuple[int, list[int], list[int]]:
+        """(gaps, last sequence per symbol, writes per symbol): what _check_gaps compares."""
+        book, d = self.book, self.decoder
+        assert book is not None and d is not None
+        return d.gaps, d.last_seqs(), [book.seq(i) // 2 for i in range(book.nsymbols)]
+
+    def _check_gaps(self) -> None:
+        """Timer: one warning when the gap counter moved, never one per tick or per gap.
+
+        While gaps keep coming (a slow-consumer policy dropping or conflating our feed, say) the
+        next line waits GAP_LOG_EVERY seconds and then covers them all. Per symbol, the sequence
+        numbers the feed advanced minus the ticks we wrote is what went missing; a symbol whose
+        sequence restarted (a Gateway restart) is left out of that split.
+        """
+        d, book = self.decoder, self.book
+        if d is None or book is None or d.gaps == self._gap_base[0]:
+            return
+        now = self.reactor.time()
+        if now - self._gap_logged_at < GAP_LOG_EVERY:
+            return
+        gaps0, seqs0, writes0 = self._gap_base
+        state = self._gap_state()
+        gaps, seqs, writes = state
+        missed = []
+        for i, sym in enumerate(book.symbols):
+            lost = (seqs[i] - seqs0[i]) - (writes[i] - writes0[i])
+            if seqs[i] >= seqs0[i] and lost > 0:
+                missed.append(f"{sym} {lost}")
+        self.gap_reports += 1
+        log.warning("price feed has sequence gaps: %d ticks missing since the last report "
+                    "(%d in total)%s", gaps - gaps0, gaps,
+                    f"; by symbol: {', '.join(missed[:20])}" if missed else "")
+        self._gap_base = state
+        self._gap_logged_at = now
+
     def _reject(self, frame: bytes, reason: str) -> None:
         """Called by the decoder for each bad frame (not the hot path); logs the first few."""
         if self.decoder is not None and self.decoder.malformed + self.decoder.unknown \
                 <= LOGGED_REJECTS:
             log.warning("skipped price frame %r: %s", frame[:80], reason)
+
+
+def _feed_sockopts(size: int) -> tuple[tuple[int, int, int], ...]:
+    """The receive side of gateway.socket_buffer: at full rate an autotuned receive buffer grows
+    to megabytes, and each tick then waits behind all of them before we even read it."""
+    return ((socket.SOL_SOCKET, socket.SO_RCVBUF, size),) if size else ()
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False,

@@ -4,6 +4,11 @@ It waits for prices without a timer and without spinning: the book's PriceReader
 of the reactor. Before the reactor blocks it arms the reader (announces "I am about to sleep" in the
 segment); the OrderBook then rings the reader's doorbell socket, which is in the same epoll set as
 the news and order sockets. One wait covers all three inputs.
+
+Stale prices and a dead OrderBook are noticed by a timer (BookWatch, every WATCH_INTERVAL), never
+per tick: no order is made on a price older than `strategy.max_price_age`, and when the OrderBook
+dies and a new one replaces its segment, the Strategy re-attaches to the new segment by itself,
+keeping its positions.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from ext import LayoutError, PriceReader, SharedPriceBook
+from ext import LayoutError, PriceReader, SharedPriceBook, layout
 from processes import config as config_mod
 from processes import runtime
 from processes.protocol import (
@@ -41,6 +46,9 @@ from reactor import Backoff, Connection, Dialer, Reactor
 log = logging.getLogger("strategy")
 
 LOGGED_PROBLEMS = 5  # bad frames/replies logged one by one; the rest only counted
+WATCH_INTERVAL = 0.2   # seconds between staleness and segment checks (a timer, not per tick)
+BOOK_DEAD_S = 2.0      # an OrderBook heartbeat (every 0.5 s) older than this: it is dead or hung
+LOGGED_TRANSITIONS = 100  # stale/fresh lines logged; then only counted (a flapping feed)
 
 
 class OrderClient:
@@ -200,6 +208,16 @@ class StrategyService:
         self.news = 0
         self.bad_news = 0
         self._attach_backoff = Backoff(initial=0.1, maximum=2.0)
+        self._attach_failures = 0         # in a row: only the first of an outage is logged
+        self._attach_timer: Any = None
+        # Staleness (see _watch): per-symbol state from the timer, and the tick-age rule.
+        self.max_age_ns = int(s.max_price_age * 1e9)
+        self.stale: list[bool] = []
+        self.stale_skips = 0               # orders not made because the price was too old
+        self.stale_transitions = 0
+        self.book_dead = False             # the OrderBook's heartbeat stopped
+        self.reattaches = 0
+        self._identity: tuple[int, int] = (0, 0)   # (owner_pid, created_ns) of our segment
         self.tick_to_decision = Recorder("tick_to_decision")  # Gateway send -> signal computed
         self.order_to_ack = Recorder("order_to_ack")          # our send -> OrderManager's ack
         self.tick_to_ack = Recorder("tick_to_ack")            # Gateway send -> ack received
@@ -216,17 +234,14 @@ class StrategyService:
         self.news_dialer.start()
         self.orders_out.start()
         attached = self._attach()
-        return {"shm_name": self.cfg.market.shm_name, "attached": attached, "name": self.name}
+        self.reactor.call_every(WATCH_INTERVAL, self._watch)
+        return {"shm_name": self.cfg.market.shm_name, "attached": attached, "name": self.name,
+                "max_price_age": self.cfg.strategy.max_price_age}
 
     def close(self) -> None:
         self.news_dialer.close()
         self.orders_out.close()
-        if self.reader is not None:
-            self.reactor.remove_source(self)
-            self.reactor.remove_reader(self.reader.fileno())
-            self.reader.close()
-        if self.book is not None:
-            self.book.close()
+        self._detach()
 
     def recorders(self) -> tuple[Recorder, ...]:
         return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack)
@@ -239,33 +254,138 @@ class StrategyService:
                 "pending": len(self.orders_out.pending), "resent": self.orders_out.resent,
                 "refusals": self.orders_out.refusals, "held": held,
                 "reconnects": self.news_dialer.reconnects + self.orders_out.dialer.reconnects,
+                "bad_news": self.bad_news, "bad_replies": self.orders_out.bad_replies,
+                "stale_symbols": sum(self.stale), "stale_skips": self.stale_skips,
+                "book_dead": self.book_dead, "attached": self.book is not None,
+                "reattaches": self.reattaches,
                 "symbols": list(self.symbols), "positions": list(self.positions),
                 "sentiment": list(self.sentiment)}
 
     def _attach(self) -> bool:
         """Attach to the OrderBook's segment; if it is not there yet, retry with backoff."""
+        self._attach_timer = None
+        if self.book is not None:
+            return True
+        name = self.cfg.market.shm_name
         try:
-            book = SharedPriceBook(name=self.cfg.market.shm_name, create=False)
+            book = SharedPriceBook(name=name, create=False)
         except (FileNotFoundError, ValueError, LayoutError) as exc:
             # Missing, or caught mid-creation (empty file, header not written yet): retry.
             delay = self._attach_backoff.next()
-            log.info("segment %s not ready (%s); retrying in %.2fs", self.cfg.market.shm_name,
-                     type(exc).__name__, delay)
-            self.reactor.call_later(delay, self._attach)
+            self._attach_failures += 1
+            (log.info if self._attach_failures == 1 else log.debug)(
+                "segment %s not ready (%s); retrying in %.2fs", name, type(exc).__name__, delay)
+            self._attach_timer = self.reactor.call_later(delay, self._attach)
             return False
-        self.book = book
-        self.symbols = book.symbols
-        n = len(self.symbols)
+        self._attach_backoff.reset()
+        self._attach_failures = 0
+        self._adopt(book)
+        return True
+
+    def _adopt(self, book: SharedPriceBook) -> None:
+        """Use `book`; on a re-attach, every symbol keeps its position, sentiment and window."""
         s = self.cfg.strategy
-        self.trends = [MovingAverageCrossover(s.short_window, s.long_window) for _ in range(n)]
-        self.sentiment = [None] * n
-        self.positions = [FLAT] * n
-        self._sym_index = {sym.encode(): i for i, sym in enumerate(self.symbols)}
+        old = {sym: i for i, sym in enumerate(self.symbols)}
+        symbols = book.symbols
+
+        def carried(values: list, make) -> list:
+            return [values[old[sym]] if sym in old else make() for sym in symbols]
+
+        self.trends = carried(self.trends,
+                              lambda: MovingAverageCrossover(s.short_window, s.long_window))
+        self.sentiment = carried(self.sentiment, lambda: None)
+        self.positions = carried(self.positions, lambda: FLAT)
+        self.stale = carried(self.stale, lambda: False)
+        self.book = book
+        self.symbols = symbols
+        self._sym_index = {sym.encode(): i for i, sym in enumerate(symbols)}
+        head = book.header()
+        self._identity = (head["owner_pid"], head["created_ns"])
         self.reader = book.reader()
         self.reactor.add_reader(self.reader.fileno(), self.reader.drain)
         self.reactor.add_source(self)
-        log.info("attached to %s: %d symbols", book.name, n)
-        return True
+        if old:
+            self.reattaches += 1
+            held = sum(1 for p in self.positions if p != FLAT)
+            log.warning("re-attached to %s (OrderBook pid %d): %d symbols, %d positions kept",
+                        book.name, head["owner_pid"], len(symbols), held)
+        else:
+            log.info("attached to %s: %d symbols", book.name, len(symbols))
+
+    def _detach(self) -> None:
+        """Let go of the segment (reader entry, doorbell, mapping); the state stays."""
+        if self._attach_timer is not None:
+            self._attach_timer.cancel()
+            self._attach_timer = None
+        if self.reader is not None:
+            self.reactor.remove_source(self)
+            self.reactor.remove_reader(self.reader.fileno())
+            self.reader.close()
+            self.reader = None
+        if self.book is not None:
+            self.book.close()
+            self.book = None
+
+    # --- staleness and the OrderBook's liveness (timer, off the hot path) ------------------------
+    def _watch(self) -> None:
+        """Every WATCH_INTERVAL: is our segment still the one at the name, is its OrderBook
+        alive (heartbeat), and which symbols have a price younger than max_price_age?
+
+        A segment that vanished or was replaced (a restarted OrderBook reclaims the name and
+        creates a new one; ours is then unlinked and never written again) is let go and the new
+        one attached. The per-symbol state is for stats() and one log line per transition; the
+        order path itself checks the age of the very tick it acts on (_maybe_order).
+        """
+        if self.book is None:
+            return  # between segments: _attach is retrying
+        name = self.cfg.market.shm_name
+        probe = layout.probe_segment(name)
+        if probe is None or (probe.owner_pid, probe.created_ns) != self._identity:
+            why = "vanished" if probe is None else "was replaced by a new OrderBook"
+            log.warning("price book %s %s; detaching and re-attaching with backoff "
+                        "(positions kept)", name, why)
+            self._detach()
+            self._set_stale([True] * len(self.stale), "no price book")
+            self._attach()
+            return
+        now = time.monotonic_ns()
+        silent = (now - probe.heartbeat_ns) / 1e9
+        dead = silent > BOOK_DEAD_S
+        if dead != self.book_dead:
+            self.book_dead = dead
+            if dead:
+                log.error("OrderBook (pid %d) silent for %.1fs: its prices are stale; not "
+                          "trading until it is back", probe.owner_pid, silent)
+            else:
+                log.warning("OrderBook (pid %d) heartbeat is back", probe.owner_pid)
+        if dead:
+            self._set_stale([True] * len(self.stale), "OrderBook silent")
+            return
+        book, max_age = self.book, self.max_age_ns
+        stale = list(self.stale)
+        for i in range(len(stale)):
+            if book.seq(i) & 1:
+                continue  # mid-write (or its writer died mid-write): keep the last verdict
+            write_ns = book.read_slot(i)[3]
+            stale[i] = bool(max_age) and (not write_ns or now - write_ns > max_age)
+        self._set_stale(stale, f"older than {max_age / 1e9:g}s")
+
+    def _set_stale(self, stale: list[bool], why: str) -> None:
+        went = [s for s, old, new in zip(self.symbols, self.stale, stale) if new and not old]
+        back = [s for s, old, new in zip(self.symbols, self.stale, stale) if old and not new]
+        self.stale = stale
+        if went:
+            self._transition(log.warning, f"stale prices ({why}): %s; not trading them", went)
+        if back:
+            self._transition(log.info, "fresh prices again: %s; trading resumes", back)
+
+    def _transition(self, level, text: str, names: list[str]) -> None:
+        """One line per transition (all symbols that changed at once), bounded in number."""
+        self.stale_transitions += 1
+        if self.stale_transitions <= LOGGED_TRANSITIONS:
+            level(text, ", ".join(names))
+        elif self.stale_transitions == LOGGED_TRANSITIONS + 1:
+            log.warning("more stale/fresh transitions follow; only counted (stale_symbols)")
 
     # --- IdleSource: the shared-memory price feed (hot path) -------------------------------------
     def poll(self) -> bool:
@@ -299,9 +419,19 @@ class StrategyService:
         side, qty = order_for(signal, self.positions[i], self.quantity)
         if side == NEUTRAL:
             return
+        now = time.monotonic_ns()
+        # Never trade on a stale price: the tick's own age (Gateway send time), or for a plain
+        # feed, which carries none, the symbol's state from the last _watch.
+        if self.max_age_ns and (now - tick_ns > self.max_age_ns if tick_ns else self.stale[i]):
+            self.stale_skips += 1
+            if self.stale_skips <= LOGGED_PROBLEMS:
+                log.warning("no %s of %s: its price is stale (%s)", SIDE_NAME[side],
+                            self.symbols[i], f"{(now - tick_ns) / 1e9:.1f}s old" if tick_ns
+                            else f"older than {self.max_age_ns / 1e9:g}s")
+            return
         self._order_seq += 1
         order = Order(f"{self._id_prefix}-{self._order_seq}", self.symbols[i], SIDE_NAME[side],
-                      qty, round(price, 2), self.name, tick_ns, tick_seq, time.monotonic_ns())
+                      qty, round(price, 2), self.name, tick_ns, tick_seq, now)
         before = self.positions[i]
         # Made once: the OrderClient owns it until acked (resent after a reconnect, waiting if
         # the OrderManager is down), so the position moves now; only a reject restores it.
@@ -346,8 +476,8 @@ class StrategyService:
             log.debug("order %s acked as #%s", order.id, reply.get("order_no"))
             return
         # Rejected: the position we assumed never happened.
-        i = self.symbols.index(order.symbol)
-        self.positions[i] = before
+        if order.symbol in self.symbols:   # (a re-attached book could, in theory, lack it)
+            self.positions[self.symbols.index(order.symbol)] = before
         log.warning("order %s %s %d %s rejected: %s (position back to %s)", order.id, order.side,
                     order.qty, order.symbol, reply.get("reason"), POSITION_NAME[before])
 

@@ -33,6 +33,9 @@ class Connection:
     ``overflow`` decides what a send that would push the write buffer past
     ``max_write_buffer`` does: "drop" discards that whole message (framing stays intact) and
     counts it; "close" drops the connection as a slow consumer.
+
+    ``on_drain(conn)``, if set, runs each time queued output has all gone to the kernel: how a
+    server learns that a slow consumer caught up (e.g. to send it a conflated snapshot).
     """
 
     __slots__ = (
@@ -41,6 +44,7 @@ class Connection:
         "reader",
         "on_data",
         "on_close",
+        "on_drain",
         "name",
         "peer",
         "closed",
@@ -86,6 +90,7 @@ class Connection:
         # Bulk consumer (see FrameReader.bulk_updated); when set, on_frame is not used.
         self.on_data = on_data
         self.on_close = on_close
+        self.on_drain: Callable[[Connection], Any] | None = None
         self.name = name
         self.peer = _describe_peer(sock)
         self.closed = False
@@ -150,6 +155,7 @@ class Connection:
         self._wbuf = bytearray()
         self._woff = 0
         self.sock.close()
+        self.on_drain = None
         on_close, self.on_close = self.on_close, None
         release, self._release = self._release, None
         try:
@@ -245,6 +251,8 @@ class Connection:
             wbuf.clear()
             self._woff = 0
             self.reactor.remove_writer(self._fd)
+            if self.on_drain is not None:
+                self.on_drain(self)
         elif woff >= _WBUF_COMPACT and 2 * woff >= len(wbuf):
             del wbuf[:woff]
             self._woff = 0

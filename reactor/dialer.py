@@ -49,6 +49,7 @@ class Dialer:
         "closed",
         "_connected_at",
         "_kwargs",
+        "_sockopts",
         "_started",
         "_pending",
         "_timer",
@@ -66,6 +67,7 @@ class Dialer:
         on_frame: Callable[[memoryview], Any] | None = None,
         backoff: Backoff | None = None,
         connect_timeout: float | None = 2.0,
+        sockopts: tuple[tuple[int, int, int], ...] = (),
         **connection_kwargs: Any,
     ) -> None:
         self.reactor = reactor
@@ -85,6 +87,9 @@ class Dialer:
         self.closed = False
         self._connected_at = 0.0
         self._kwargs = connection_kwargs
+        # (level, option, value) set on each socket before connect(): a receive buffer must be
+        # sized then, because the window scale is agreed in the handshake.
+        self._sockopts = sockopts
         self._started = False
         self._pending: socket.socket | None = None  # socket of the attempt in flight
         self._timer: Timer | None = None  # next attempt
@@ -123,6 +128,11 @@ class Dialer:
         except OSError as exc:
             self._failed(str(exc))
             return
+        for level, option, value in self._sockopts:
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError:
+                pass  # a tuning option; the connection works without it
         sock.setblocking(False)
         err = sock.connect_ex(addr)
         if err == 0:

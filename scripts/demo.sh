@@ -174,7 +174,10 @@ stop_all() {
         echo "  $name exited $status"
         [ "$status" = 0 ] || bad=1
     done
+    local socket_path
+    socket_path=$(T display-message -p '#{socket_path}' 2>/dev/null || true)
     T kill-server 2>/dev/null || true
+    [ -z "$socket_path" ] || rm -f "$socket_path"     # tmux leaves its socket file behind
     if [ -e "/dev/shm/$SHM" ]; then echo "demo.sh: /dev/shm/$SHM left behind" >&2; bad=1; fi
     return $bad
 }

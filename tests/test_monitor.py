@@ -25,8 +25,8 @@ from rich.console import Console
 from stackutil import pid_alive, shm_exists, wait_until
 
 from processes import dashboard, telemetry
+from processes.bookwatch import BookWatcher
 from processes.dashboard import Quote
-from processes.monitor import BookWatcher
 from processes.stack import segment_owner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +144,8 @@ def test_book_watcher_retries_then_attaches_and_notices_a_new_segment():
             assert watcher.quotes() is None, "must wait for the backoff, not retry at once"
             clock[0] += 5
             book.update("AAPL", 10.5, 0, 7)
-            assert watcher.quotes()["AAPL"].price == 10.5
+            assert watcher.prices() == {"AAPL": 10.5}
+            assert watcher.quotes()["AAPL"][1] == 7          # tick seq
         finally:
             book.close()
             book.unlink()
@@ -153,11 +154,11 @@ def test_book_watcher_retries_then_attaches_and_notices_a_new_segment():
             book.update("MSFT", 3.25)
             clock[0] += 5
             for _ in range(3):
-                quotes = watcher.quotes()
-                if quotes and "MSFT" in quotes:
+                prices = watcher.prices()
+                if "MSFT" in prices:
                     break
                 clock[0] += 5
-            assert quotes is not None and quotes["MSFT"].price == 3.25
+            assert prices == {"MSFT": 3.25}
         finally:
             book.close()
             book.unlink()
@@ -202,8 +203,13 @@ class Tmux:
         raise AssertionError(f"no {pattern!r} on screen within {timeout}s:\n{screen}")
 
     def kill(self) -> None:
+        """Stop the server and remove its socket file (tmux leaves it behind)."""
+        path = subprocess.run(["tmux", "-L", self.socket, "display-message", "-p",
+                               "#{socket_path}"], capture_output=True, text=True, timeout=15)
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
                        timeout=15)
+        if path.returncode == 0 and path.stdout.strip():
+            Path(path.stdout.strip()).unlink(missing_ok=True)
 
 
 def pane_script(tmp_path: Path, command: list[str]) -> Path:
@@ -380,6 +386,7 @@ def test_demo_script_runs_records_and_stops_clean(tmp_path):
     socket_name = re.search(r"tmux socket (\S+)", out).group(1)
     assert subprocess.run(["tmux", "-L", socket_name, "list-sessions"], capture_output=True,
                           timeout=10).returncode != 0, "the demo's tmux server is still up"
+    assert not (Path(f"/tmp/tmux-{os.getuid()}") / socket_name).exists()
     frames = record.read_text().split("=== frame ")[1:]
     assert len(frames) >= 5
     assert "\x1b[" in frames[-1], "capture-pane -e keeps the colours"

@@ -15,6 +15,8 @@ import multiprocessing as mp
 import os
 import queue
 import select
+import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -614,6 +616,65 @@ def test_create_waits_for_concurrent_initialisation(book_impl, book_name):
     finally:
         with contextlib.suppress(FileNotFoundError):
             raw.unlink()
+
+
+def _age_heartbeat(name: str, seconds: float) -> None:
+    stamp = time.monotonic_ns() - int(seconds * 1e9)
+    _poke(name, layout.HEADER_OFFSETS["heartbeat_ns"], struct.pack("<q", stamp))
+
+
+@pytest.mark.timeout(30)
+def test_reclaim_alive_owner_with_stale_heartbeat(book_impl, book_name, caplog):
+    """The owner pid is alive (it is us) but the heartbeat stopped long ago: the pid was
+    reused after a crash, so the segment is reclaimed, saying why."""
+    old = book_impl.SharedPriceBook(SYMS, name=book_name)
+    _age_heartbeat(book_name, layout.HEARTBEAT_STALE_S + 5)
+    caplog.set_level("WARNING", logger="tradestack.shm")
+    try:
+        with book_impl.SharedPriceBook(SYMS, name=book_name) as new:
+            assert new.reclaimed
+            assert any("heartbeat" in r.getMessage() and "reused" in r.getMessage()
+                       for r in caplog.records)
+    finally:
+        old.close()
+    assert not _shm_exists(book_name)
+
+
+@pytest.mark.timeout(30)
+def test_fresh_heartbeat_or_stopped_owner_keeps_the_segment(book_impl, book_name):
+    with book_impl.SharedPriceBook(SYMS, name=book_name) as book:
+        _age_heartbeat(book_name, layout.HEARTBEAT_STALE_S - 2)
+        with pytest.raises(FileExistsError, match="alive"):
+            book_impl.SharedPriceBook(SYMS, name=book_name)
+        # A SIGSTOPped owner is silent but neither dead nor reused: not reclaimed either.
+        sleeper = subprocess.Popen(["sleep", "30"])
+        try:
+            os.kill(sleeper.pid, signal.SIGSTOP)
+            deadline = time.monotonic() + 5
+            while not layout.pid_stopped(sleeper.pid):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            _poke(book_name, layout.HEADER_OFFSETS["owner_pid"], struct.pack("<Q", sleeper.pid))
+            _age_heartbeat(book_name, layout.HEARTBEAT_STALE_S + 5)
+            with pytest.raises(FileExistsError, match="alive"):
+                book_impl.SharedPriceBook(SYMS, name=book_name)
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        book.update("AAPL", 2.0)
+        assert book.read("AAPL") == 2.0
+
+
+def test_segment_mode_is_0600_whatever_the_umask(book_impl, book_name):
+    """multiprocessing.shared_memory creates with mode 0600; the umask can only remove bits."""
+    old_umask = os.umask(0)
+    try:
+        with book_impl.SharedPriceBook(SYMS, name=book_name) as book:
+            st = os.stat(f"/dev/shm/{book.name}")
+            assert stat.S_IMODE(st.st_mode) == 0o600
+            assert st.st_uid == os.getuid()
+    finally:
+        os.umask(old_umask)
 
 
 def test_alive_owner_refuses(book_impl, book_name):

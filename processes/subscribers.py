@@ -1,0 +1,119 @@
+"""The subscribers of one Gateway feed (prices or news), and what happens to one that cannot keep up
+or that talks when it should listen.
+
+Every client's pending output is bounded (reactor.Connection.max_write_buffer). Past the bound,
+per `gateway.slow_client`:
+
+- "drop": the batch is not queued for that client (counted in its dropped_sends); it gets later
+  batches as soon as they fit again. Its stream has holes (the OrderBook counts them as gaps).
+- "close": the client is disconnected as a slow consumer.
+- "conflate": the client leaves the broadcast list. Once its queue has drained to the kernel it
+  gets one snapshot, the latest value of every symbol, in place of everything it missed, and
+  rejoins. A latest-value consumer (the OrderBook) thus reads fresh prices as soon as it reads
+  again instead of working through a backlog; the skipped sequence numbers show up as gaps.
+
+One line is logged when a client starts being slow and one when it has caught up, never one per
+batch. The broadcast loop only ever walks `live` and calls `lagging()` only for a send that
+failed, so a healthy stream costs exactly what it did before.
+
+Clients of these feeds must send nothing: any byte from one closes it with a log line (the first
+LOGGED_BAD_CLIENTS; then counted), so a confused or hostile peer cannot make the Gateway buffer
+or parse anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from reactor import Connection
+
+LOGGED_BAD_CLIENTS = 20   # send-only violations logged one by one; the rest only counted
+LOGGED_SLOW = 50          # slow/caught-up lines logged per feed; the rest only counted
+
+
+class Subscribers:
+    """One feed's clients: `live` ones get every batch; conflating ones wait for their drain."""
+
+    def __init__(self, feed: str, policy: str, snapshot: Callable[[], bytes],
+                 batches: Callable[[], int], on_rejoin: Callable[[], None],
+                 log: logging.Logger) -> None:
+        self.feed = feed                  # "price" or "news", for the log
+        self.policy = policy
+        self.snapshot = snapshot          # latest value of every symbol, as frames
+        self.batches = batches            # batches broadcast so far (to count what was missed)
+        self.on_rejoin = on_rejoin        # a client is back (wakes an idle unpaced feed)
+        self.log = log
+        self.live: list[Connection] = []
+        self._slow: dict[Connection, tuple[float, int]] = {}   # conn -> (since, batches then)
+        self.slow_events = 0              # times a client started being slow
+        self.conflated = 0                # snapshots sent in place of missed batches
+        self.conflated_batches = 0        # batches conflating clients missed
+        self.bad_clients = 0              # closed for sending to a send-only feed
+
+    def __len__(self) -> int:
+        return len(self.live) + sum(1 for c in self._slow if c not in self.live)
+
+    @property
+    def slow(self) -> int:
+        """Clients slow right now."""
+        return len(self._slow)
+
+    def add(self, conn: Connection) -> None:
+        conn.on_data = lambda buf, start, end: self._unexpected(conn, buf, start, end)
+        self.live.append(conn)
+
+    def remove(self, conn: Connection) -> None:
+        if conn in self.live:
+            self.live.remove(conn)
+        self._slow.pop(conn, None)
+
+    def dropped(self) -> int:
+        return sum(c.dropped_sends for c in {*self.live, *self._slow})
+
+    # --- slow consumers (called only when a send failed) --------------------------------------
+    def lagging(self, conn: Connection) -> None:
+        """conn.send() refused a batch (its queue is full) and conn is still open."""
+        if conn.closed or conn in self._slow:
+            return
+        self._slow[conn] = (time.monotonic(), self.batches())
+        self.slow_events += 1
+        conn.on_drain = self._drained
+        if self.policy == "conflate":
+            self.live.remove(conn)
+            action = "conflating its feed to the latest value per symbol"
+        else:
+            action = "dropping batches"
+        if self.slow_events <= LOGGED_SLOW:
+            self.log.warning("%s client %s is slow (%d bytes pending): %s until it catches up",
+                             self.feed, conn.peer, conn.pending, action)
+
+    def _drained(self, conn: Connection) -> None:
+        """Its queue went to the kernel: it reads again."""
+        conn.on_drain = None
+        since, batches0 = self._slow.pop(conn, (time.monotonic(), self.batches()))
+        missed = self.batches() - batches0
+        if self.policy == "conflate":
+            self.conflated += 1
+            self.conflated_batches += missed
+            self.live.append(conn)
+            conn.send(self.snapshot())
+            self.on_rejoin()
+            what = f"sent the latest value per symbol in place of {missed} batches"
+        else:
+            what = f"{conn.dropped_sends} batches dropped so far"
+        if self.slow_events <= LOGGED_SLOW:
+            self.log.info("%s client %s caught up after %.1fs; %s", self.feed, conn.peer,
+                          time.monotonic() - since, what)
+
+    # --- hostile input ------------------------------------------------------------------------
+    def _unexpected(self, conn: Connection, buf: bytearray, start: int, end: int) -> int:
+        """Bulk consumer of a client's input: there must be none, so close it."""
+        self.bad_clients += 1
+        if self.bad_clients <= LOGGED_BAD_CLIENTS:
+            self.log.warning("closing %s client %s: it sent %d bytes (%r...) but clients of this "
+                             "feed must send nothing", self.feed, conn.peer, end - start,
+                             bytes(buf[start:min(end, start + 40)]))
+        conn.close("sent data to a send-only feed")
+        return end
