@@ -31,8 +31,8 @@ FULL_SECONDS = 20.0
 SMOKE_SECONDS = 1.5       # under --benchmark-disable (CI): proves the path, measures nothing
 LAYOUTS = ("unpinned", "one-core", "one-core-rt", "spread", "spread-rt", "strategy-spin",
            "strategy-spin-rt", "strategy-hybrid", "om-apart-rt", "spin-om-rt")
-HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "order_to_ack",
-        "tick_to_ack")
+HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "om_ack",
+        "order_to_ack", "tick_to_ack")
 
 
 def trading_config(tmp_path: Path, layout: str, tick_rate: float = TICK_RATE) -> config.Config:

@@ -42,6 +42,7 @@ HOP_LABELS = {
     "tick_to_decision": "tick -> decision (Strategy computed the signal)",
     "send_to_order": "order send -> OrderManager received (one TCP hop)",
     "tick_to_order": "tick -> order received (OrderManager)",
+    "om_ack": "order received -> ack sent (inside the OrderManager)",
     "order_to_ack": "order send -> ack (round trip)",
     "tick_to_ack": "tick -> ack (Strategy)",
 }

@@ -39,6 +39,11 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
     # Strategy ranks above the OrderManager so an ack preempts the OM's booking I/O.
     "one-core-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
                     "order_manager": ([0], "block", 30), "strategy": ([0], "block", 40)},
+    # The same, with the OrderManager below the feed: a tick preempts an order being booked, so
+    # orders cannot delay ticks (tick -> decision tail), at some cost to tick -> ack.
+    "one-core-rt-feed-first": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
+                               "order_manager": ([0], "block", 10),
+                               "strategy": ([0], "block", 40)},
     # The feed half (G, OB) and the order half (S, OM) each on a core of its own, real-time.
     "spread-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
                   "strategy": ([1], "block", 40), "order_manager": ([1], "block", 30)},

@@ -35,6 +35,8 @@ from typing import IO, Any
 
 from processes import config as config_mod
 from processes import runtime
+from processes.bookwatch import BookWatcher
+from processes.pnl import PnLBook
 from processes.protocol import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -42,7 +44,9 @@ from processes.protocol import (
     Order,
     ProtocolError,
     decode_json,
+    decode_order,
     encode_ack,
+    encode_order,
     encode_refused,
     encode_reject,
     encode_welcome,
@@ -62,6 +66,7 @@ REFUSE_LINGER = 1.0   # seconds a refused client is kept (input discarded) befor
 KILL_SWITCH_REASON = "kill switch on"
 RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
+LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
 
 
 class OrderLogError(RuntimeError):
@@ -124,11 +129,15 @@ class OrderLog:
                 fh.write(b"\n")
         return records
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Write one line; on OSError (disk full...) cut any partial line off, then raise."""
+    def append(self, record: dict[str, Any] | bytes) -> None:
+        """Write one line (a record, or its JSON text); on OSError (disk full...) cut any
+        partial line off, then raise."""
         if self._file is None:
             return
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        if isinstance(record, bytes):
+            line = record + b"\n"
+        else:
+            line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         try:
             written = os.write(self._fd, line)
             while written < len(line):  # regular files write all at once, barring errors
@@ -211,6 +220,15 @@ class OrderManager:
         self.clients = 0
         self.tick_to_order = Recorder("tick_to_order")   # Gateway send -> order received here
         self.send_to_order = Recorder("send_to_order")   # Strategy send -> received (one hop)
+        self.order_to_ack_sent = Recorder("om_ack")      # received -> ack handed to the kernel
+        # Fills at the order price, marked to the latest shared-memory price (off the hot path:
+        # marks are read when stats are published).
+        self.pnl = PnLBook()
+        self.marks = BookWatcher(cfg.market.shm_name)
+        # "Received Order ..." lines wait here and are printed a moment later, once the event
+        # that booked them is done: on a shared core the client must get its ack first.
+        self._lines: list[tuple[int, str, int, str, float]] = []
+        self._flush_scheduled = False
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -229,19 +247,22 @@ class OrderManager:
                 "token_required": bool(self.token), "kill_switch": self.kill_switch}
 
     def close(self) -> None:
+        self._flush_lines()
         if self.server is not None:
             self.server.close()
         self.order_log.close()
+        self.marks.close()
 
     def recorders(self) -> tuple[Recorder, ...]:
-        return (self.tick_to_order, self.send_to_order)
+        return (self.tick_to_order, self.send_to_order, self.order_to_ack_sent)
 
     def stats(self) -> dict[str, Any]:
         return {"orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
                 "rejects": self.rejects, "duplicates": self.duplicates, "refused": self.refused,
                 "bad_clients": self.bad_clients, "kill_switch": self.kill_switch,
                 **{f"rejects_{rule}": n for rule, n in self.rule_rejects.items()},
-                "clients": len(self.server.connections) if self.server else 0}
+                "clients": len(self.server.connections) if self.server else 0,
+                **self.pnl.stats(self.marks.prices())}
 
     def _replay(self, records: list[dict[str, Any]]) -> None:
         """Rebuild numbering, booked ids and positions from the order log."""
@@ -255,6 +276,7 @@ class OrderManager:
             pkey = (rec["client"], rec["symbol"])
             signed = rec["qty"] if rec["side"] == "BUY" else -rec["qty"]
             self.positions[pkey] = self.positions.get(pkey, 0) + signed
+            self.pnl.on_fill(rec["client"], rec["symbol"], rec["side"], rec["qty"], rec["price"])
             self.order_no = max(self.order_no, rec["order_no"])
         self.replayed = len(records)
         if records:
@@ -338,17 +360,19 @@ class OrderManager:
     def _on_order(self, sess: Session, frame: memoryview) -> None:
         received_ns = time.monotonic_ns()
         conn = sess.conn
-        try:
-            obj = decode_json(frame)
-        except ProtocolError as exc:
-            self._malformed(sess, None, str(exc))
-            return
-        try:
-            order = validate_order(obj, self.symbols)
-        except ProtocolError as exc:
-            oid = obj.get("id")
-            self._malformed(sess, oid if isinstance(oid, str) else None, str(exc))
-            return
+        order = decode_order(frame, self.symbols)   # our own clients' frames: no json module
+        if order is None:
+            try:
+                obj = decode_json(frame)
+            except ProtocolError as exc:
+                self._malformed(sess, None, str(exc))
+                return
+            try:
+                order = validate_order(obj, self.symbols)
+            except ProtocolError as exc:
+                oid = obj.get("id")
+                self._malformed(sess, oid if isinstance(oid, str) else None, str(exc))
+                return
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
         key = (client, order.id)
@@ -372,6 +396,7 @@ class OrderManager:
             return
         self.order_no = order_no
         conn.send(encode_ack(order.id, order_no))
+        self.order_to_ack_sent.record(time.monotonic_ns() - received_ns)
         self.booked[key] = order_no
         self.positions[pkey] = after
         if self.max_order_rate:
@@ -381,8 +406,18 @@ class OrderManager:
             self.tick_to_order.record(received_ns - order.tick_ns)
         if order.sent_ns:
             self.send_to_order.record(received_ns - order.sent_ns)
-        log.info("Received Order %d: %s %d %s @ %.2f", order_no, order.side, order.qty,
-                 order.symbol, order.price)
+        self.pnl.on_fill(client, order.symbol, order.side, order.qty, order.price)
+        self._lines.append((order_no, order.side, order.qty, order.symbol, order.price))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # A timer, not call_soon: call_soon would still run before this process sleeps.
+            self.reactor.call_later(LINE_DELAY, self._flush_lines)
+
+    def _flush_lines(self) -> None:
+        self._flush_scheduled = False
+        lines, self._lines = self._lines, []
+        for line in lines:
+            log.info("Received Order %d: %s %d %s @ %.2f", *line)
 
     def _risk(self, order: Order, before: int, after: int,
               now_ns: int) -> tuple[str, str] | None:
@@ -415,8 +450,11 @@ class OrderManager:
         """The order-log line, before the ack. If the log cannot be written, nothing can be
         booked safely: reject, and turn the kill switch on until an operator has looked."""
         try:
-            self.order_log.append({"order_no": order_no, "received_ns": received_ns,
-                                   "peer": conn.peer, **order.to_json()})
+            # The order's own frame is already its JSON (encode_order: no json module for our
+            # clients' plain names); the record wraps it with our fields, in the same key order
+            # as {"order_no", "received_ns", "peer", **order.to_json()}.
+            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,%s}' % (
+                order_no, received_ns, json.dumps(conn.peer).encode(), encode_order(order)[1:-2]))
         except OSError as exc:
             log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
                       exc, order.id)

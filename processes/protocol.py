@@ -20,6 +20,7 @@ MAX_U64 = (1 << 64) - 1
 MAX_I64 = (1 << 63) - 1
 
 _COMMA = b","
+_NEEDS_ESCAPE = frozenset('"\\*')   # JSON specials, and the frame delimiter
 
 
 class ProtocolError(ValueError):
@@ -114,8 +115,61 @@ def _frame_json(obj: dict) -> bytes:
         "*", "\\u002a").encode() + MESSAGE_DELIMITER
 
 
+# --- fast paths for the order round trip ---------------------------------------------------------
+# Every order crosses encode_order -> decode_order -> encode_ack -> decode_ack, on a path where a
+# Python process has just woken with cold caches and each microsecond of warm work costs several.
+# Our own frames have plain ids and names, so they are formatted and matched without the json
+# module; the regexes accept exactly the frames the formatters make (fixed key order, no
+# whitespace, no escapes), for which json.loads would return the same values. Anything else
+# (another client's spelling, escapes, extra keys) takes the full JSON path, same result.
+_PLAIN = r"[A-Za-z0-9_.:-]{1,128}"
+_UINT = r"(?:0|[1-9][0-9]{0,19})"
+_ORDER_RE = re.compile(
+    rb'\{"id":"(%s)","client":"(%s|)","symbol":"(%s)","side":"(BUY|SELL)","qty":(%s),'
+    rb'"price":((?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,15})?),"tick_ns":(%s),"tick_seq":(%s),'
+    rb'"sent_ns":(%s)\}' % (_PLAIN.encode(), _PLAIN.encode(), _PLAIN.encode(), _UINT.encode(),
+                           _UINT.encode(), _UINT.encode(), _UINT.encode()))
+_ACK_RE = re.compile(rb'\{"type":"ack","id":"(%s)","order_no":(%s)\}' % (_PLAIN.encode(),
+                                                                         _UINT.encode()))
+_PLAIN_RE = re.compile(_PLAIN)
+
+
+def _plain(text: str) -> bool:
+    return _PLAIN_RE.fullmatch(text) is not None
+
+
 def encode_order(order: Order) -> bytes:
+    if (_plain(order.id) and (not order.client or _plain(order.client)) and _plain(order.symbol)
+            and order.side in SIDES and type(order.qty) is int and type(order.price) is float
+            and math.isfinite(order.price)):
+        return b'{"id":"%s","client":"%s","symbol":"%s","side":"%s","qty":%d,"price":%s,' \
+               b'"tick_ns":%d,"tick_seq":%d,"sent_ns":%d}*' % (
+                   order.id.encode(), order.client.encode(), order.symbol.encode(),
+                   order.side.encode(), order.qty, repr(order.price).encode(), order.tick_ns,
+                   order.tick_seq, order.sent_ns)
     return _frame_json(order.to_json())
+
+
+def decode_order(frame: memoryview | bytes, symbols: frozenset[str] | set[str]) -> Order | None:
+    """An Order from one of our own order frames, or None: then use decode_json +
+    validate_order, which give the same Order for every frame this accepts."""
+    m = _ORDER_RE.fullmatch(frame)
+    if m is None:
+        return None
+    oid, client, symbol, side, qty, price, tick_ns, tick_seq, sent_ns = m.groups()
+    sym = symbol.decode()
+    q, p = int(qty), float(price)
+    t, k, n = int(tick_ns), int(tick_seq), int(sent_ns)
+    if (sym not in symbols or q <= 0 or q > MAX_I64 or not 0.0 < p <= MAX_PRICE
+            or t > MAX_U64 or k > MAX_U64 or n > MAX_U64):
+        return None  # let the full path produce the reject reason
+    return Order(oid.decode(), sym, side.decode(), q, p, client.decode(), t, k, n)
+
+
+def decode_ack(frame: memoryview | bytes) -> tuple[str, int] | None:
+    """(id, order_no) of an ack frame as encode_ack makes it, else None (use decode_json)."""
+    m = _ACK_RE.fullmatch(frame)
+    return None if m is None else (m.group(1).decode(), int(m.group(2)))
 
 
 def decode_json(frame: memoryview | bytes) -> dict:
@@ -164,6 +218,10 @@ def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
 
 
 def encode_ack(order_id: str, order_no: int) -> bytes:
+    # The ack is on every order's critical path: a plain id (our own ids always are) needs no
+    # JSON escaping, so skip json.dumps (~4 us); anything else goes through it.
+    if order_id.isascii() and order_id.isprintable() and not _NEEDS_ESCAPE.intersection(order_id):
+        return b'{"type":"ack","id":"%s","order_no":%d}*' % (order_id.encode(), order_no)
     return _frame_json({"type": "ack", "id": order_id, "order_no": order_no})
 
 

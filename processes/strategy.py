@@ -25,6 +25,7 @@ from processes.protocol import (
     MAX_FRAME,
     Order,
     ProtocolError,
+    decode_ack,
     decode_json,
     encode_hello,
     encode_order,
@@ -149,6 +150,12 @@ class OrderClient:
             conn.close(f"refused: {reason}")  # the Dialer redials with its backoff
 
     def _on_frame(self, frame: memoryview) -> None:
+        fast = decode_ack(frame)   # the common case, without the json module
+        if fast is not None:
+            entry = self.pending.pop(fast[0], None)
+            self.acks += 1
+            self.on_reply({"type": "ack", "id": fast[0], "order_no": fast[1]}, entry)
+            return
         try:
             reply = decode_json(frame)
         except ProtocolError as exc:

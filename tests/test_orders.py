@@ -461,3 +461,27 @@ def test_a_refused_strategy_says_so_and_keeps_retrying(oms, tmp_path):
         news.close()
         book.close()
         book.unlink()
+
+
+def test_positions_and_pnl_are_published_marked_to_shared_memory(oms, tmp_path):
+    """Fills at the order price, marked to the latest price in the OrderBook's segment (here a
+    segment this test writes), per client and symbol, also after a restart (from the log)."""
+    cfg = make_config(tmp_path)
+    oms.start(**{"market.shm_name": cfg.market.shm_name})
+    with SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True) as book:
+        try:
+            book.update("AAPL", 120.0)
+            cli = oms.client()
+            cli.send(order("p-1", qty=10, price=100.0), order("p-2", side="SELL", qty=4,
+                                                              price=110.0))
+            assert [r["type"] for r in cli.replies(2)] == ["ack", "ack"]
+            oms.children[0].stop()
+            pnl = final_stats(tmp_path)["pnl"]["c1"]["AAPL"]
+            assert pnl["position"] == 6 and pnl["avg_price"] == pytest.approx(100.0)
+            assert pnl["realized"] == pytest.approx(40.0)      # 4 x (110 - 100)
+            assert pnl["unrealized"] == pytest.approx(120.0)   # 6 x (120 - 100)
+            oms.start(**{"market.shm_name": cfg.market.shm_name})   # rebuilt from the log
+            oms.children[-1].stop()
+            assert final_stats(tmp_path)["pnl"]["c1"]["AAPL"]["realized"] == pytest.approx(40.0)
+        finally:
+            book.unlink()
