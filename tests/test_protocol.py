@@ -6,12 +6,16 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processes.protocol import (
     MESSAGE_DELIMITER,
     Order,
     ProtocolError,
+    decode_ack,
     decode_json,
+    decode_order,
     encode_ack,
     encode_order,
     encode_reject,
@@ -118,3 +122,38 @@ def test_replies():
     rej = json.loads(encode_reject(None, "bad *thing*")[:-1])
     assert rej == {"type": "reject", "id": None, "reason": "bad *thing*"}
     assert encode_reject("x", "a*b").count(b"*") == 1
+
+
+# --- the order round trip's fast paths agree with the JSON path ----------------------------------
+_names = st.one_of(st.from_regex(r"[A-Za-z0-9_.:-]{1,20}", fullmatch=True),
+                   st.text(min_size=1, max_size=12))
+_orders = st.builds(
+    Order, id=_names, symbol=st.sampled_from(["AAPL", "MSFT", "X*Y"]),
+    side=st.sampled_from(["BUY", "SELL"]), qty=st.integers(1, 10**6),
+    price=st.floats(0.01, 1e9, allow_nan=False) | st.floats(1e-7, 1e-3), client=_names,
+    tick_ns=st.integers(0, 2**63), tick_seq=st.integers(0, 2**40), sent_ns=st.integers(0, 2**63))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_orders)
+def test_order_fast_paths_equal_the_json_path(order):
+    frame = encode_order(order)
+    assert frame.endswith(b"*") and frame.count(b"*") == 1
+    body = frame[:-1]
+    assert decode_json(body) == order.to_json()
+    symbols = frozenset({"AAPL", "MSFT", "X*Y"})
+    fast = decode_order(body, symbols)
+    try:
+        slow = validate_order(decode_json(body), symbols)
+    except ProtocolError:
+        slow = None
+    assert fast is None or fast == slow   # None = "take the JSON path", never a different order
+
+
+@settings(max_examples=200, deadline=None)
+@given(_names, st.integers(0, 2**63))
+def test_ack_fast_path_equals_the_json_path(oid, order_no):
+    body = encode_ack(oid, order_no)[:-1]
+    fast = decode_ack(body)
+    assert decode_json(body) == {"type": "ack", "id": oid, "order_no": order_no}
+    assert fast is None or fast == (oid, order_no)
