@@ -28,9 +28,9 @@ pytestmark = pytest.mark.timeout(180)
 
 TICK_RATE = 1000          # ticks/s over all symbols: one tick every ms, every hop wakes from idle
 FULL_SECONDS = 20.0
-SMOKE_SECONDS = 1.5       # under --benchmark-disable (CI): proves the path, measures nothing
+SMOKE_SECONDS = 1.0       # under --benchmark-disable (CI): proves the path, measures nothing
 LAYOUTS = ("unpinned", "one-core", "one-core-rt", "spread", "spread-rt", "strategy-spin",
-           "strategy-spin-rt", "strategy-hybrid", "om-apart-rt", "spin-om-rt")
+           "strategy-spin-rt", "strategy-hybrid", "spin-om-rt", "om-spin-rt")
 HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "om_ack",
         "order_to_ack", "tick_to_ack")
 
@@ -77,8 +77,11 @@ def test_e2e_latency(benchmark, tmp_path: Path, layout: str) -> None:
     latency = {row["name"]: row for row in built["latency"]}
     strategy = snaps["strategy"]["counters"]
     assert latency["tick_to_decision"]["count"] == strategy["decisions"] > 0
-    # Every order the Strategy sent was booked and acked (nothing lost on the way).
-    assert snaps["order_manager"]["counters"]["orders"] == strategy["orders"] == strategy["acks"]
+    # Every order the Strategy made was booked, except those still unacknowledged when it was
+    # stopped (the Strategy stops first), and every booked one it heard back about was acked.
+    booked, pending = snaps["order_manager"]["counters"]["orders"], strategy["pending"]
+    assert strategy["orders"] - pending <= booked <= strategy["orders"]
+    assert strategy["acks"] == strategy["orders"] - pending
     info = benchmark.extra_info
     info.update(layout=layout, seconds=seconds, tick_rate=TICK_RATE,
                 placement={p: list(getattr(cfg, p).cpus) for p in config.PROCESSES},

@@ -39,11 +39,6 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
     # Strategy ranks above the OrderManager so an ack preempts the OM's booking I/O.
     "one-core-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
                     "order_manager": ([0], "block", 30), "strategy": ([0], "block", 40)},
-    # The same, with the OrderManager below the feed: a tick preempts an order being booked, so
-    # orders cannot delay ticks (tick -> decision tail), at some cost to tick -> ack.
-    "one-core-rt-feed-first": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
-                               "order_manager": ([0], "block", 10),
-                               "strategy": ([0], "block", 40)},
     # The feed half (G, OB) and the order half (S, OM) each on a core of its own, real-time.
     "spread-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
                   "strategy": ([1], "block", 40), "order_manager": ([1], "block", 30)},
@@ -51,14 +46,13 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
     # the others block, real-time, on CPU0.
     "strategy-spin-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
                          "order_manager": ([0], "block", 30), "strategy": ([1], "spin")},
-    # Feed and decision on CPU0 (real-time, downstream first); the OrderManager alone on CPU1,
-    # so its caches stay warm between orders at the price of a cross-core hop each way.
-    "om-apart-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
-                    "strategy": ([0], "block", 40), "order_manager": ([1], "block", 30)},
     # The Strategy busy-polls on CPU1; the real-time OrderManager shares CPU1 and preempts the
     # spinner the moment an order arrives, so the order hop never crosses cores.
     "spin-om-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
                    "strategy": ([1], "spin"), "order_manager": ([1], "block", 30)},
+    # Feed and decision real-time on CPU0; the OrderManager busy-polls CPU1, always warm.
+    "om-spin-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
+                   "strategy": ([0], "block", 40), "order_manager": ([1], "spin")},
 }
 
 
