@@ -230,6 +230,7 @@ cdef class PriceFeedDecoder:
     cdef uint64_t _mask
     cdef Py_ssize_t _nslots
     cdef uint64_t *_last_seq
+    cdef uint64_t *_sym_gaps              # per symbol; touched only when a gap occurs
     cdef int64_t *_lat
     cdef Py_ssize_t _nlat
 
@@ -258,8 +259,10 @@ cdef class PriceFeedDecoder:
             size *= 2
         self._table = <SymKey *>calloc(size, sizeof(SymKey))
         self._last_seq = <uint64_t *>calloc(n if n else 1, sizeof(uint64_t))
+        self._sym_gaps = <uint64_t *>calloc(n if n else 1, sizeof(uint64_t))
         self._lat = <int64_t *>malloc((latency_capacity or 1) * sizeof(int64_t))
-        if self._table == NULL or self._last_seq == NULL or self._lat == NULL:
+        if (self._table == NULL or self._last_seq == NULL or self._sym_gaps == NULL
+                or self._lat == NULL):
             raise MemoryError()
         self._mask = size - 1
         for slot in range(n):
@@ -285,6 +288,7 @@ cdef class PriceFeedDecoder:
     def __dealloc__(self):
         free(self._table)
         free(self._last_seq)
+        free(self._sym_gaps)
         free(self._lat)
 
     cdef inline SymKey *_bucket(self, const uint64_t *w, Py_ssize_t n) noexcept:
@@ -360,6 +364,8 @@ cdef class PriceFeedDecoder:
             if prev and seq > prev and seq - prev > 1:
                 g = self.gaps + (seq - prev - 1)
                 self.gaps = g if g >= self.gaps else UINT64_MAX
+                g = self._sym_gaps[i] + (seq - prev - 1)
+                self._sym_gaps[i] = g if g >= self._sym_gaps[i] else UINT64_MAX
             elif seq < prev:
                 self.seq_resets += 1
             self._last_seq[i] = seq
@@ -411,6 +417,10 @@ cdef class PriceFeedDecoder:
 
     def last_seqs(self):
         return [self._last_seq[i] for i in range(self._nslots)]
+
+    def gaps_by_symbol(self):
+        """Missing sequence numbers per symbol (book order); they sum to gaps, saturating."""
+        return [self._sym_gaps[i] for i in range(self._nslots)]
 
     def __repr__(self):
         return f"<PriceFeedDecoder {self.ticks} ticks into {self.book!r} (cython)>"

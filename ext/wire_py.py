@@ -168,6 +168,7 @@ class PriceFeedDecoder:
         self._book = book
         self._index = {s.encode("ascii"): i for i, s in enumerate(symbols)}
         self._last_seq = [0] * len(symbols)
+        self._sym_gaps = [0] * len(symbols)
         self._max_frame = max_frame
         self._delimiter = delimiter
         self._latency_capacity = latency_capacity
@@ -224,6 +225,7 @@ class PriceFeedDecoder:
             prev = self._last_seq[i]
             if seq > prev + 1 and prev:
                 self._gaps = min(self._gaps + seq - prev - 1, MAX_U64)
+                self._sym_gaps[i] = min(self._sym_gaps[i] + seq - prev - 1, MAX_U64)
             elif seq < prev:
                 self._seq_resets += 1
             self._last_seq[i] = seq
@@ -250,6 +252,10 @@ class PriceFeedDecoder:
 
     def last_seqs(self) -> list[int]:
         return list(self._last_seq)
+
+    def gaps_by_symbol(self) -> list[int]:
+        """Missing sequence numbers per symbol (book order); they sum to gaps, saturating."""
+        return list(self._sym_gaps)
 
     def __repr__(self) -> str:
         return f"<PriceFeedDecoder {self._ticks} ticks into {self._book!r} (python)>"

@@ -402,9 +402,11 @@ class OrderManager:
         if self.max_order_rate:
             self._rate[client].append(received_ns)
         self.orders += 1
-        if order.tick_ns:
+        # A client's stamps may be anything up to 2**64-1: only a plausible one (same host, same
+        # clock, so not in our future) is a latency; a huge one would overflow the recorder.
+        if 0 < order.tick_ns <= received_ns:
             self.tick_to_order.record(received_ns - order.tick_ns)
-        if order.sent_ns:
+        if 0 < order.sent_ns <= received_ns:
             self.send_to_order.record(received_ns - order.sent_ns)
         self.pnl.on_fill(client, order.symbol, order.side, order.qty, order.price)
         self._lines.append((order_no, order.side, order.qty, order.symbol, order.price))

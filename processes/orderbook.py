@@ -40,11 +40,11 @@ class OrderBookService:
         self.dialer: Dialer | None = None
         self.disconnects = 0
         self.tick_to_shm = Recorder("tick_to_shm")   # Gateway send -> slot written
-        # Gap reporting: the decoder counts every missing sequence number on the hot path; a timer
-        # turns the counter into one log line per burst (see _check_gaps).
-        self._gap_base: tuple[int, list[int], list[int]] = (0, [], [])
+        # Gap reporting: the decoder counts every missing sequence number on the hot path (in
+        # total and per symbol); a timer turns the counters into one line per burst.
+        self._gaps_reported = 0
+        self._gaps_by_symbol: list[int] = []
         self._gap_logged_at = float("-inf")
-        self.gap_reports = 0
 
     def start(self) -> dict[str, Any]:
         m, net = self.cfg.market, self.cfg.network
@@ -56,7 +56,7 @@ class OrderBookService:
         self.decoder = PriceFeedDecoder(self.book, max_frame=MAX_PRICE_FRAME,
                                         on_reject=self._reject)
         self.reactor.call_every(HEARTBEAT_INTERVAL, self.book.heartbeat)
-        self._gap_base = self._gap_state()
+        self._gaps_by_symbol = [0] * self.book.nsymbols
         self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_gaps)
         self.dialer = Dialer(self.reactor, net.host, net.price_port,
                              on_connect=self._on_connect, on_disconnect=self._on_disconnect,
@@ -98,39 +98,26 @@ class OrderBookService:
         self.disconnects += 1
         log.warning("price feed lost (%s); reconnecting with backoff", reason or "closed by peer")
 
-    def _gap_state(self) -> tuple[int, list[int], list[int]]:
-        """(gaps, last sequence per symbol, writes per symbol): what _check_gaps compares."""
-        book, d = self.book, self.decoder
-        assert book is not None and d is not None
-        return d.gaps, d.last_seqs(), [book.seq(i) // 2 for i in range(book.nsymbols)]
-
     def _check_gaps(self) -> None:
         """Timer: one warning when the gap counter moved, never one per tick or per gap.
 
         While gaps keep coming (a slow-consumer policy dropping or conflating our feed, say) the
-        next line waits GAP_LOG_EVERY seconds and then covers them all. Per symbol, the sequence
-        numbers the feed advanced minus the ticks we wrote is what went missing; a symbol whose
-        sequence restarted (a Gateway restart) is left out of that split.
+        next line waits GAP_LOG_EVERY seconds and then covers them all, split by symbol.
         """
-        d, book = self.decoder, self.book
-        if d is None or book is None or d.gaps == self._gap_base[0]:
+        d = self.decoder
+        if d is None or d.gaps == self._gaps_reported:
             return
         now = self.reactor.time()
         if now - self._gap_logged_at < GAP_LOG_EVERY:
             return
-        gaps0, seqs0, writes0 = self._gap_base
-        state = self._gap_state()
-        gaps, seqs, writes = state
-        missed = []
-        for i, sym in enumerate(book.symbols):
-            lost = (seqs[i] - seqs0[i]) - (writes[i] - writes0[i])
-            if seqs[i] >= seqs0[i] and lost > 0:
-                missed.append(f"{sym} {lost}")
-        self.gap_reports += 1
+        by_symbol = d.gaps_by_symbol()
+        assert self.book is not None
+        missed = [f"{sym} {n - n0}" for sym, n, n0
+                  in zip(self.book.symbols, by_symbol, self._gaps_by_symbol) if n > n0]
         log.warning("price feed has sequence gaps: %d ticks missing since the last report "
-                    "(%d in total)%s", gaps - gaps0, gaps,
-                    f"; by symbol: {', '.join(missed[:20])}" if missed else "")
-        self._gap_base = state
+                    "(%d in total); by symbol: %s", d.gaps - self._gaps_reported, d.gaps,
+                    ", ".join(missed[:20]) + (", ..." if len(missed) > 20 else ""))
+        self._gaps_reported, self._gaps_by_symbol = d.gaps, by_symbol
         self._gap_logged_at = now
 
     def _reject(self, frame: bytes, reason: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ext import layout
 from processes import config as config_mod
 from processes import summary, telemetry
+from processes.supervision import RestartPolicy
 
 log = logging.getLogger("main")
 
@@ -97,6 +98,8 @@ class Stack:
             except EOFError:
                 info = None
         reader.close()
+        if not info and stop_fd is not None and self._stopped_by_signal(proc, stop_fd):
+            raise StartInterrupted(name)
         if not info or "error" in info:
             if info:
                 why = info["error"]
@@ -114,14 +117,28 @@ class Stack:
             net.price_port, net.news_port = info["price_port"], info["news_port"]
         log.info("%s ready (pid %d) %s", name, proc.pid, info)
 
-    def restart(self, name: str) -> None:
-        """Start `name` again (after it died or was killed) on the ports already bound once."""
+    @staticmethod
+    def _stopped_by_signal(proc: mp.process.BaseProcess, stop_fd: Any) -> bool:
+        """A terminal's Ctrl+C reaches the whole group at once: a child still starting may die
+        of it a moment before our own handler wakes stop_fd. That is a stop, not a failure."""
+        proc.join(1.0)
+        return (proc.exitcode in (-signal.SIGINT, -signal.SIGTERM)
+                and bool(wait([stop_fd], timeout=1.0)))
+
+    def restart(self, name: str, stop_fd: Any = None) -> None:
+        """Start `name` again (after it died or was killed) on the ports already bound once.
+
+        Its peers recover by themselves: the OrderBook and the Strategy redial a restarted
+        Gateway, the Strategy resends its unacknowledged orders to a restarted OrderManager
+        and re-attaches to the segment a restarted OrderBook creates (reclaiming the dead
+        one's). A restarted Strategy starts flat, with no pending orders.
+        """
         proc = self.procs.get(name)
         if proc is not None and proc.is_alive():
             raise StackError(f"{name} is still running")
         if proc is not None:
             proc.join(1.0)
-        self._start_one(name)
+        self._start_one(name, stop_fd)
 
     def snapshots(self) -> dict[str, dict[str, Any]]:
         """This stack's processes' latest stats snapshots (files of other runs are ignored)."""
@@ -186,6 +203,44 @@ class Stack:
         resource_tracker.unregister(f"/{name}", "shared_memory")
 
 
+def _supervise(stack: Stack, policy: RestartPolicy, died: list[str]) -> bool:
+    """Log each death with its exit code and schedule its restart; False = stop the stack."""
+    keep_running = True
+    for name, exitcode in stack.reap(died):
+        delay = policy.died(name, time.monotonic())
+        if delay is None:
+            why = ("supervisor.restart is off" if not policy.cfg.restart else
+                   f"it was restarted {policy.restarts.get(name, 0)} times in a row "
+                   "(supervisor.max_restarts)")
+            log.error("%s died with exit code %s; stopping the stack (%s)", name, exitcode, why)
+            keep_running = False
+        else:
+            limit = policy.cfg.max_restarts or "unlimited"
+            log.error("%s died with exit code %s; restarting it in %.2fs (restart %d of %s)",
+                      name, exitcode, delay, policy.restarts[name], limit)
+    return keep_running
+
+
+def _restart_due(stack: Stack, policy: RestartPolicy, stop_fd: Any) -> bool:
+    """Restart the children whose backoff is over; a failed start is another death."""
+    for name in policy.due(time.monotonic()):
+        t0 = time.monotonic()
+        try:
+            stack.restart(name, stop_fd=stop_fd)
+        except StackError as exc:
+            log.error("%s", exc)
+            proc = stack.procs.get(name)
+            if proc is not None and proc.is_alive():   # started but never reported ready
+                proc.kill()
+                proc.join(STOP_TIMEOUT)
+            if not _supervise(stack, policy, [name]):
+                return False
+            continue
+        log.warning("%s restarted (pid %d) in %.2fs", name, stack.procs[name].pid,
+                    time.monotonic() - t0)
+    return True
+
+
 class LoopHook(Protocol):
     """Something main.py runs alongside the stack (the --dashboard): poll() every `interval`
     seconds and when one of waitables() is readable; a reason it returns stops the stack as
@@ -200,7 +255,12 @@ class LoopHook(Protocol):
 
 def run_stack(cfg: config_mod.Config, duration: float | None = None,
               hook: LoopHook | None = None) -> int:
-    """Run until Ctrl+C, SIGTERM, `duration` seconds, or a child dies; 0 only for a clean stop."""
+    """Run until Ctrl+C, SIGTERM or `duration` seconds; 0 only for a clean stop.
+
+    A child that dies is logged with its exit code and restarted with backoff
+    (processes.supervision); with `supervisor.restart = false`, or once a child has used up
+    `supervisor.max_restarts`, its death stops the stack instead (exit code 1).
+    """
     stop_reason: list[str] = []
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
@@ -214,6 +274,7 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None,
     stack: Stack | None = None
     codes: dict[str, int | None] = {}
     code = 0
+    policy = RestartPolicy(cfg.supervisor, ORDER)
     try:
         stack = Stack(cfg)
         stack.start(stop_fd=wake_r)
@@ -225,16 +286,23 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None,
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if hook is not None:
                 timeout = hook.interval if timeout is None else min(timeout, hook.interval)
+            if (due := policy.next_due()) is not None:
+                wait_due = max(0.0, due - time.monotonic())
+                timeout = wait_due if timeout is None else min(timeout, wait_due)
             ready = wait([*sentinels, wake_r, *(hook.waitables() if hook else ())],
                          timeout=timeout)
             if stop_reason:
                 break
             died = [sentinels[s] for s in ready if s in sentinels]
-            if died:
-                for name, exitcode in stack.reap(died):
-                    log.error("%s died with exit code %s; stopping the stack", name, exitcode)
+            if died and not _supervise(stack, policy, died):
                 code = 1
                 break
+            if policy.next_due() is not None and not _restart_due(stack, policy, wake_r):
+                code = 1
+                break
+            # Wait only on children that are running (a dead one's sentinel stays readable).
+            sentinels = {s: n for s, n in stack.sentinels().items()
+                         if n not in policy.pending()}
             if hook is not None and (why := hook.poll(stack)):
                 stop_reason.append(why)
                 break

@@ -5,10 +5,10 @@ of the reactor. Before the reactor blocks it arms the reader (announces "I am ab
 segment); the OrderBook then rings the reader's doorbell socket, which is in the same epoll set as
 the news and order sockets. One wait covers all three inputs.
 
-Stale prices and a dead OrderBook are noticed by a timer (BookWatch, every WATCH_INTERVAL), never
-per tick: no order is made on a price older than `strategy.max_price_age`, and when the OrderBook
-dies and a new one replaces its segment, the Strategy re-attaches to the new segment by itself,
-keeping its positions.
+Stale prices and a dead OrderBook are noticed by a timer (_watch, every WATCH_INTERVAL), never per
+tick: no order is made on a price older than `strategy.max_price_age`, and when the OrderBook dies
+and a new one replaces its segment, the Strategy re-attaches to the new segment by itself, keeping
+its positions.
 """
 
 from __future__ import annotations
@@ -153,6 +153,9 @@ class OrderClient:
         fast = decode_ack(frame)   # the common case, without the json module
         if fast is not None:
             entry = self.pending.pop(fast[0], None)
+            if entry is None:
+                self._bad_reply(f"ack for an unknown order {fast[0]!r}")
+                return
             self.acks += 1
             self.on_reply({"type": "ack", "id": fast[0], "order_no": fast[1]}, entry)
             return
@@ -173,6 +176,9 @@ class OrderClient:
             self._bad_reply(f"reply id is not a string: {oid!r}")
             return
         entry = self.pending.pop(oid, None)
+        if entry is None:  # not ours, or answered already: counted as a bad reply, not an ack
+            self._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
+            return
         if kind == "ack":
             self.acks += 1
         else:
@@ -471,8 +477,7 @@ class StrategyService:
         log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
 
     def _on_reply(self, reply: dict, entry: tuple[Order, int] | None) -> None:
-        if entry is None:
-            self.orders_out._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
+        if entry is None:  # OrderClient filters these out; kept safe for other callers
             return
         order, before = entry
         if reply.get("type") == "ack":

@@ -13,8 +13,11 @@ per `gateway.slow_client`:
   again instead of working through a backlog; the skipped sequence numbers show up as gaps.
 
 One line is logged when a client starts being slow and one when it has caught up, never one per
-batch. The broadcast loop only ever walks `live` and calls `lagging()` only for a send that
-failed, so a healthy stream costs exactly what it did before.
+batch; a client that keeps flapping between the two (at tick_rate 0 the feed runs at the fastest
+client's pace, so every slower one overflows now and then) gets at most one pair per
+SLOW_LOG_QUIET seconds, the rest counted in slow_events. The broadcast loop only ever walks
+`live` and calls `lagging()` only for a send that failed, so a healthy stream costs exactly what
+it did before.
 
 Clients of these feeds must send nothing: any byte from one closes it with a log line (the first
 LOGGED_BAD_CLIENTS; then counted), so a confused or hostile peer cannot make the Gateway buffer
@@ -30,7 +33,7 @@ from collections.abc import Callable
 from reactor import Connection
 
 LOGGED_BAD_CLIENTS = 20   # send-only violations logged one by one; the rest only counted
-LOGGED_SLOW = 50          # slow/caught-up lines logged per feed; the rest only counted
+SLOW_LOG_QUIET = 10.0     # seconds: a client's next slow/caught-up pair is logged after this
 
 
 class Subscribers:
@@ -46,7 +49,8 @@ class Subscribers:
         self.on_rejoin = on_rejoin        # a client is back (wakes an idle unpaced feed)
         self.log = log
         self.live: list[Connection] = []
-        self._slow: dict[Connection, tuple[float, int]] = {}   # conn -> (since, batches then)
+        self._slow: dict[Connection, tuple[float, int, bool]] = {}  # since, batches, logged
+        self._quiet_until: dict[Connection, float] = {}   # no slow line for conn before this
         self.slow_events = 0              # times a client started being slow
         self.conflated = 0                # snapshots sent in place of missed batches
         self.conflated_batches = 0        # batches conflating clients missed
@@ -68,6 +72,7 @@ class Subscribers:
         if conn in self.live:
             self.live.remove(conn)
         self._slow.pop(conn, None)
+        self._quiet_until.pop(conn, None)
 
     def dropped(self) -> int:
         return sum(c.dropped_sends for c in {*self.live, *self._slow})
@@ -77,7 +82,11 @@ class Subscribers:
         """conn.send() refused a batch (its queue is full) and conn is still open."""
         if conn.closed or conn in self._slow:
             return
-        self._slow[conn] = (time.monotonic(), self.batches())
+        now = time.monotonic()
+        logged = now >= self._quiet_until.get(conn, 0.0)
+        if logged:
+            self._quiet_until[conn] = now + SLOW_LOG_QUIET
+        self._slow[conn] = (now, self.batches(), logged)
         self.slow_events += 1
         conn.on_drain = self._drained
         if self.policy == "conflate":
@@ -85,14 +94,14 @@ class Subscribers:
             action = "conflating its feed to the latest value per symbol"
         else:
             action = "dropping batches"
-        if self.slow_events <= LOGGED_SLOW:
+        if logged:
             self.log.warning("%s client %s is slow (%d bytes pending): %s until it catches up",
                              self.feed, conn.peer, conn.pending, action)
 
     def _drained(self, conn: Connection) -> None:
         """Its queue went to the kernel: it reads again."""
         conn.on_drain = None
-        since, batches0 = self._slow.pop(conn, (time.monotonic(), self.batches()))
+        since, batches0, logged = self._slow.pop(conn, (time.monotonic(), self.batches(), False))
         missed = self.batches() - batches0
         if self.policy == "conflate":
             self.conflated += 1
@@ -103,7 +112,7 @@ class Subscribers:
             what = f"sent the latest value per symbol in place of {missed} batches"
         else:
             what = f"{conn.dropped_sends} batches dropped so far"
-        if self.slow_events <= LOGGED_SLOW:
+        if logged:
             self.log.info("%s client %s caught up after %.1fs; %s", self.feed, conn.peer,
                           time.monotonic() - since, what)
 

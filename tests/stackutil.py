@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import socket
@@ -137,3 +138,18 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+FAULT_RESULTS_ENV = "TRADESTACK_FAULT_RESULTS"
+
+
+def record_fault(test: str, recovery_s: float, **details: Any) -> dict[str, Any]:
+    """A fault test's measured recovery: printed, and written as <test>.json into the directory
+    named by $TRADESTACK_FAULT_RESULTS (if set) for bench/report.py to tabulate."""
+    result = {"test": test, "recovery_s": round(recovery_s, 4), "details": details}
+    print(f"\nfault recovery {test}: {json.dumps(result)}")
+    directory = os.environ.get(FAULT_RESULTS_ENV)
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / f"{test}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result

@@ -52,6 +52,14 @@ def test_precedence(tmp_path):
     ("[monitor]\nrefresh = 0\n", "monitor.refresh"),
     ("[monitor]\nrefresh = 'fast'\n", "monitor.refresh"),
     ("[monitor]\ncolour = 1\n", "monitor.colour"),
+    ("[gateway]\nslow_client = 'skip'\n", "gateway.slow_client"),
+    ("[gateway]\nsocket_buffer = 100\n", "gateway.socket_buffer"),
+    ("[strategy]\nmax_price_age = -1\n", "strategy.max_price_age"),
+    ("[strategy]\nmax_price_age = inf\n", "strategy.max_price_age"),
+    ("[supervisor]\nrestart = 'maybe'\n", "supervisor.restart"),
+    ("[supervisor]\nmax_restarts = -1\n", "supervisor.max_restarts"),
+    ("[supervisor]\nbackoff = 0\n", "supervisor.backoff"),
+    ("[supervisor]\nbackoff = 5.0\nbackoff_max = 1.0\n", "supervisor.backoff_max"),
 ])
 def test_errors_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.toml"

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stackutil import Child, make_config, wait_until
+from stackutil import Child, make_config, record_fault, wait_until
 
 from processes import telemetry
 
@@ -123,5 +123,7 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
         "ready_to_first_resent_booked_s": (min(waiting) - ready_ns) / 1e9,
     }
     (tmp_path / "recovery.json").write_text(json.dumps(result, indent=1))
-    print("\nrecovery after kill -9 of the OrderManager:", json.dumps(result))
+    record_fault("kill9_order_manager", result["restart_to_first_resent_booked_s"],
+                 what="kill -9 the OrderManager with orders in flight, restart it: recovery = "
+                      "restart -> first order made during the outage booked", **result)
     assert result["restart_to_first_resent_booked_s"] < 15   # generous: 2 shared vCPUs

@@ -30,11 +30,12 @@ def child_pids(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"(\w+) ready \(pid (\d+)\)", output)}
 
 
-def start_main(tmp_path: Path, shm: str) -> tuple[subprocess.Popen, list[str]]:
+def start_main(tmp_path: Path, shm: str, *extra: str) -> tuple[subprocess.Popen, list[str]]:
     """Start main.py in its own session (as a terminal would) and read its output until the
     whole stack reports running."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(main_cmd(tmp_path, shm, *extra), cwd=tmp_path,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     while True:  # bounded by the test's timeout; EOF means main.py died during start-up
@@ -119,8 +120,9 @@ def test_signal_to_main_stops_everything(tmp_path, sig, group):
 
 @pytest.mark.timeout(60)
 def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
+    """With supervisor.restart off, a dead child stops the whole stack (restarts: test_faults)."""
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
-    proc, lines = start_main(tmp_path, shm)
+    proc, lines = start_main(tmp_path, shm, "--set", "supervisor.restart=false")
     try:
         os.kill(child_pids("".join(lines))["orderbook"], signal.SIGKILL)
         rest, _ = proc.communicate(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -361,3 +362,102 @@ def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
         book.close()
         book.unlink()
     assert not shm_exists(cfg.market.shm_name)
+
+
+@pytest.mark.timeout(60)
+def test_strategy_never_orders_on_a_stale_price_and_resumes_on_fresh_ones(tmp_path, children):
+    cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.short_window": 2,
+                                   "strategy.long_window": 4, "strategy.max_price_age": 1.0})
+    venue = FakeVenue()
+    cfg.network.news_port = venue.news_srv.getsockname()[1]
+    cfg.network.order_port = venue.order_srv.getsockname()[1]
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    price = [100.0]
+
+    def order_after(age_s: float, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns() - int(age_s * 1e9), 0)
+                book.heartbeat()
+                time.sleep(0.003)
+            if order := venue.next_order(0.0005):
+                return order
+        return None
+
+    try:
+        start(children, "strategy", cfg)
+        venue.accept()
+        venue.say("AAPL", 90)
+        assert order_after(5.0, timeout=1.5) is None, "ordered on 5 s old prices"
+        buy = order_after(0.0, timeout=5.0)
+        assert buy and buy["side"] == "BUY"
+        assert children[0].stop() == 0
+    finally:
+        venue.close()
+        children[0].stop()
+        book.close()
+        book.unlink()
+    final = [x for x in (tmp_path / "logs" / "strategy.log").read_text().splitlines()
+             if "stopping:" in x]
+    assert final and re.search(r" stale_skips=[1-9]", final[-1]), final
+
+
+@pytest.mark.timeout(60)
+def test_strategy_reattaches_to_a_replaced_segment_and_keeps_its_positions(tmp_path, children):
+    """The OrderBook restarts: its segment is replaced under the same name. The Strategy lets the
+    old one go, attaches to the new one and still knows it is long (no second BUY)."""
+    cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.short_window": 2,
+                                   "strategy.long_window": 4})
+    venue = FakeVenue()
+    cfg.network.news_port = venue.news_srv.getsockname()[1]
+    cfg.network.order_port = venue.order_srv.getsockname()[1]
+    name = cfg.market.shm_name
+    book = SharedPriceBook(cfg.market.symbols, name=name, create=True)
+    price = [100.0]
+
+    def order_after(timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns(), 0)
+                time.sleep(0.003)
+            if order := venue.next_order(0.0005):
+                return order
+        return None
+
+    try:
+        start(children, "strategy", cfg)
+        venue.accept()
+        venue.say("AAPL", 90)
+        assert (order_after(5.0) or {}).get("side") == "BUY"
+        book.close()
+        book.unlink()                                   # the old OrderBook is gone...
+        book = SharedPriceBook(cfg.market.symbols, name=name, create=True)   # ...a new one
+        log_path = tmp_path / "logs" / "strategy.log"
+        wait_until(lambda: "re-attached to" in log_path.read_text(), 10, what="re-attach")
+        assert order_after(1.5) is None, "a second BUY: the position was lost"
+        book.update("AAPL", 10.0, time.monotonic_ns(), 0)   # prices flow through the new book
+        venue.say("AAPL", 10)
+        price[0] = 10.0
+
+        def falling() -> dict | None:
+            for _ in range(300):
+                price[0] -= 0.01
+                book.update("AAPL", price[0], time.monotonic_ns(), 0)
+                time.sleep(0.003)
+                if order := venue.next_order(0.0005):
+                    return order
+            return None
+
+        sell = falling()
+        assert sell and (sell["side"], sell["qty"]) == ("SELL", 20), "long -> short is 2 x qty"
+    finally:
+        venue.close()
+        for child in children:
+            child.stop()
+        book.close()
+        book.unlink()
+    assert "positions kept" in (tmp_path / "logs" / "strategy.log").read_text()

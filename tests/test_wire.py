@@ -405,6 +405,7 @@ def test_gaps_and_resets_like_the_orderbook(impl, book) -> None:
             last[i] = seq
     assert (dec.gaps, dec.seq_resets, dec.last_seqs()) == (gaps, resets, last)
     assert (gaps, resets, last) == (2 + 8, 3, [1, 20, 0, 1])
+    assert dec.gaps_by_symbol() == [2, 8, 0, 0]   # what the OrderBook's gap line names
     assert book.read_slot(3)[2] == 1
 
 
@@ -413,6 +414,8 @@ def test_gap_counter_saturates(impl, book) -> None:
     data = b"AAPL,1,1,0*AAPL,1,%d,0*V,1,1,0*V,1,%d,0*" % (2**64 - 1, 2**64 - 1)
     dec.feed(data, 0, len(data))
     assert dec.gaps == 2**64 - 1
+    assert dec.gaps_by_symbol()[SYMS.index("AAPL")] == 2**64 - 3
+    assert dec.gaps_by_symbol()[SYMS.index("V")] == 2**64 - 3
 
 
 # --------------------------------------------------------------------------- latency
