@@ -29,6 +29,11 @@ extensions = [
         extra_compile_args=[*CFLAGS, "-ffp-contract=off"],
         libraries=["m"],
     ),
+    Extension(
+        "ext._hist",
+        sources=["ext/_hist.pyx"],
+        extra_compile_args=CFLAGS,
+    ),
 ]
 
 setup(

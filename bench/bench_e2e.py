@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from processes import config, summary
+from processes import config, summary, telemetry
 from processes.stack import Stack
 
 pytestmark = pytest.mark.timeout(180)
@@ -96,7 +96,8 @@ def test_e2e_latency(benchmark, tmp_path: Path, layout: str) -> None:
         info[f"{hop}_count"] = row["count"]
         for key in ("p50", "p99", "p99.9", "max"):
             info[f"{hop}_{key}_us"] = round(row[key] / 1e3, 2)
-        info[f"{hop}_pairs"] = snaps[row["process"]]["latency"][hop]["pairs"]
+        published = snaps[row["process"]]["latency"][hop]["pairs"]
+        info[f"{hop}_pairs"] = telemetry.decode_pairs(published)
 
 
 def _tick_seqs(book: Any) -> int:

@@ -60,6 +60,7 @@ def symbols(n: int) -> list[str]:
 def bench_config(tmp_path: Path, **overrides: Any) -> config.Config:
     """Ephemeral ports, a tsbench_<uuid> segment, logs and order log under tmp_path."""
     base: dict[str, Any] = {
+        **config.layout_overrides("unpinned"),   # placement is bench_e2e's subject, not ours
         "network.price_port": 0, "network.news_port": 0, "network.order_port": 0,
         "market.shm_name": f"tsbench_{uuid.uuid4().hex[:12]}",
         "logging.dir": str(tmp_path / "logs"),
@@ -111,7 +112,7 @@ def hop_latency(before: dict[str, Any], after: dict[str, Any], hop: str,
     stats_interval older than the window it opens, and `after` is the final snapshot at stop.
     """
     def pairs(snap: dict[str, Any]) -> dict[int, int]:
-        return dict(map(tuple, snap.get("latency", {}).get(hop, {}).get("pairs", [])))
+        return dict(telemetry.decode_pairs(snap.get("latency", {}).get(hop, {}).get("pairs", [])))
 
     old = pairs(before)
     return Latency.from_pairs((b, c - old.get(b, 0)) for b, c in pairs(after).items()

@@ -18,7 +18,7 @@ import os
 import warnings
 from types import ModuleType
 
-from ext import layout, pricebook_py, wire_py
+from ext import hist_py, layout, pricebook_py, wire_py
 from ext.layout import LayoutError, footprint, segment_size
 
 _pricebook: ModuleType | None = None
@@ -56,6 +56,13 @@ if _impl is _pricebook:
     else:
         _wire_impl = _wire
 
+_hist_impl: ModuleType = hist_py
+if _impl is _pricebook:
+    try:
+        _hist_impl = importlib.import_module("ext._hist")
+    except ImportError:  # an older build: the twin records the same buckets, slower
+        pass
+
 SharedPriceBook = _impl.SharedPriceBook
 PriceReader = _impl.PriceReader
 IMPLEMENTATION: str = "cython" if _impl is _pricebook else "python"
@@ -63,17 +70,20 @@ PriceFeedDecoder = _wire_impl.PriceFeedDecoder
 TickEncoder = _wire_impl.TickEncoder
 FrameTooLong = wire_py.FrameTooLong  # one class, shared by both codecs
 WIRE_IMPLEMENTATION: str = "cython" if _wire_impl is _wire else "python"
+LatencyHistogram = _hist_impl.LatencyHistogram
 
 __all__ = [
     "IMPLEMENTATION",
     "WIRE_IMPLEMENTATION",
     "FrameTooLong",
+    "LatencyHistogram",
     "LayoutError",
     "PriceFeedDecoder",
     "PriceReader",
     "SharedPriceBook",
     "TickEncoder",
     "footprint",
+    "hist_py",
     "layout",
     "pricebook_py",
     "segment_size",

@@ -34,26 +34,34 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
     "strategy-spin": {"gateway": ([0], "block"), "orderbook": ([0], "block"),
                       "strategy": ([1], "spin"), "order_manager": ([0], "block")},
     "strategy-hybrid": {p: ([0], "hybrid" if p == "strategy" else "block") for p in PROCESSES},
-    # One core, SCHED_FIFO in pipeline order: a woken downstream process preempts its upstream
-    # at once instead of waiting for it to block, and background load cannot delay a hop. The
-    # Strategy ranks above the OrderManager so an ack preempts the OM's booking I/O.
-    "one-core-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
-                    "order_manager": ([0], "block", 30), "strategy": ([0], "block", 40)},
+    # SCHED_FIFO priorities (the third field) rank the processes on a shared core: the Strategy
+    # first (a tick is decided the moment it lands), then the feed in pipeline order (a woken
+    # OrderBook preempts the Gateway that just sent to it), the OrderManager last: booking an
+    # order (~100-200 us of cold Python) then never holds a tick back, which is what sets the
+    # tick -> decision tail when it ranks above the feed. Background load cannot delay any hop.
+    "one-core-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
+                    "strategy": ([0], "block", 40), "order_manager": ([0], "block", 10)},
     # The feed half (G, OB) and the order half (S, OM) each on a core of its own, real-time.
-    "spread-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
-                  "strategy": ([1], "block", 40), "order_manager": ([1], "block", 30)},
+    "spread-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
+                  "strategy": ([1], "block", 40), "order_manager": ([1], "block", 10)},
     # The Strategy busy-polls the book on CPU1 (never sleeps: no wake-up on the tick path);
     # the others block, real-time, on CPU0.
-    "strategy-spin-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
-                         "order_manager": ([0], "block", 30), "strategy": ([1], "spin")},
+    "strategy-spin-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
+                         "order_manager": ([0], "block", 10), "strategy": ([1], "spin")},
     # The Strategy busy-polls on CPU1; the real-time OrderManager shares CPU1 and preempts the
     # spinner the moment an order arrives, so the order hop never crosses cores.
-    "spin-om-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
-                   "strategy": ([1], "spin"), "order_manager": ([1], "block", 30)},
+    "spin-om-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
+                   "strategy": ([1], "spin"), "order_manager": ([1], "block", 10)},
     # Feed and decision real-time on CPU0; the OrderManager busy-polls CPU1, always warm.
-    "om-spin-rt": {"gateway": ([0], "block", 10), "orderbook": ([0], "block", 20),
+    "om-spin-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
                    "strategy": ([0], "block", 40), "order_manager": ([1], "spin")},
 }
+
+
+# The documented default for small machines: the fastest robust layout measured (see
+# performance_report.md, "Placement"). Every process blocks when idle (no busy loop); without
+# CAP_SYS_NICE the real-time priorities are skipped with a warning (one-core then).
+DEFAULT_LAYOUT = "one-core-rt"
 
 
 class ConfigError(ValueError):
@@ -88,18 +96,18 @@ class Gateway:
     csv: str = ""                # price file to replay instead of the random walk ("" = walk)
     csv_speed: float = 1.0       # x the recorded pace; 0 = as fast as clients drain
     csv_loop: bool = True        # at the end of the file: start again (true) or stop sending
-    cpus: list[int] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
     idle: str = "block"
     spin_us: float = 50.0
-    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
+    rt_priority: int = 20       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
 class OrderBook:
-    cpus: list[int] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
     idle: str = "block"
     spin_us: float = 50.0
-    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
+    rt_priority: int = 30       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
@@ -112,10 +120,10 @@ class Strategy:
     quantity: int = 10
     token: str = ""             # sent in the hello to the OrderManager; TRADESTACK_TOKEN overrides
     max_price_age: float = 2.0  # seconds; no order on an older price (0 = no limit)
-    cpus: list[int] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
     idle: str = "block"
     spin_us: float = 50.0
-    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
+    rt_priority: int = 40       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
@@ -129,10 +137,10 @@ class OrderManager:
     max_notional: float = 0.0   # qty * price of one order; 0 = no limit
     max_bad_frames: int = 20    # consecutive malformed frames before a client is closed; 0 = never
     kill_switch: bool = False   # start with the kill switch on (SIGUSR1 toggles it)
-    cpus: list[int] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
     idle: str = "block"
     spin_us: float = 50.0
-    rt_priority: int = 0        # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
+    rt_priority: int = 10       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass

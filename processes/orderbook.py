@@ -14,7 +14,7 @@ from typing import Any
 
 from ext import IMPLEMENTATION, WIRE_IMPLEMENTATION, PriceFeedDecoder, SharedPriceBook
 from processes import config as config_mod
-from processes import runtime
+from processes import runtime, telemetry
 from processes.telemetry import Recorder
 from reactor import Backoff, Connection, Dialer, Reactor
 
@@ -56,6 +56,7 @@ class OrderBookService:
         self.decoder = PriceFeedDecoder(self.book, max_frame=MAX_PRICE_FRAME,
                                         on_reject=self._reject)
         self.reactor.call_every(HEARTBEAT_INTERVAL, self.book.heartbeat)
+        self.reactor.call_every(telemetry.FOLD_INTERVAL, self._drain_latencies)
         self._gaps_by_symbol = [0] * self.book.nsymbols
         self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_gaps)
         self.dialer = Dialer(self.reactor, net.host, net.price_port,
@@ -75,9 +76,14 @@ class OrderBookService:
             self.book.close()
 
     def recorders(self) -> tuple[Recorder, ...]:
-        if self.decoder is not None:  # the decoder stamps latencies into its own buffer
-            self.tick_to_shm.extend(self.decoder.take_latencies())
+        self._drain_latencies()
         return (self.tick_to_shm,)
+
+    def _drain_latencies(self) -> None:
+        """The decoder stamps latencies into its own bounded buffer; move them into the
+        histogram often enough that it never fills at the rates we sustain."""
+        if self.decoder is not None:
+            self.tick_to_shm.extend(self.decoder.take_latencies())
 
     def stats(self) -> dict[str, Any]:
         d = self.decoder

@@ -52,6 +52,12 @@ def set_rt_priority(name: str, priority: int, log: logging.Logger) -> int:
     return priority
 
 
+def unpaced(cfg: config_mod.Config) -> bool:
+    """The Gateway sends as fast as its clients drain: nothing in the pipeline ever blocks."""
+    g = cfg.gateway
+    return g.csv_speed == 0 if g.csv else g.tick_rate == 0
+
+
 def pin(name: str, cpus: list[int], log: logging.Logger) -> list[int]:
     """Pin this process to `cpus` (those this machine has); [] = leave it unpinned."""
     if not cpus or not hasattr(os, "sched_setaffinity"):
@@ -133,7 +139,11 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     log = setup_logging(name, cfg.logging)
     place = getattr(cfg, name)
     cpus = pin(name, place.cpus, log)
-    rt = set_rt_priority(name, place.rt_priority, log)
+    rt = set_rt_priority(name, 0 if unpaced(cfg) else place.rt_priority, log)
+    if place.rt_priority and unpaced(cfg):
+        log.warning("%s.rt_priority %d not applied: the feed is unpaced (tick_rate 0), so the "
+                    "pipeline never sleeps and at SCHED_FIFO it would starve the machine",
+                    name, place.rt_priority)
     reactor = Reactor(idle=place.idle, spin_us=place.spin_us)
     # Handlers first: a SIGTERM between "ready" and run() must still mean a clean stop (the
     # OrderBook unlinks its segment), not the default handler's instant death.
@@ -151,7 +161,6 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         if ready is not None:
             ready.send(info)
             ready.close()
-        reactor.call_every(telemetry.FOLD_INTERVAL, publisher.fold)
         reactor.call_every(cfg.logging.stats_interval, publisher.publish)
         reactor.call_every(LOG_STATS_INTERVAL, _log_line, log, publisher)
         reactor.run()

@@ -21,6 +21,9 @@ CTX = mp.get_context("spawn")
 def make_config(tmp_path: Path, **overrides: Any) -> config.Config:
     """Ephemeral ports, a unique segment name, logs and order log under tmp_path."""
     base = {
+        # Tests run unpinned at normal priority: they exercise behaviour, not placement (the
+        # default layout runs in tests/test_main.py, every layout in bench/bench_e2e.py).
+        **config.layout_overrides("unpinned"),
         "network.price_port": 0, "network.news_port": 0, "network.order_port": 0,
         "market.shm_name": f"tstest_{uuid.uuid4().hex[:12]}",
         "logging.dir": str(tmp_path / "logs"),

@@ -10,27 +10,58 @@ import numpy as np
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from ext import hist_py
 from processes import config, runtime, summary, telemetry
+
+try:
+    import ext._hist as _hist
+except ImportError:  # not built: the twin alone
+    _hist = None
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_quantize_matches_hdrhistogram_buckets():
-    """Folding by our quantised value must land every value in the bucket HdrHistogram uses."""
+IMPLS = [pytest.param(hist_py, id="python")]
+if _hist is not None:
+    IMPLS.insert(0, pytest.param(_hist, id="cython"))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_buckets_match_hdrhistogram(impl):
+    """Every sample lands in the bucket HdrHistogram(1, 60 s, 3 digits) would report."""
     hist = HdrHistogram(1, telemetry.HIGHEST_NS, telemetry.SIGNIFICANT_DIGITS)
     rng = np.random.default_rng(3)
-    powers = 2 ** np.arange(1, 35, dtype=np.int64)
+    powers = 2 ** np.arange(1, 36, dtype=np.int64)
     values = np.concatenate([rng.integers(1, telemetry.HIGHEST_NS, 5000), powers, powers - 1,
                              powers + 1, np.arange(1, 5000)])
-    got = telemetry.quantize(values)
-    want = [hist.get_lowest_equivalent_value(int(v)) for v in values]
-    assert got.tolist() == want
+    for v in values.tolist():
+        assert impl.bucket_value(v) == hist.get_lowest_equivalent_value(v), v
+    assert impl.bucket_value(0) == 1 and impl.bucket_value(-5) == 1
+    assert impl.bucket_value(10**15) == hist.get_lowest_equivalent_value(telemetry.HIGHEST_NS)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_histogram_counts_windows_and_twin_agree(impl):
+    rng = np.random.default_rng(9)
+    values = (rng.lognormal(10.5, 0.8, 5000).astype(np.int64) + 1).tolist()
+    h, twin = impl.LatencyHistogram(), hist_py.LatencyHistogram()
+    for v in values[:3000]:
+        h.record(v)
+        twin.record(v)
+    assert h.window() == twin.window() and sum(c for _, c in h.pairs()) == 3000
+    h.record_many(np.array(values[3000:], dtype=np.int64))
+    twin.record_many(values[3000:])
+    win = h.window()
+    assert sum(c for _, c in win) == 2000 and win == twin.window()
+    assert h.window() == []                      # nothing new since
+    assert h.pairs() == twin.pairs() and h.count == twin.count == 5000
+    assert h.max == twin.max == max(values)
 
 
 def test_recorder_percentiles_equal_a_direct_hdrhistogram():
     rng = np.random.default_rng(5)
     values = rng.lognormal(10.5, 0.6, 20_000).astype(np.int64) + 1
-    rec = telemetry.Recorder("hop", capacity=1000)  # forces folds while recording
+    rec = telemetry.Recorder("hop")
     direct = HdrHistogram(1, telemetry.HIGHEST_NS, telemetry.SIGNIFICANT_DIGITS)
     for v in values.tolist():
         rec.record(v)
@@ -43,17 +74,17 @@ def test_recorder_percentiles_equal_a_direct_hdrhistogram():
     # The window restarts after each snapshot; the cumulative pairs do not.
     rec.record(123)
     snap2 = rec.snapshot()
-    assert snap2["window"] == [[123, 1]] or snap2["window"] == [(123, 1)]
+    assert telemetry.decode_pairs(snap2["window"]) == [(123, 1)]
     assert snap2["count"] == len(values) + 1
 
 
 def test_recorder_extend_and_empty():
     rec = telemetry.Recorder("x")
-    assert rec.snapshot() == {"count": 0, "max": 0, "pairs": [], "window": []}
+    assert rec.snapshot() == {"count": 0, "max": 0, "pairs": "", "window": ""}
     rec.extend(np.array([], dtype=np.int64))
     rec.extend(np.array([5, 5, 7000], dtype=np.int64))
     snap = rec.snapshot()
-    assert snap["count"] == 3 and dict(snap["pairs"]) == {5: 2, 7000: 1}
+    assert snap["count"] == 3 and dict(telemetry.decode_pairs(snap["pairs"])) == {5: 2, 7000: 1}
     assert telemetry.summarize([])["count"] == 0
 
 
@@ -112,6 +143,21 @@ def test_layouts_and_cpu_lists():
         config.load(None, {"gateway.cpus": [-1]})
     with pytest.raises(config.ConfigError, match="order_manager.idle"):
         config.load(None, {"order_manager.idle": "nap"})
+
+
+def test_the_default_config_is_the_default_layout():
+    cfg = config.load(None)
+    want = config.layout_overrides(config.DEFAULT_LAYOUT)
+    for key, value in want.items():
+        section, _, field = key.partition(".")
+        assert getattr(getattr(cfg, section), field) == value, key
+    assert all(getattr(cfg, p).idle == "block" for p in config.PROCESSES)  # no busy loop
+
+
+def test_real_time_is_skipped_for_an_unpaced_feed():
+    assert runtime.unpaced(config.load(None, {"gateway.tick_rate": 0}))
+    assert not runtime.unpaced(config.load(None, {"gateway.tick_rate": 10}))
+    assert runtime.unpaced(config.load(None, {"gateway.csv": "x.csv", "gateway.csv_speed": 0}))
 
 
 def test_pin_drops_cpus_the_machine_lacks(caplog):
