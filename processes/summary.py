@@ -26,7 +26,7 @@ LATENCY = (
     ("strategy", "tick_to_decision", "tick -> decision (Strategy)"),
     ("order_manager", "send_to_order", "order send -> received (one TCP hop)"),
     ("order_manager", "tick_to_order", "tick -> order received (OrderManager)"),
-    ("order_manager", "om_ack", "order received -> ack sent (inside the OrderManager)"),
+    ("order_manager", "om_ack", "order read -> ack sent (OrderManager)"),
     ("strategy", "order_to_ack", "order send -> ack (round trip)"),
     ("strategy", "tick_to_ack", "tick -> ack (Strategy)"),
 )
