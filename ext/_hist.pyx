@@ -47,6 +47,16 @@ cdef inline int64_t _value(Py_ssize_t i) noexcept nogil:
 
 
 
+cdef inline Py_ssize_t _varint(unsigned char *p, Py_ssize_t pos, uint64_t x) noexcept nogil:
+    """LEB128: 7 bits a byte, low first, high bit = more follows; returns the new end."""
+    while x >= 0x80:
+        p[pos] = <unsigned char>(x | 0x80)
+        x >>= 7
+        pos += 1
+    p[pos] = <unsigned char>x
+    return pos + 1
+
+
 cdef class LatencyHistogram:
     """Counts per HdrHistogram bucket, since start and since the last window()."""
 
@@ -98,7 +108,7 @@ cdef class LatencyHistogram:
         start, or since the previous encode(window=True) / window() call. ~100x cheaper to
         publish than a JSON list of pairs; hist_py.decode() reads it back."""
         cdef Py_ssize_t i, prev = -1, n = 0, pos = 0
-        cdef uint64_t c, x
+        cdef uint64_t c
         cdef bytearray out
         cdef unsigned char *p
         for i in range(self._lo, self._hi + 1):
@@ -110,21 +120,9 @@ cdef class LatencyHistogram:
             c = self._counts[i] - (self._seen[i] if window else 0)
             if c == 0:
                 continue
-            x = <uint64_t>(i - prev)
+            pos = _varint(p, pos, <uint64_t>(i - prev))
+            pos = _varint(p, pos, c)
             prev = i
-            while x >= 0x80:
-                p[pos] = <unsigned char>(x | 0x80)
-                x >>= 7
-                pos += 1
-            p[pos] = <unsigned char>x
-            pos += 1
-            x = c
-            while x >= 0x80:
-                p[pos] = <unsigned char>(x | 0x80)
-                x >>= 7
-                pos += 1
-            p[pos] = <unsigned char>x
-            pos += 1
         if window and self._hi >= self._lo:
             memcpy(&self._seen[self._lo], &self._counts[self._lo],
                    (self._hi - self._lo + 1) * sizeof(uint64_t))

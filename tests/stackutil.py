@@ -100,6 +100,14 @@ class Child:
         self.proc.join(5)
 
 
+def start(children: list[Child], name: str, cfg: config.Config, **kw: Any) -> dict[str, Any]:
+    """Start one stack process and register it with the test's `children` fixture, which stops
+    it (and every other) at teardown, pass or fail."""
+    child = Child(name, cfg, **kw)
+    children.append(child)
+    return child.start()
+
+
 def recv_frames(sock: socket.socket, count: int, timeout: float = 5.0,
                 delimiter: bytes = b"*") -> list[bytes]:
     """Read until `count` complete frames arrived (blocking socket, overall deadline)."""

@@ -31,25 +31,12 @@ from stackutil import (
     record_fault,
     rss_bytes,
     shm_exists,
+    start,
     wait_until,
 )
 
 from ext import SharedPriceBook
 from processes import telemetry
-
-
-@pytest.fixture
-def children():
-    started: list[Child] = []
-    yield started
-    for child in reversed(started):
-        child.stop()
-
-
-def start(children: list[Child], name: str, cfg) -> dict:
-    child = Child(name, cfg)
-    children.append(child)
-    return child.start()
 
 
 def snapshot(tmp_path: Path, process: str, since_ns: int = 0) -> dict:

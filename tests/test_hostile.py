@@ -17,27 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from stackutil import Child, make_config, recv_frames, wait_until
+from stackutil import make_config, recv_frames, start, wait_until
 
 from ext import SharedPriceBook, wire_py
 from processes import protocol, telemetry
 from processes.protocol import encode_hello, encode_welcome
 
 FUZZ_FRAMES = 100_000
-
-
-@pytest.fixture
-def children():
-    started: list[Child] = []
-    yield started
-    for child in reversed(started):
-        child.stop()
-
-
-def start(children: list[Child], name: str, cfg) -> dict:
-    child = Child(name, cfg)
-    children.append(child)
-    return child.start()
 
 
 def final_counters(tmp_path: Path, process: str) -> dict:

@@ -16,26 +16,13 @@ from stackutil import (
     recv_frames,
     rss_bytes,
     shm_exists,
+    start,
     wait_until,
 )
 
 from ext import SharedPriceBook
 from processes.protocol import Order as OrderMsg
 from processes.protocol import encode_hello, encode_order, encode_welcome, parse_news, parse_price
-
-
-@pytest.fixture
-def children():
-    started: list[Child] = []
-    yield started
-    for child in reversed(started):
-        child.stop()
-
-
-def start(children, name, cfg, **kw) -> dict:
-    child = Child(name, cfg, **kw)
-    children.append(child)
-    return child.start()
 
 
 @pytest.mark.timeout(30)
