@@ -81,7 +81,7 @@ cdef class LatencyHistogram:
         free(self._seen)
 
     cpdef void record(self, int64_t v):
-        """One sample in ns; clamped to [1, HIGHEST]."""
+        """One sample in ns (an int64; OverflowError beyond), clamped to [1, HIGHEST]."""
         cdef Py_ssize_t i
         if v < 1:
             v = 1

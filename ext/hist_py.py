@@ -44,6 +44,8 @@ class LatencyHistogram:
         self.max = 0
 
     def record(self, v: int) -> None:
+        if not -(1 << 63) <= v < (1 << 63):  # the compiled record() takes an int64
+            raise OverflowError("latency sample out of int64 range")
         v = 1 if v < 1 else (HIGHEST if v > HIGHEST else int(v))
         i = _index(v)
         self._counts[i] = self._counts.get(i, 0) + 1

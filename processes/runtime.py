@@ -53,9 +53,10 @@ def set_rt_priority(name: str, priority: int, log: logging.Logger) -> int:
 
 
 def unpaced(cfg: config_mod.Config) -> bool:
-    """The Gateway sends as fast as its clients drain: nothing in the pipeline ever blocks."""
+    """The Gateway sends prices or news as fast as its clients drain: the pipeline never
+    blocks."""
     g = cfg.gateway
-    return g.csv_speed == 0 if g.csv else g.tick_rate == 0
+    return (g.csv_speed == 0 if g.csv else g.tick_rate == 0) or g.news_rate == 0
 
 
 def pin(name: str, cpus: list[int], log: logging.Logger) -> list[int]:
@@ -141,7 +142,7 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     cpus = pin(name, place.cpus, log)
     rt = set_rt_priority(name, 0 if unpaced(cfg) else place.rt_priority, log)
     if place.rt_priority and unpaced(cfg):
-        log.warning("%s.rt_priority %d not applied: the feed is unpaced (tick_rate 0), so the "
+        log.warning("%s.rt_priority %d not applied: the feed is unpaced (a rate of 0), so the "
                     "pipeline never sleeps and at SCHED_FIFO it would starve the machine",
                     name, place.rt_priority)
     reactor = Reactor(idle=place.idle, spin_us=place.spin_us)
@@ -161,7 +162,7 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         if ready is not None:
             ready.send(info)
             ready.close()
-        reactor.call_every(cfg.logging.stats_interval, publisher.publish)
+        reactor.call_every(cfg.logging.stats_interval, _publish, log, publisher)
         reactor.call_every(LOG_STATS_INTERVAL, _log_line, log, publisher)
         reactor.run()
         log.info("stopping: %s", format_stats(_scalars(service.stats())))
@@ -172,15 +173,33 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
             ready.send({"error": f"{type(exc).__name__}: {exc}"})
         return 1
     finally:
-        if service is not None:
-            service.close()
+        # The final snapshot first: stats() may read resources close() releases (the
+        # OrderManager's marks come from the price book).
         if publisher is not None:
             try:
                 publisher.publish(final=True)
             except OSError as exc:
                 log.warning("final stats snapshot not written: %s", exc)
+        if service is not None:
+            service.close()
         reactor.close()
         logging.shutdown()
+
+
+def _publish(log: logging.Logger, publisher: telemetry.Publisher) -> None:
+    """A periodic snapshot; telemetry must never take a trading process down (disk full, stats
+    directory removed): log the first failure of a run of them, retry next interval."""
+    try:
+        publisher.publish()
+    except OSError as exc:
+        if not publisher.failing:
+            log.warning("stats snapshot not written (%s); retrying every %.1fs", exc,
+                        publisher.interval)
+        publisher.failing = True
+    else:
+        if publisher.failing:
+            log.info("stats snapshots written again")
+        publisher.failing = False
 
 
 def quiet_gc() -> None:

@@ -105,9 +105,11 @@ def summarize(pairs: str | Iterable[tuple[int, int] | list[int]],
     if not out["count"]:
         return out
     values = hist.get_percentile_to_value_dict(list(PERCENTILES))
+    top = exact_max if exact_max else hist.get_max_value()
     for p in PERCENTILES:
-        out[f"p{p:g}"] = values[p]
-    out["max"] = exact_max if exact_max else hist.get_max_value()
+        # HdrHistogram reports a bucket's top; never above the largest sample recorded.
+        out[f"p{p:g}"] = min(values[p], top)
+    out["max"] = top
     return out
 
 
@@ -156,6 +158,7 @@ class Publisher:
         self.started_at = time.time()
         self._prev: tuple[int, dict[str, Any]] | None = None
         self.rates: dict[str, float] = {}
+        self.failing = False   # the last publish raised OSError
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def fold(self) -> None:
@@ -180,6 +183,8 @@ class Publisher:
 
     def publish(self, final: bool = False) -> dict[str, Any]:
         snap = self.snapshot(final)
+        if self.failing:  # e.g. the directory was removed under us: make it again
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._tmp, "w", encoding="utf-8") as fh:
             # dumps, not dump: dump writes chunk by chunk from Python (~4x slower).
             fh.write(json.dumps(snap, separators=(",", ":"), default=_jsonable))

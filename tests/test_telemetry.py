@@ -158,6 +158,7 @@ def test_real_time_is_skipped_for_an_unpaced_feed():
     assert runtime.unpaced(config.load(None, {"gateway.tick_rate": 0}))
     assert not runtime.unpaced(config.load(None, {"gateway.tick_rate": 10}))
     assert runtime.unpaced(config.load(None, {"gateway.csv": "x.csv", "gateway.csv_speed": 0}))
+    assert runtime.unpaced(config.load(None, {"gateway.news_rate": 0}))
 
 
 def test_pin_drops_cpus_the_machine_lacks(caplog):
@@ -171,3 +172,31 @@ def test_pin_drops_cpus_the_machine_lacks(caplog):
         assert runtime.pin("strategy", [], log) == [0]  # [] leaves the affinity alone
     finally:
         os.sched_setaffinity(0, before)
+
+
+def test_a_failing_snapshot_is_logged_once_and_retried(tmp_path, caplog):
+    """Telemetry never takes a process down: a removed stats directory is logged, then made
+    again on the next interval."""
+    import shutil
+
+    pub = telemetry.Publisher("proc", tmp_path / "stats", lambda: {"ticks": 1}, lambda: ())
+    log = logging.getLogger("pub-test")
+    shutil.rmtree(tmp_path / "stats")
+    (tmp_path / "stats").write_text("not a directory")   # makes every write fail
+    with caplog.at_level(logging.INFO):
+        runtime._publish(log, pub)
+        runtime._publish(log, pub)
+        assert pub.failing and caplog.text.count("stats snapshot not written") == 1
+        (tmp_path / "stats").unlink()
+        runtime._publish(log, pub)
+    assert not pub.failing and "written again" in caplog.text
+    assert telemetry.read_snapshot(tmp_path / "stats" / "proc.json")["counters"] == {"ticks": 1}
+
+
+def test_percentiles_never_exceed_the_exact_max():
+    rec = telemetry.Recorder("x")
+    for v in [186_000] * 15 + [298_500]:
+        rec.record(v)
+    snap = rec.snapshot()
+    stats = telemetry.summarize(snap["pairs"], snap["max"])
+    assert stats["max"] == 298_500 and stats["p99"] <= 298_500 and stats["p99.9"] <= 298_500
