@@ -5,10 +5,10 @@ array (ext.LatencyHistogram, ~70 ns); HdrHistogram's own record_value costs ~1 u
 an earlier design that folded raw samples with numpy on a timer put a few hundred microseconds of
 cold-cache work on the tick path four times a second (it was the p99 of tick -> decision).
 Publishing: every `interval` the process writes one JSON snapshot file (tmp + rename, so readers
-never see half a file) with its counters and each histogram's (bucket, count) pairs. Readers
-(main.py's exit summary, the monitor, the benchmarks) rebuild HdrHistograms from the pairs and take
-percentiles there: percentile extraction costs ~0.7 ms per histogram, too much for a process that
-must answer the next tick.
+never see half a file) with its counters and each histogram's non-empty buckets, varint-encoded.
+Readers (main.py's exit summary, the monitor, the benchmarks) rebuild HdrHistograms from them and
+take percentiles there: percentile extraction costs ~0.7 ms per histogram, too much for a process
+that must answer the next tick.
 
 Time base: CLOCK_MONOTONIC ns (time.monotonic_ns()), comparable across processes on one host.
 """
@@ -30,7 +30,6 @@ from ext import LatencyHistogram, hist_py
 
 SIGNIFICANT_DIGITS = 3
 HIGHEST_NS = 60_000_000_000      # 60 s: a latency beyond that is a clock or feed bug, clamped
-SUB_BUCKET_BITS = 11             # 3 significant digits -> 2048 sub-buckets, as HdrHistogram uses
 FOLD_INTERVAL = 0.25             # seconds between pulls of latencies buffered elsewhere (the
                                  # OrderBook's native decoder keeps its own) into the recorders
 PERCENTILES = (50.0, 99.0, 99.9)
@@ -61,9 +60,6 @@ class Recorder:
         """Add values recorded elsewhere (e.g. by a C decoder's own buffer)."""
         if len(values):
             self.hist.record_many(np.ascontiguousarray(values, dtype=np.int64))
-
-    def fold(self) -> None:
-        """Nothing to do (kept for callers that fold before reading)."""
 
     def snapshot(self, reset_window: bool = True) -> dict[str, Any]:
         """count, max, and the buckets since start ("pairs") and since the last snapshot
@@ -160,10 +156,6 @@ class Publisher:
         self.rates: dict[str, float] = {}
         self.failing = False   # the last publish raised OSError
         self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def fold(self) -> None:
-        for rec in self.recorders():
-            rec.fold()
 
     def snapshot(self, final: bool = False) -> dict[str, Any]:
         now = time.monotonic_ns()
