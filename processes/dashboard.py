@@ -36,6 +36,12 @@ PROBLEMS = (
     ("orderbook", "reconnects", "book reconnects"), ("strategy", "reconnects", "strat reconnects"),
     ("orderbook", "malformed", "malformed"), ("orderbook", "unknown", "unknown sym"),
     ("gateway", "dropped_batches", "dropped batches"), ("strategy", "unsent", "unsent"),
+    ("gateway", "conflated", "conflated ticks"), ("gateway", "bad_clients", "feed clients shut"),
+    ("strategy", "stale_symbols", "stale symbols"), ("strategy", "stale_skips", "stale skips"),
+    ("strategy", "bad_news", "bad news frames"), ("strategy", "bad_replies", "bad replies"),
+    ("order_manager", "duplicates", "resent dups"),
+    ("order_manager", "bad_clients", "OM clients shut"),
+    ("order_manager", "kill_switch", "kill switch"),
 )
 LATENCY_SHOWN = ("tick_to_shm", "tick_to_decision", "tick_to_order", "tick_to_ack",
                  "order_to_ack")
@@ -302,7 +308,8 @@ def orders_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
             row = [label, _num(count), _num(rate)]
         if k < len(problems):
             label, count = problems[k]
-            row += [label, Text(_num(count), style="bold red" if count else "")]
+            shown = ("ON" if count else "off") if isinstance(count, bool) else _num(count)
+            row += [label, Text(shown, style="bold red" if count else "")]
         else:
             row += ["", ""]
         table.add_row(*row)

@@ -54,7 +54,7 @@ def snap(process: str, counters: dict, age: float = 0.2, pid: int = 1000, rates=
 
 def synthetic(pnl: bool = True) -> dict[str, dict]:
     decision = [50_000] * 900 + [2_000_000] * 100
-    om = {"orders": 12, "rejects": 1, "clients": 1}
+    om = {"orders": 12, "rejects": 1, "clients": 1, "kill_switch": True, "duplicates": 2}
     if pnl:
         om["pnl"] = {"strat-1": {"AAPL": {"position": 10, "avg_price": 187.25,
                                           "realized": 12.5, "unrealized": -3.75}}}
@@ -66,6 +66,7 @@ def synthetic(pnl: bool = True) -> dict[str, dict]:
                           pid=1002, rates={"ticks": 998.0}),
         "strategy": snap("strategy", {"ticks": 4980, "decisions": 4980, "orders": 13,
                                       "acks": 12, "rejects": 1, "reconnects": 0,
+                                      "stale_symbols": 1, "stale_skips": 4,
                                       "symbols": ["AAPL", "MSFT"], "positions": [1, -1],
                                       "sentiment": [71, None]},
                          pid=1003, rates={"ticks": 997.0},
@@ -108,6 +109,8 @@ def test_render_shows_prices_positions_latency_pnl_and_health():
     assert "+12.50" in pnl_row and "-3.75" in pnl_row
     assert "+8.75" in out
     assert re.search(r"gaps\s+3", out) and re.search(r"book reconnects\s+2", out)
+    assert re.search(r"stale symbols\s+1", out) and re.search(r"stale skips\s+4", out)
+    assert re.search(r"kill switch\s+ON", out) and re.search(r"resent dups\s+2", out)
     assert re.search(r"Gateway ticks generated\s+1,000\s+5,000", out)
 
 
