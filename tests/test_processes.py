@@ -296,15 +296,22 @@ class FakeVenue:
                 s.close()
 
 
-@pytest.mark.timeout(60)
-def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
-    """Drive the real Strategy process through shared memory and TCP news; read its orders."""
+def strategy_rig(tmp_path, **overrides):
+    """A Strategy's surroundings without the other processes: a config whose news and order
+    ports are a FakeVenue's, and the price book the test writes (AAPL, MSFT; windows 2/4)."""
     cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.short_window": 2,
-                                   "strategy.long_window": 4, "strategy.quantity": 10})
+                                   "strategy.long_window": 4, **overrides})
     venue = FakeVenue()
     cfg.network.news_port = venue.news_srv.getsockname()[1]
     cfg.network.order_port = venue.order_srv.getsockname()[1]
     book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    return cfg, venue, book
+
+
+@pytest.mark.timeout(60)
+def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
+    """Drive the real Strategy process through shared memory and TCP news; read its orders."""
+    cfg, venue, book = strategy_rig(tmp_path, **{"strategy.quantity": 10})
     price = [100.0]
 
     def tick(step: float, n: int, gap: float = 0.003) -> None:
@@ -353,12 +360,7 @@ def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
 
 @pytest.mark.timeout(60)
 def test_strategy_never_orders_on_a_stale_price_and_resumes_on_fresh_ones(tmp_path, children):
-    cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.short_window": 2,
-                                   "strategy.long_window": 4, "strategy.max_price_age": 1.0})
-    venue = FakeVenue()
-    cfg.network.news_port = venue.news_srv.getsockname()[1]
-    cfg.network.order_port = venue.order_srv.getsockname()[1]
-    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    cfg, venue, book = strategy_rig(tmp_path, **{"strategy.max_price_age": 1.0})
     price = [100.0]
 
     def order_after(age_s: float, timeout: float) -> dict | None:
@@ -395,13 +397,8 @@ def test_strategy_never_orders_on_a_stale_price_and_resumes_on_fresh_ones(tmp_pa
 def test_strategy_reattaches_to_a_replaced_segment_and_keeps_its_positions(tmp_path, children):
     """The OrderBook restarts: its segment is replaced under the same name. The Strategy lets the
     old one go, attaches to the new one and still knows it is long (no second BUY)."""
-    cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.short_window": 2,
-                                   "strategy.long_window": 4})
-    venue = FakeVenue()
-    cfg.network.news_port = venue.news_srv.getsockname()[1]
-    cfg.network.order_port = venue.order_srv.getsockname()[1]
+    cfg, venue, book = strategy_rig(tmp_path)
     name = cfg.market.shm_name
-    book = SharedPriceBook(cfg.market.symbols, name=name, create=True)
     price = [100.0]
 
     def order_after(timeout: float) -> dict | None:
