@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from processes.monitor import DashboardHook
-from processes.runtime import parse_cli, set_console, setup_logging
-from processes.stack import run_stack
+from processes.shared.runtime import parse_cli, set_console, setup_logging
+from processes.supervisor.stack import run_stack
+from processes.tools.monitor import DashboardHook
 
 
 def main(argv: list[str] | None = None) -> int:

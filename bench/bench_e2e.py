@@ -1,13 +1,13 @@
 """End to end: the real four processes at a fixed tick rate, one run per CPU layout.
 
-Each run starts the stack exactly as main.py does (processes.stack.Stack), lets it trade for a
+Each run starts the stack exactly as main.py does (processes.supervisor.stack.Stack), lets it trade for a
 fixed time, stops it, and reads the per-hop HdrHistogram buckets every process published in its
-final stats snapshot (processes.telemetry). Latencies are CLOCK_MONOTONIC differences taken in
+final stats snapshot (processes.shared.telemetry). Latencies are CLOCK_MONOTONIC differences taken in
 the processes themselves: tick -> decision for every tick the Strategy evaluates, tick -> ack for
 every order. The strategy is tuned to trade often (short windows, a neutral sentiment band of
 zero width, fast news) so that the ack percentiles rest on thousands of orders, not a handful.
 
-The layouts come from processes.config.LAYOUTS; all runs share one pytest session, so their
+The layouts come from processes.shared.config.LAYOUTS; all runs share one pytest session, so their
 ratios are comparable even on a noisy machine.
 """
 
@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from processes import config, summary, telemetry
-from processes.stack import Stack
+from processes.shared import config, telemetry
+from processes.supervisor import summary
+from processes.supervisor.stack import Stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,8 +43,8 @@ def trading_config(tmp_path: Path, layout: str, tick_rate: float = TICK_RATE) ->
         "logging.dir": str(tmp_path / "logs"), "logging.level": "WARNING",
         "order_manager.order_log": str(tmp_path / "orders.jsonl"),
         "gateway.tick_rate": tick_rate, "gateway.news_rate": 200.0, "gateway.seed": 11,
-        "strategy.short_window": 2, "strategy.long_window": 4,
-        "strategy.bullish": 50, "strategy.bearish": 50,
+        "strategy.params.short_window": 2, "strategy.params.long_window": 4,
+        "strategy.params.bullish": 50, "strategy.params.bearish": 50,
         **config.layout_overrides(layout),
     }
     return config.load(None, overrides)
@@ -112,7 +113,7 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
     memory) and the Strategy's published counters (snapshots every 0.1 s).
     """
     from ext import SharedPriceBook
-    from processes import telemetry
+    from processes.shared import telemetry
 
     outage = 0.5 if benchmark.disabled else 2.0
     before = 0.5 if benchmark.disabled else 3.0

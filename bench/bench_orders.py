@@ -29,8 +29,8 @@ from bench.harness import (
     seconds,
     usable_cpus,
 )
-from processes.config import effective_token
-from processes.protocol import Order, decode_json, encode_hello, encode_order, validate_order
+from processes.shared.config import effective_token
+from processes.shared.protocol import Order, decode_json, encode_hello, encode_order, validate_order
 
 INNER = 1000        # codec calls per round
 RTT_SECONDS = 5.0   # per server, full run

@@ -28,7 +28,7 @@ from bench.harness import (
     seconds,
     symbols,
 )
-from processes.protocol import parse_price
+from processes.shared.protocol import parse_price
 
 pytestmark = pytest.mark.benchmark(group="scale")
 

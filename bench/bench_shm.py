@@ -180,7 +180,7 @@ def test_torn_reads(benchmark) -> None:
     tests/test_pricebook.py); here it runs long enough to count reads for the report."""
     if cpb is None:
         pytest.skip("ext._pricebook is not built")
-    from tests.test_pricebook import _run_stress
+    from tests.ext.test_pricebook import _run_stress
 
     duration = 1.0 if benchmark.disabled else 10.0
     out: dict = {}

@@ -23,9 +23,9 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ext import SharedPriceBook
-from processes import config, telemetry
-from processes.runtime import die_with_parent
-from processes.stack import _child
+from processes.shared import config, telemetry
+from processes.shared.runtime import die_with_parent
+from processes.supervisor.stack import _child
 
 CTX = mp.get_context("spawn")
 SMOKE_SECONDS = 1.0      # per measurement point under --benchmark-disable (CI)
@@ -82,7 +82,7 @@ class Latency:
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[Any]) -> Latency:
-        """From a process's published (bucket, count) pairs (processes.telemetry)."""
+        """From a process's published (bucket, count) pairs (processes.shared.telemetry)."""
         lat = cls()
         for value, count in pairs:
             if count > 0:

@@ -30,7 +30,7 @@ from hdrh.histogram import HdrHistogram  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ext import footprint  # noqa: E402
-from processes import config  # noqa: E402
+from processes.shared import config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PLOTS = ROOT / "bench" / "plots"
@@ -195,7 +195,7 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
     fastest_blocking = best_layout(rows, True)
     fastest = best_layout(rows, False)
     any_info = next(iter(rows.values()))
-    out = [f"The four real processes (`processes.stack.Stack`, as `main.py` runs them) at "
+    out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs them) at "
            f"{any_info['tick_rate']:,} ticks/s, {any_info['seconds']:.0f} s per layout, every "
            "hop waking from idle. Layouts are `processes/config.py` LAYOUTS (`--layout NAME`). "
            "Latency in us, p50 / p99 / p99.9; ack percentiles rest on "

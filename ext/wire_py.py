@@ -43,7 +43,7 @@ __all__ = [
     "MAX_I64",
 ]
 
-MAX_PRICE = 1e9          # as processes.protocol.MAX_PRICE (ext must not import processes)
+MAX_PRICE = 1e9          # as processes.shared.protocol.MAX_PRICE (ext must not import processes)
 MIN_PRICE = 0.01         # the walk's floor: one cent
 MAX_PRICE_DIGITS = 15    # keeps the mantissa exact in a double (< 2**53)
 MAX_U64 = (1 << 64) - 1

@@ -1,4 +1,4 @@
-"""Print the README's "Config reference" table: every key of processes.config, its default, and
+"""Print the README's "Config reference" table: every key of processes.shared.config, its default, and
 what it means (the comment beside it in tradestack.toml, else a line from NOTES below).
 
     python scripts/config_reference.py > /tmp/table.md
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from processes import config  # noqa: E402
+from processes.shared import config  # noqa: E402
 
 # For keys whose line in tradestack.toml has no comment.
 NOTES = {
@@ -28,9 +28,9 @@ NOTES = {
                       "OrderManager's accepted symbols",
     "market.shm_name": "name of the shared-memory price book (/dev/shm/NAME)",
     "strategy.name": "client name in orders and in the OrderManager's pnl",
-    "strategy.short_window": "ticks in the short moving average",
-    "strategy.long_window": "ticks in the long moving average",
-    "strategy.quantity": "order size; a flip long <-> short trades 2 x quantity",
+    "strategy.params.short_window": "ticks in the short moving average",
+    "strategy.params.long_window": "ticks in the long moving average",
+    "strategy.params.quantity": "order size; a flip long <-> short trades 2 x quantity",
     "order_manager.order_log": "one JSON line per booked order",
     "logging.dir": "logs/<process>.log and, by default, the stats snapshots",
     "logging.level": "DEBUG, INFO, WARNING or ERROR",

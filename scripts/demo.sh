@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole stack in one tmux window: the four processes in four panes, each started on its own
 # (`python -m processes.<name> --config FILE`, finding the others by the configured ports and
-# segment name), and the live dashboard (`python -m processes.monitor`) in a fifth. After
+# segment name), and the live dashboard (`python -m processes.tools.monitor`) in a fifth. After
 # --duration seconds every pane gets Ctrl+C (SIGINT), downstream first, and the script checks
 # that each process exited 0 and that no /dev/shm segment is left.
 #
@@ -76,7 +76,7 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=$(command -v python3); fi
 fi
-if ! (cd "$ROOT" && "$PY" -c 'import rich, ext, processes.monitor' 2>/dev/null); then
+if ! (cd "$ROOT" && "$PY" -c 'import rich, ext, processes.tools.monitor' 2>/dev/null); then
     echo "demo.sh: $PY cannot import rich/ext: pip install -r requirements.txt &&" \
          "python setup.py build_ext --inplace" >&2
     exit 1
@@ -125,7 +125,7 @@ CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
 EXTRA=()
 [ -z "$CSV" ] || EXTRA+=(--set "gateway.csv=$CSV")
 [ -z "$CSV_SPEED" ] || EXTRA+=(--set "gateway.csv_speed=$CSV_SPEED")
-SHM=$(cd "$ROOT" && "$PY" -c 'import sys; from processes import config
+SHM=$(cd "$ROOT" && "$PY" -c 'import sys; from processes.shared import config
 c = config.load(sys.argv[1]); print(c.market.shm_name)' "$CONFIG")
 if [ -e "/dev/shm/$SHM" ]; then
     echo "demo.sh: /dev/shm/$SHM exists: is another stack running with $CONFIG?" >&2
@@ -143,7 +143,9 @@ rm -rf "$STATUS"
 mkdir -p "$STATUS"
 cmd_for() {   # a runner script per pane; it records the exit code (tmux's is not reliable)
     local script=$WORKDIR/run-$1.sh
-    local args=(env -u COLUMNS -u LINES "$PY" -m "processes.$1" --config "$CONFIG")
+    local module=processes.$1
+    [ "$1" != monitor ] || module=processes.tools.monitor
+    local args=(env -u COLUMNS -u LINES "$PY" -m "$module" --config "$CONFIG")
     [ "$1" != gateway ] || args+=("${EXTRA[@]}")
     {
         echo '#!/usr/bin/env bash'
@@ -241,7 +243,8 @@ trap - EXIT INT TERM
 
 echo "demo: summary from the processes' final snapshots"
 (cd "$ROOT" && "$PY" -c 'import sys
-from processes import config, summary, telemetry
+from processes.shared import config, telemetry
+from processes.supervisor import summary
 c = config.load(sys.argv[1])
 print(summary.render(summary.build(telemetry.read_all(
     telemetry.stats_dir(c.logging.dir, c.logging.stats_dir)))))' "$CONFIG") || true

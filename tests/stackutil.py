@@ -12,8 +12,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from processes import config
-from processes.stack import _child
+from processes.shared import config
+from processes.supervisor.stack import _child
 
 CTX = mp.get_context("spawn")
 

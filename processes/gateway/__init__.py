@@ -1,0 +1,1 @@
+"""The Gateway: random-walk or replayed prices and news sentiment over TCP."""

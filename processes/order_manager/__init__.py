@@ -1,0 +1,1 @@
+"""The OrderManager: validates, books, journals and acknowledges orders."""

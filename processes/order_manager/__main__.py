@@ -1,0 +1,5 @@
+"""python -m processes.order_manager: run this process alone (see --help)."""
+
+from processes.order_manager.service import main
+
+raise SystemExit(main())

@@ -1,0 +1,505 @@
+"""OrderManager: TCP server for Strategy clients; validates, numbers, acknowledges and books orders.
+
+A session starts with a handshake: the client's first frame must be a hello (protocol version,
+client name, token); the answer is a welcome, or a refused frame and a close. Then, per order:
+
+1. dedup: an id this client already booked (this run or, read back from the order log, an
+   earlier one) is acked again with the SAME order_no and nothing else happens, so a Strategy
+   may resend every unacknowledged order after a reconnect without booking anything twice;
+2. kill switch (SIGUSR1 toggles it): while on, every new order is rejected;
+3. pre-trade risk: max_notional, max_position (per client and symbol), max_order_rate (per
+   client, sliding 1 s window); a reject names the rule;
+4. the order is numbered and booked: one JSON line goes to the order log with a single
+   write(2) (and an fsync if configured), THEN the ack, then the console line. An ack therefore
+   means "in the kernel's page cache" (or "on disk" with fsync), so killing the OrderManager
+   can never lose an order it acked; acking before that write, as earlier versions did, lost the
+   acked order whenever a SIGKILL landed between the two. The write costs a few microseconds of
+   ack latency; the console line, by far the slower I/O, still follows the ack.
+
+The order log is the OrderManager's memory: on start it is read back, numbering continues after
+the last order_no, and the booked ids and net positions are rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from processes.shared import config as config_mod
+from processes.shared import runtime
+from processes.shared.pnl import PnLBook
+from processes.shared.protocol import (
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    SIDES,
+    Order,
+    ProtocolError,
+    decode_json,
+    decode_order,
+    encode_ack,
+    encode_order,
+    encode_refused,
+    encode_reject,
+    encode_welcome,
+    validate_hello,
+    validate_order,
+)
+from processes.shared.telemetry import Recorder
+from processes.tools.bookwatch import BookWatcher
+from reactor import Connection, Reactor, Server
+
+log = logging.getLogger("order_manager")
+
+LOGGED_REJECTS = 20  # rejects logged one by one; the rest only counted (a garbage flood
+                     # must not turn into a console and disk flood that stalls every client)
+LOGGED_REFUSALS = 20  # the same for refused handshakes (a reconnect loop with a bad token)
+REFUSE_LINGER = 1.0   # seconds a refused client is kept (input discarded) before the close, so
+                      # the refused frame is read before the connection goes
+KILL_SWITCH_REASON = "kill switch on"
+RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
+SECOND_NS = 1_000_000_000
+LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
+
+
+class OrderLogError(RuntimeError):
+    """The order log is damaged somewhere other than its last line: refuse to start."""
+
+
+class OrderLog:
+    """Append-only JSONL of booked orders, one line each, one write(2) per line; read back on start.
+
+    Unbuffered, so a line is in the kernel when append() returns and survives our death; with
+    fsync it is on disk.
+
+    A crash can only leave a torn LAST line (the process died inside a write); that line is
+    skipped with a warning and cut off, so the next record starts on a line of its own. A bad
+    line anywhere else is not a crash artefact, and starting on a log we cannot trust could book
+    an order twice, so it is fatal and names the line.
+    """
+
+    def __init__(self, path: Path, fsync: bool = False) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._file: IO[bytes] | None = None
+        self._fd = -1
+        self.size = 0  # bytes of whole lines: where a failed write is cut back to
+
+    def open(self) -> list[dict[str, Any]]:
+        """Read the existing records back (repairing a torn tail), then open for appending."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        records = self._read_back() if self.path.exists() else []
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
+        self._fd = self._file.fileno()
+        self.size = os.fstat(self._fd).st_size
+        return records
+
+    def _read_back(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        good_end = 0          # bytes of the file made of good lines
+        needs_newline = False
+        with open(self.path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    good_end += len(raw)
+                    continue
+                try:
+                    records.append(parse_record(raw))
+                except ValueError as exc:
+                    if fh.read(1):  # more after it: not a torn tail
+                        raise OrderLogError(
+                            f"order log {self.path} line {lineno} is corrupt ({exc}); "
+                            "fix or move the file before starting") from None
+                    log.warning("order log %s: last line %d is incomplete (%s), skipped: %r",
+                                self.path, lineno, exc, raw[:200])
+                    break
+                good_end += len(raw)
+                needs_newline = not raw.endswith(b"\n")
+        if good_end < self.path.stat().st_size:
+            os.truncate(self.path, good_end)
+        if needs_newline:  # a whole record whose newline never made it to disk
+            with open(self.path, "ab") as fh:
+                fh.write(b"\n")
+        return records
+
+    def append(self, record: dict[str, Any] | bytes) -> None:
+        """Write one line (a record, or its JSON text); on OSError (disk full...) cut any
+        partial line off, then raise."""
+        if self._file is None:
+            return
+        if isinstance(record, bytes):
+            line = record + b"\n"
+        else:
+            line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        try:
+            written = os.write(self._fd, line)
+            while written < len(line):  # regular files write all at once, barring errors
+                written += os.write(self._fd, line[written:])
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self.size)
+            except OSError:
+                pass
+            raise
+        self.size += len(line)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._fd = -1
+
+
+def parse_record(raw: bytes) -> dict[str, Any]:
+    """One order-log line -> its record; ValueError names what is wrong."""
+    rec = json.loads(raw)
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    order_no, oid, client = rec.get("order_no"), rec.get("id"), rec.get("client", "")
+    if isinstance(order_no, bool) or not isinstance(order_no, int) or order_no <= 0:
+        raise ValueError(f"bad order_no {order_no!r}")
+    if not isinstance(oid, str) or not oid or not isinstance(client, str):
+        raise ValueError("bad id or client")
+    qty = rec.get("qty")
+    if rec.get("side") not in SIDES or not isinstance(rec.get("symbol"), str) or isinstance(
+            qty, bool) or not isinstance(qty, int) or qty <= 0:
+        raise ValueError("bad symbol, side or qty")
+    rec["client"] = client
+    return rec
+
+
+class Session:
+    """One client connection: who it is (after its hello) and how much garbage it sent."""
+
+    __slots__ = ("conn", "client", "welcomed", "closing", "bad_streak")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.client = ""
+        self.welcomed = False
+        self.closing = False  # refused: input is discarded until the close
+        self.bad_streak = 0   # consecutive malformed frames
+
+
+class OrderManager:
+    """Books every valid order exactly once per (client, id) and answers every frame."""
+
+    def __init__(self, reactor: Reactor, cfg: config_mod.Config) -> None:
+        self.reactor = reactor
+        self.cfg = cfg
+        om = cfg.order_manager
+        self.symbols = frozenset(cfg.market.symbols)
+        self.token = config_mod.effective_token(om.token)
+        self.max_position = om.max_position
+        self.max_order_rate = om.max_order_rate
+        self.max_notional = om.max_notional
+        self.max_bad_frames = om.max_bad_frames
+        self.kill_switch = om.kill_switch
+        self.server: Server | None = None
+        self.order_log = OrderLog(Path(om.order_log), om.fsync)
+        self.order_no = 0      # the last number given (continues the order log's)
+        self.booked: dict[tuple[str, str], int] = {}     # (client, id) -> order_no
+        self.positions: dict[tuple[str, str], int] = {}  # (client, symbol) -> net qty
+        self._rate: dict[str, deque[int]] = {}           # client -> receive times, last 1 s
+        self.orders = 0        # booked by this run
+        self.replayed = 0      # read back from the order log on start
+        self.rejects = 0
+        self.rule_rejects = dict.fromkeys(RISK_RULES, 0)
+        self.duplicates = 0
+        self.refused = 0
+        self.bad_clients = 0   # closed for max_bad_frames malformed frames in a row
+        self.clients = 0
+        self.tick_to_order = Recorder("tick_to_order")   # Gateway send -> order received here
+        self.send_to_order = Recorder("send_to_order")   # Strategy send -> received (one hop)
+        self.order_to_ack_sent = Recorder("om_ack")      # received -> ack handed to the kernel
+        # Fills at the order price, marked to the latest shared-memory price (off the hot path:
+        # marks are read when stats are published).
+        self.pnl = PnLBook()
+        self.marks = BookWatcher(cfg.market.shm_name)
+        # "Received Order ..." lines wait here and are printed a moment later, once the event
+        # that booked them is done: on a shared core the client must get its ack first.
+        self._lines: list[tuple[int, str, int, str, float]] = []
+        self._flush_scheduled = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        self._replay(self.order_log.open())
+        net = self.cfg.network
+        # overflow="close": a client that stops reading acks is closed, never silently
+        # short of an ack for an order we booked.
+        self.server = Server(self.reactor, net.host, net.order_port, self._on_client,
+                             max_frame=MAX_FRAME, overflow="close")
+        self.reactor.add_signal_handler(signal.SIGUSR1, self.toggle_kill_switch)
+        if self.kill_switch:
+            log.error("KILL SWITCH ON at start (order_manager.kill_switch): every new order is "
+                      "rejected until SIGUSR1")
+        return {"order_port": self.server.port, "order_log": str(self.order_log.path),
+                "replayed": self.replayed, "next_order_no": self.order_no + 1,
+                "token_required": bool(self.token), "kill_switch": self.kill_switch}
+
+    def close(self) -> None:
+        self._flush_lines()
+        if self.server is not None:
+            self.server.close()
+        self.order_log.close()
+        self.marks.close()
+
+    def recorders(self) -> tuple[Recorder, ...]:
+        return (self.tick_to_order, self.send_to_order, self.order_to_ack_sent)
+
+    def stats(self) -> dict[str, Any]:
+        return {"orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
+                "rejects": self.rejects, "duplicates": self.duplicates, "refused": self.refused,
+                "bad_clients": self.bad_clients, "kill_switch": self.kill_switch,
+                **{f"rejects_{rule}": n for rule, n in self.rule_rejects.items()},
+                "clients": len(self.server.connections) if self.server else 0,
+                **self.pnl.stats(self.marks.prices())}
+
+    def _replay(self, records: list[dict[str, Any]]) -> None:
+        """Rebuild numbering, booked ids and positions from the order log."""
+        doubled = 0
+        for rec in records:
+            key = (rec["client"], rec["id"])
+            if key in self.booked:
+                doubled += 1  # written by an OrderManager that did not deduplicate yet
+                continue
+            self.booked[key] = rec["order_no"]
+            pkey = (rec["client"], rec["symbol"])
+            signed = rec["qty"] if rec["side"] == "BUY" else -rec["qty"]
+            self.positions[pkey] = self.positions.get(pkey, 0) + signed
+            self.pnl.on_fill(rec["client"], rec["symbol"], rec["side"], rec["qty"], rec["price"])
+            self.order_no = max(self.order_no, rec["order_no"])
+        self.replayed = len(records)
+        if records:
+            log.info("order log %s: %d orders read back, numbering continues at %d; "
+                     "%d positions rebuilt", self.order_log.path, len(records),
+                     self.order_no + 1, len(self.positions))
+        if doubled:
+            log.warning("order log %s books %d ids more than once; the first booking counts",
+                        self.order_log.path, doubled)
+
+    def toggle_kill_switch(self) -> None:
+        """SIGUSR1: flip the kill switch; loud, because it stops all trading."""
+        self.kill_switch = not self.kill_switch
+        if self.kill_switch:
+            log.error("KILL SWITCH ON: every new order is rejected until the next SIGUSR1")
+        else:
+            log.warning("KILL SWITCH OFF (SIGUSR1): accepting orders again")
+
+    # --- sessions --------------------------------------------------------------------------------
+    def _on_client(self, conn: Connection) -> None:
+        self.clients += 1
+        sess = Session(conn)
+        conn.on_frame = lambda frame: self._on_frame(sess, frame)
+        conn.on_close = self._on_close
+        log.info("order client %s connected", conn.peer)
+
+    def _on_close(self, conn: Connection, reason: str | None) -> None:
+        log.info("order client %s gone (%s)", conn.peer, reason or "closed by peer")
+
+    def _on_frame(self, sess: Session, frame: memoryview) -> None:
+        if sess.welcomed:
+            self._on_order(sess, frame)
+        elif not sess.closing:
+            self._on_hello(sess, frame)
+
+    def _on_hello(self, sess: Session, frame: memoryview) -> None:
+        """The first frame: a hello with our version, a good name and the token, or refused."""
+        try:
+            hello = validate_hello(decode_json(frame))
+        except ProtocolError as exc:
+            self._refuse(sess, str(exc))
+            return
+        if hello.version != PROTOCOL_VERSION:
+            self._refuse(sess, f"protocol version {hello.version} not supported "
+                               f"(this OrderManager speaks {PROTOCOL_VERSION})")
+            return
+        if self.token and not hmac.compare_digest(hello.token.encode(), self.token.encode()):
+            self._refuse(sess, f"bad token for client {hello.client}")
+            return
+        sess.client = hello.client
+        sess.welcomed = True
+        sess.conn.send(encode_welcome(hello.client, self.kill_switch))
+        log.info("order client %s is %s (protocol %d)", sess.conn.peer, hello.client,
+                 hello.version)
+
+    def _refuse(self, sess: Session, reason: str) -> None:
+        """Say why, stop listening to this client, and close it shortly after.
+
+        The close is deferred (input discarded meanwhile) and our side is shut down for writing
+        at once: closing a socket with unread input would send a reset, which can destroy the
+        refused frame before the client reads it.
+        """
+        self.refused += 1
+        if self.refused <= LOGGED_REFUSALS:
+            log.warning("refused order client %s: %s", sess.conn.peer, reason)
+        elif self.refused == LOGGED_REFUSALS + 1:
+            log.warning("more refusals follow; only counted from now on (see the stats line)")
+        sess.welcomed = False
+        sess.closing = True
+        conn = sess.conn
+        conn.send(encode_refused(reason))
+        conn.on_frame = None
+        if not conn.closed and not conn.pending:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.reactor.call_later(REFUSE_LINGER, conn.close, f"refused: {reason}")
+
+    # --- orders (hot path) -----------------------------------------------------------------------
+    def _on_order(self, sess: Session, frame: memoryview) -> None:
+        received_ns = time.monotonic_ns()
+        conn = sess.conn
+        order = decode_order(frame, self.symbols)   # our own clients' frames: no json module
+        if order is None:
+            try:
+                obj = decode_json(frame)
+            except ProtocolError as exc:
+                self._malformed(sess, None, str(exc))
+                return
+            try:
+                order = validate_order(obj, self.symbols)
+            except ProtocolError as exc:
+                oid = obj.get("id")
+                self._malformed(sess, oid if isinstance(oid, str) else None, str(exc))
+                return
+        sess.bad_streak = 0
+        client = order.client = sess.client  # booked under the name of the hello
+        key = (client, order.id)
+        done = self.booked.get(key)
+        if done is not None:  # a resend of a booked order: same number, nothing booked
+            self.duplicates += 1
+            conn.send(encode_ack(order.id, done))
+            return
+        if self.kill_switch:
+            self._reject_rule(conn, order.id, "kill_switch", KILL_SWITCH_REASON)
+            return
+        pkey = (client, order.symbol)
+        before = self.positions.get(pkey, 0)
+        after = before + order.qty if order.side == "BUY" else before - order.qty
+        broken = self._risk(order, before, after, received_ns)
+        if broken is not None:
+            self._reject_rule(conn, order.id, *broken)
+            return
+        order_no = self.order_no + 1
+        if not self._write(order, order_no, received_ns, conn):
+            return
+        self.order_no = order_no
+        conn.send(encode_ack(order.id, order_no))
+        self.order_to_ack_sent.record(time.monotonic_ns() - received_ns)
+        self.booked[key] = order_no
+        self.positions[pkey] = after
+        if self.max_order_rate:
+            self._rate[client].append(received_ns)
+        self.orders += 1
+        # A client's stamps may be anything up to 2**64-1: only a plausible one (same host, same
+        # clock, so not in our future) is a latency; a huge one would overflow the recorder.
+        if 0 < order.tick_ns <= received_ns:
+            self.tick_to_order.record(received_ns - order.tick_ns)
+        if 0 < order.sent_ns <= received_ns:
+            self.send_to_order.record(received_ns - order.sent_ns)
+        self.pnl.on_fill(client, order.symbol, order.side, order.qty, order.price)
+        self._lines.append((order_no, order.side, order.qty, order.symbol, order.price))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # A timer, not call_soon: call_soon would still run before this process sleeps.
+            self.reactor.call_later(LINE_DELAY, self._flush_lines)
+
+    def _flush_lines(self) -> None:
+        self._flush_scheduled = False
+        lines, self._lines = self._lines, []
+        for line in lines:
+            log.info("Received Order %d: %s %d %s @ %.2f", *line)
+
+    def _risk(self, order: Order, before: int, after: int,
+              now_ns: int) -> tuple[str, str] | None:
+        """(rule, reason) of the first pre-trade limit the order breaks, else None.
+
+        max_position lets an order through that brings the position closer to flat, so a
+        lowered limit never traps a client in a position it may not reduce.
+        """
+        if self.max_notional:
+            notional = order.qty * order.price
+            if notional > self.max_notional:
+                return "max_notional", (f"risk: max_notional {self.max_notional:g} exceeded for "
+                                        f"{order.symbol} (order {notional:.2f})")
+        if self.max_position and abs(after) > self.max_position and abs(after) > abs(before):
+            return "max_position", (f"risk: max_position {self.max_position} exceeded for "
+                                    f"{order.symbol} (would be {after})")
+        if self.max_order_rate:
+            window = self._rate.get(order.client)
+            if window is None:
+                window = self._rate[order.client] = deque()
+            cutoff = now_ns - SECOND_NS
+            while window and window[0] <= cutoff:
+                window.popleft()
+            if len(window) >= self.max_order_rate:
+                return "max_order_rate", (f"risk: max_order_rate {self.max_order_rate}/s "
+                                          f"exceeded for client {order.client}")
+        return None
+
+    def _write(self, order: Order, order_no: int, received_ns: int, conn: Connection) -> bool:
+        """The order-log line, before the ack. If the log cannot be written, nothing can be
+        booked safely: reject, and turn the kill switch on until an operator has looked."""
+        try:
+            # The order's own frame is already its JSON (encode_order: no json module for our
+            # clients' plain names); the record wraps it with our fields, in the same key order
+            # as {"order_no", "received_ns", "peer", **order.to_json()}.
+            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,%s}' % (
+                order_no, received_ns, json.dumps(conn.peer).encode(), encode_order(order)[1:-2]))
+        except OSError as exc:
+            log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
+                      exc, order.id)
+            if not self.kill_switch:
+                self.toggle_kill_switch()
+            self._reject(conn, order.id, f"order log write failed: {exc}")
+            return False
+        return True
+
+    # --- rejects ---------------------------------------------------------------------------------
+    def _malformed(self, sess: Session, order_id: str | None, reason: str) -> None:
+        """Reject a frame that is not a valid order; close a client that sends nothing else."""
+        self._reject(sess.conn, order_id, reason)
+        sess.bad_streak += 1
+        if self.max_bad_frames and sess.bad_streak >= self.max_bad_frames and not sess.closing:
+            self.bad_clients += 1
+            log.warning("closing order client %s (%s): %d malformed frames in a row",
+                        sess.conn.peer, sess.client, sess.bad_streak)
+            self._refuse(sess, f"{sess.bad_streak} malformed frames in a row")
+
+    def _reject_rule(self, conn: Connection, order_id: str, rule: str, reason: str) -> None:
+        self.rule_rejects[rule] += 1
+        self._reject(conn, order_id, reason)
+
+    def _reject(self, conn: Connection, order_id: str | None, reason: str) -> None:
+        self.rejects += 1
+        conn.send(encode_reject(order_id, reason))
+        if self.rejects <= LOGGED_REJECTS:
+            log.warning("rejected order %s from %s: %s", order_id, conn.peer, reason)
+        elif self.rejects == LOGGED_REJECTS + 1:
+            log.warning("more rejects follow; only counted from now on (see the stats line)")
+
+
+def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:
+    return runtime.serve("order_manager", cfg, lambda r: OrderManager(r, cfg), ready,
+                         supervised=supervised)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = runtime.cli("order_manager", "Order server: validates, acknowledges and logs orders.",
+                      ("order_manager",), argv, extra=(("network", "order_port"),))
+    return 0 if cfg is None else run(cfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

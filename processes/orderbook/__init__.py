@@ -1,0 +1,1 @@
+"""The OrderBook: the Gateway's price feed into the shared-memory price book."""

@@ -1,0 +1,1 @@
+"""What the processes share: wire protocol, config, placement, runtime, telemetry, PnL."""

@@ -1,0 +1,59 @@
+"""Helpers for tests that run main.py itself as a subprocess, as a user's terminal would."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from stackutil import pid_alive, shm_exists, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main_cmd(tmp_path: Path, shm: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"),
+            "--price-port", "0", "--news-port", "0", "--order-port", "0",
+            "--shm-name", shm, "--log-dir", str(tmp_path / "logs"),
+            "--order-log", str(tmp_path / "orders.jsonl"),
+            "--news-rate", "50", "--tick-rate", "2000", *extra]
+
+
+def child_pids(output: str) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in re.finditer(r"(\w+) ready \(pid (\d+)\)", output)}
+
+
+def start_main(tmp_path: Path, shm: str, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start main.py in its own session (as a terminal would) and read its output until the
+    whole stack reports running."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(main_cmd(tmp_path, shm, *extra), cwd=tmp_path,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    while True:  # bounded by the test's timeout; EOF means main.py died during start-up
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("main.py exited during start-up:\n" + "".join(lines))
+        lines.append(line)
+        if "stack running" in line:
+            return proc, lines
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Teardown for a main.py the test may have left running: kill its whole session."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def assert_nothing_left(output: str, shm: str) -> None:
+    pids = child_pids(output)
+    assert set(pids) == {"order_manager", "gateway", "orderbook", "strategy"}, output[-2000:]
+    wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 5, what="children to exit")
+    assert not shm_exists(shm)

@@ -1,0 +1,129 @@
+"""Fault: SIGKILL the OrderManager while orders flow, restart it; no order lost, none doubled.
+
+The whole pipeline runs (Gateway -> OrderBook -> shm -> Strategy -> OrderManager) with rates and
+strategy settings that make orders flow. The OrderManager is frozen (SIGSTOP) until orders are
+in flight, then SIGKILLed; the Strategy keeps trading into its outbox, and a new OrderManager
+starts on the same port and order log. Then the feed stops, every order must be answered, and the
+ids the Strategy made (its DEBUG "created" lines) must be exactly the ids in the order log, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from stackutil import Child, make_config, record_fault, wait_until
+
+from processes.shared import telemetry
+
+CREATED = re.compile(r"order (\S+) created: ")
+
+
+def snapshot(tmp_path: Path, process: str) -> dict:
+    snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / f"{process}.json")
+    return snap or {"counters": {}}
+
+
+def counter(tmp_path: Path, process: str, key: str, since_ns: int = 0) -> int:
+    """A counter from the process's latest snapshot; -1 if none was published since since_ns."""
+    snap = snapshot(tmp_path, process)
+    if snap.get("mono_ns", 0) < since_ns:
+        return -1
+    return snap["counters"].get(key, -1)
+
+
+def booked(tmp_path: Path) -> list[dict]:
+    return [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path):
+    cfg = make_config(tmp_path, **{
+        "gateway.tick_rate": 2000, "gateway.news_rate": 200, "gateway.seed": 7,
+        "strategy.params.short_window": 2, "strategy.params.long_window": 4,
+        "strategy.params.bullish": 50, "strategy.params.bearish": 50,   # news agrees with a trend half the time
+        "logging.level": "DEBUG", "logging.stats_interval": 0.1,
+    })
+    children: list[Child] = []
+
+    def start(name: str) -> dict:
+        child = Child(name, cfg)
+        children.append(child)
+        return child.start()
+
+    try:
+        cfg.network.order_port = start("order_manager")["order_port"]
+        gw = start("gateway")
+        cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
+        start("orderbook")
+        strategy = start("strategy")
+        om, gateway = children[0], children[1]
+
+        wait_until(lambda: len(booked(tmp_path)) >= 20, 20, what="orders to flow")
+        # Freeze it first, so that orders are surely in flight (sent, unanswered) at the kill.
+        os.kill(om.proc.pid, signal.SIGSTOP)
+        frozen_ns = time.monotonic_ns()
+        wait_until(lambda: counter(tmp_path, "strategy", "pending", frozen_ns) >= 3, 10,
+                   what="orders in flight")
+        om.kill()                                    # SIGKILL
+        before_kill = len(booked(tmp_path))
+        # The Strategy keeps trading: its new orders wait in the outbox.
+        unsent = counter(tmp_path, "strategy", "unsent")
+        wait_until(lambda: counter(tmp_path, "strategy", "unsent") >= unsent + 3, 10,
+                   what="orders made while the OrderManager is down")
+        restarted = Child("order_manager", cfg)      # same port, same order log
+        children.append(restarted)
+        restart_ns = time.monotonic_ns()
+        info = restarted.start()
+        ready_ns = time.monotonic_ns()
+        assert info["replayed"] == before_kill and info["next_order_no"] == before_kill + 1
+
+        wait_until(lambda: counter(tmp_path, "strategy", "resent") >= 6, 15,
+                   what="the Strategy to reconnect and resend")
+        wait_until(lambda: len(booked(tmp_path)) >= before_kill + 10, 15,
+                   what="orders to flow again")
+        gateway.stop()                               # no more ticks, so no more orders
+        quiet_ns = time.monotonic_ns()
+        wait_until(lambda: counter(tmp_path, "strategy", "pending", quiet_ns) == 0, 15,
+                   what="every order answered")
+        children[3].stop()                           # the Strategy: final snapshot
+        restarted.stop()
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+    made = CREATED.findall((tmp_path / "logs" / "strategy.log").read_text())
+    records = booked(tmp_path)
+    ids = [r["id"] for r in records]
+    final = snapshot(tmp_path, "strategy")
+    assert final["final"] and final["pid"] == strategy["pid"]
+    stats = final["counters"]
+
+    assert len(made) == len(set(made)) == stats["orders"]
+    assert len(ids) == len(set(ids)), "an order was booked twice"
+    assert set(ids) == set(made), (f"lost: {sorted(set(made) - set(ids))[:5]}, "
+                                   f"unknown: {sorted(set(ids) - set(made))[:5]}")
+    assert [r["order_no"] for r in records] == list(range(1, len(records) + 1))
+    assert stats["acks"] == stats["orders"] and stats["rejects"] == 0 and stats["pending"] == 0
+    assert stats["unsent"] >= 3 and stats["resent"] >= 6   # in flight at the kill + outbox
+
+    # Recovery: restart -> the first order made before the restart that the new process booked.
+    waiting = [r["received_ns"] for r in records[before_kill:] if r["tick_ns"] < restart_ns]
+    assert waiting, "no order made during the outage was booked after the restart"
+    result = {
+        "orders": len(records), "booked_before_kill": before_kill,
+        "resent": stats["resent"], "unsent": stats["unsent"],
+        "restart_to_ready_s": (ready_ns - restart_ns) / 1e9,
+        "restart_to_first_resent_booked_s": (min(waiting) - restart_ns) / 1e9,
+        "ready_to_first_resent_booked_s": (min(waiting) - ready_ns) / 1e9,
+    }
+    (tmp_path / "recovery.json").write_text(json.dumps(result, indent=1))
+    record_fault("kill9_order_manager", result["restart_to_first_resent_booked_s"],
+                 what="kill -9 the OrderManager with orders in flight, restart it: recovery = "
+                      "restart -> first order made during the outage booked", **result)
+    assert result["restart_to_first_resent_booked_s"] < 15   # generous: 2 shared vCPUs

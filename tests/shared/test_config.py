@@ -1,0 +1,80 @@
+"""Settings: file < --set < flags; unknown keys and bad values are errors naming the key."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from processes.shared import config
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def parse(argv, sections=("gateway",), extra=()):
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, sections, extra)
+    return config.from_args(parser.parse_args(argv))
+
+
+def test_shipped_file_loads_and_matches_the_defaults():
+    shipped = config.load(config.DEFAULT_CONFIG)
+    # The file spells out the built-in strategy's params; the defaults leave them to its class.
+    assert shipped.strategy.params == {"short_window": 5, "long_window": 20, "bullish": 60,
+                                       "bearish": 40, "quantity": 10}
+    shipped.strategy.params = {}
+    assert shipped == config.Config()
+
+
+def test_precedence(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[gateway]\ntick_rate = 50\nnews_rate = 2\n[market]\nsymbols = ["A", "B"]\n')
+    cfg = parse(["--config", str(path), "--set", "gateway.news_rate=9", "--tick-rate", "7",
+                 "--symbols", "X,Y,Z"])
+    assert cfg.gateway.tick_rate == 7.0
+    assert cfg.gateway.news_rate == 9.0
+    assert cfg.market.symbols == ["X", "Y", "Z"]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[gateway]\nspeed = 1\n", "gateway.speed"),
+    ("[nope]\nx = 1\n", "[nope]"),
+    ("[gateway]\ntick_rate = 'fast'\n", "gateway.tick_rate"),
+    ("[network]\nprice_port = 70000\n", "network.price_port"),
+    ("[strategy]\nshort_window = 30\n", "short_window"),
+    ("[strategy]\nidle = 'nap'\n", "strategy.idle"),
+    ("[market]\nsymbols = ['A*B']\n", "market.symbols"),
+    ("[gateway]\nplain = 3\n", "gateway.plain"),
+    ("[market]\nshm_name = ''\n", "market.shm_name"),
+    ("[market]\nshm_name = '../etc'\n", "market.shm_name"),
+    ("[strategy]\nname = 'a b'\n", "strategy.name"),
+    ("[network]\nhost = ' '\n", "network.host"),
+    ("[gateway]\ncsv = 5\n", "gateway.csv"),
+    ("[gateway]\ncsv_speed = -1\n", "gateway.csv_speed"),
+    ("[gateway]\ncsv_speed = nan\n", "gateway.csv_speed"),
+    ("[gateway]\ncsv_loop = 'sometimes'\n", "gateway.csv_loop"),
+    ("[logging]\nconsole = 2\n", "logging.console"),
+    ("[monitor]\nrefresh = 0\n", "monitor.refresh"),
+    ("[monitor]\nrefresh = 'fast'\n", "monitor.refresh"),
+    ("[monitor]\ncolour = 1\n", "monitor.colour"),
+    ("[gateway]\nslow_client = 'skip'\n", "gateway.slow_client"),
+    ("[gateway]\nsocket_buffer = 100\n", "gateway.socket_buffer"),
+    ("[strategy]\nmax_price_age = -1\n", "strategy.max_price_age"),
+    ("[strategy]\nmax_price_age = inf\n", "strategy.max_price_age"),
+    ("[supervisor]\nrestart = 'maybe'\n", "supervisor.restart"),
+    ("[supervisor]\nmax_restarts = -1\n", "supervisor.max_restarts"),
+    ("[supervisor]\nbackoff = 0\n", "supervisor.backoff"),
+    ("[supervisor]\nbackoff = 5.0\nbackoff_max = 1.0\n", "supervisor.backoff_max"),
+])
+def test_errors_name_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        config.load(path)
+
+
+def test_print_config_round_trips(tmp_path):
+    cfg = config.load(None, {"gateway.tick_rate": "0", "market.symbols": "A,B"})
+    path = tmp_path / "out.toml"
+    path.write_text(cfg.to_toml())
+    assert config.load(path) == cfg

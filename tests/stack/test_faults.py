@@ -1,0 +1,402 @@
+"""Faults on real processes: each test asserts what must happen AND measures the recovery.
+
+Every measurement goes through stackutil.record_fault: printed, and written to
+$TRADESTACK_FAULT_RESULTS/<test>.json when that variable names a directory (bench/report.py
+tabulates them). Times are CLOCK_MONOTONIC, the clock every process stamps its ticks and orders
+with, so a duration can run from an event in this test to a write in another process. The kill -9
+of the OrderManager with orders in flight is in test_faults_orders.py; hostile input on every
+port is in test_hostile.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mainutil as tm
+import pytest
+from stackutil import (
+    CTX,
+    Child,
+    make_config,
+    pid_alive,
+    record_fault,
+    rss_bytes,
+    shm_exists,
+    start,
+    wait_until,
+)
+
+from ext import SharedPriceBook
+from processes.shared import telemetry
+
+
+def snapshot(tmp_path: Path, process: str, since_ns: int = 0) -> dict:
+    """The process's latest stats snapshot, or {} if none was published since since_ns."""
+    snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / f"{process}.json")
+    if not snap or snap.get("mono_ns", 0) < since_ns:
+        return {}
+    return snap
+
+
+def counters(tmp_path: Path, process: str, since_ns: int = 0) -> dict:
+    return snapshot(tmp_path, process, since_ns).get("counters", {})
+
+
+def booked(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(x) for x in text.splitlines() if x.endswith("}")]
+
+
+def newest_write(book: SharedPriceBook) -> int:
+    return max(book.read_slot(i)[3] for i in range(book.nsymbols))
+
+
+def trading_config(tmp_path: Path, **extra):
+    """Rates and strategy settings that make orders flow every few ticks."""
+    return make_config(tmp_path, **{
+        "gateway.tick_rate": 2000, "gateway.news_rate": 200, "gateway.seed": 11,
+        "strategy.params.short_window": 2, "strategy.params.long_window": 4,
+        "strategy.params.bullish": 50, "strategy.params.bearish": 50,
+        "logging.stats_interval": 0.1, **extra})
+
+
+# --- kill -9 the Gateway --------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_kill_9_the_gateway_and_restart_it_ticks_flow_again(tmp_path, children):
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "logging.stats_interval": 0.1})
+    gw = start(children, "gateway", cfg)
+    cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
+    start(children, "orderbook", cfg)
+    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
+        wait_until(lambda: newest_write(book) > time.monotonic_ns() - 50_000_000, 10,
+                   what="ticks in shared memory")
+        children[0].kill()                                   # SIGKILL mid-stream
+        kill_ns = time.monotonic_ns()
+        time.sleep(0.5)
+        assert newest_write(book) < kill_ns + 20_000_000, "ticks without a Gateway"
+        restarted = Child("gateway", cfg)                    # the same ports
+        children.append(restarted)
+        restart_ns = time.monotonic_ns()
+        restarted.start()
+        ready_ns = time.monotonic_ns()
+        first = [0]
+
+        def fresh() -> bool:
+            writes = [w for w in (book.read_slot(i)[3] for i in range(book.nsymbols))
+                      if w > restart_ns]
+            if writes:
+                first[0] = min(writes)
+            return bool(writes)
+
+        wait_until(fresh, 15, interval=0.001, what="the first tick after the restart")
+        wait_until(lambda: counters(tmp_path, "orderbook").get("reconnects", 0) >= 1, 5)
+    # The new Gateway's sequences start again: a reset, or a gap if they had already passed
+    # the old ones by the time the OrderBook redialed.
+    ob = counters(tmp_path, "orderbook")
+    result = record_fault(
+        "kill9_gateway", (first[0] - restart_ns) / 1e9,
+        what="kill -9 the Gateway mid-stream, restart it: recovery = restart -> first new tick "
+             "in shared memory",
+        restart_to_ready_s=(ready_ns - restart_ns) / 1e9, reconnects=ob["reconnects"],
+        seq_resets=ob["seq_resets"], gaps=ob["gaps"])
+    assert ob["reconnects"] == 1
+    assert result["recovery_s"] < 10
+
+
+# --- kill -9 the OrderBook ------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_kill_9_the_orderbook_stops_trading_until_it_is_back(tmp_path, children):
+    """The Strategy notices the silent OrderBook (heartbeat), trades nothing while its prices
+    are stale, re-attaches to the segment of the restarted OrderBook and trades again, with its
+    positions kept."""
+    cfg = trading_config(tmp_path, **{"strategy.max_price_age": 1.0})
+    cfg.network.order_port = start(children, "order_manager", cfg)["order_port"]
+    gw = start(children, "gateway", cfg)
+    cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
+    start(children, "orderbook", cfg)
+    start(children, "strategy", cfg)
+    nsym = len(cfg.market.symbols)
+    orders_path = tmp_path / "orders.jsonl"
+    wait_until(lambda: len(booked(orders_path)) >= 10, 20, what="orders to flow")
+
+    children[2].kill()                                       # the OrderBook, SIGKILL
+    kill_ns = time.monotonic_ns()
+    wait_until(lambda: counters(tmp_path, "strategy", kill_ns).get("stale_symbols") == nsym, 10,
+               what="the Strategy to see every price go stale")
+    stale_ns = time.monotonic_ns()
+    stale = counters(tmp_path, "strategy")
+    wait_until(lambda: counters(tmp_path, "strategy").get("book_dead") is True, 10,
+               what="the Strategy to see the OrderBook's heartbeat stop")
+    dead_ns = time.monotonic_ns()
+    time.sleep(1.0)
+    assert counters(tmp_path, "strategy")["orders"] == stale["orders"], "traded while stale"
+
+    restarted = Child("orderbook", cfg)                     # reclaims the dead one's segment
+    children.append(restarted)
+    restart_ns = time.monotonic_ns()
+    restarted.start()
+    ready_ns = time.monotonic_ns()
+    wait_until(lambda: any(r["tick_ns"] > restart_ns for r in booked(orders_path)), 20,
+               what="an order on a price from the restarted OrderBook")
+    records = booked(orders_path)
+    first = min(r["received_ns"] for r in records if r["tick_ns"] > restart_ns)
+    wait_until(lambda: counters(tmp_path, "strategy").get("reattaches", 0) >= 1, 5)
+    wait_until(lambda: counters(tmp_path, "strategy").get("stale_symbols") == 0, 5,
+               what="every price fresh again")
+    after = counters(tmp_path, "strategy")
+
+    assert not [r for r in records if kill_ns < r["tick_ns"] < restart_ns], \
+        "an order on a tick the dead OrderBook never wrote"
+    assert after["stale_symbols"] == 0 and after["book_dead"] is False
+    log_text = (tmp_path / "logs" / "strategy.log").read_text()
+    assert "silent" in log_text and "re-attached to" in log_text and "positions kept" in log_text
+    assert "reclaimed segment" in (tmp_path / "logs" / "orderbook.log").read_text()
+    result = record_fault(
+        "kill9_orderbook", (first - restart_ns) / 1e9,
+        what="kill -9 the OrderBook, restart it: recovery = restart -> first order booked on a "
+             "price the new OrderBook wrote (the Strategy re-attaches by itself)",
+        restart_to_ready_s=(ready_ns - restart_ns) / 1e9,
+        kill_to_all_stale_s=(stale_ns - kill_ns) / 1e9,
+        kill_to_heartbeat_dead_s=(dead_ns - kill_ns) / 1e9,
+        reattaches=after["reattaches"])
+    assert result["recovery_s"] < 15
+
+
+# --- a stopped price subscriber -------------------------------------------------------------------
+
+def _subscriber(port: int, stop, out) -> None:
+    """A raw price subscriber that reads as fast as it can; per read, (receive time, send time
+    of the newest complete frame)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.settimeout(0.1)
+    samples: list[tuple[int, int]] = []
+    closed, nbytes, tail = False, 0, b""
+    while not stop.is_set():
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except OSError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        now = time.monotonic_ns()
+        nbytes += len(chunk)
+        data = tail + chunk
+        end = data.rfind(b"*")
+        if end < 0:
+            tail = data[-512:]
+            continue
+        frame = data[data.rfind(b"*", 0, end) + 1:end]
+        tail = data[end + 1:]
+        parts = frame.split(b",")
+        if len(parts) == 4 and parts[3].isdigit():
+            samples.append((now, int(parts[3])))
+    sock.close()
+    out.put((samples, closed, nbytes))
+
+
+def _p50(values: list[int]) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("policy, rate", [("conflate", 0), ("drop", 0), ("close", 200_000)])
+def test_a_stopped_subscriber_stalls_nobody(tmp_path, children, policy, rate):
+    """SIGSTOP one price subscriber for 5 s at full rate: the Gateway's memory stays bounded,
+    the other subscriber's ticks keep coming without a latency blow-up, and the stopped one
+    resumes with fresh prices after SIGCONT (or is closed, under "close").
+
+    "close" runs paced at 200k ticks/s, not unpaced: at tick_rate 0 the feed runs at the pace
+    of its fastest client, so under "close" every slower one, this test's Python reader
+    included, would be closed sooner or later.
+    """
+    bound = 1 << 20
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": rate, "gateway.news_rate": 1,
+                                   "gateway.slow_client": policy,
+                                   "gateway.max_client_buffer": bound,
+                                   "logging.stats_interval": 0.2})
+    info = start(children, "gateway", cfg)
+    gw_pid = children[0].proc.pid
+    stop, out_live, out_stopped = CTX.Event(), CTX.Queue(), CTX.Queue()
+    procs = [CTX.Process(target=_subscriber, args=(info["price_port"], stop, q))
+             for q in (out_live, out_stopped)]
+    for p in procs:
+        p.start()
+    live, stopped = procs
+    try:
+        time.sleep(1.5)                                        # both read at full rate
+        rss0 = rss_bytes(gw_pid)
+        stop_ns = time.monotonic_ns()
+        os.kill(stopped.pid, signal.SIGSTOP)
+        rss_max = rss0
+        t_end = time.monotonic() + 5.0
+        while time.monotonic() < t_end:
+            rss_max = max(rss_max, rss_bytes(gw_pid))
+            time.sleep(0.1)
+        cont_ns = time.monotonic_ns()
+        os.kill(stopped.pid, signal.SIGCONT)
+        time.sleep(2.5)
+        stop.set()
+        live_samples, live_closed, live_bytes = out_live.get(timeout=20)
+        st_samples, st_closed, st_bytes = out_stopped.get(timeout=20)
+    finally:
+        stop.set()
+        for p in procs:
+            if p.pid is not None and pid_alive(p.pid):
+                os.kill(p.pid, signal.SIGCONT)
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    gw = counters(tmp_path, "gateway")
+    before = [r - s for r, s in live_samples if stop_ns - 1_000_000_000 < r < stop_ns]
+    during = [r - s for r, s in live_samples if stop_ns + 500_000_000 < r < cont_ns]
+    assert not live_closed and before and len(during) > 10, "the live subscriber stalled"
+    p50_before, p50_during = _p50(before), _p50(during)
+    # Generous: 2 shared vCPUs, and at tick_rate 0 the live reader's own queue sets its latency.
+    assert p50_during < max(5 * p50_before, 50e6), (p50_before, p50_during)
+    growth = rss_max - rss0
+    assert growth < 8 * bound, f"Gateway RSS grew {growth} bytes while a subscriber was stopped"
+    log_text = (tmp_path / "logs" / "gateway.log").read_text()
+    details = {"policy": policy, "tick_rate": rate, "live_p50_before_ms": p50_before / 1e6,
+               "live_p50_during_ms": p50_during / 1e6, "gateway_rss_growth_bytes": growth,
+               "gateway": {k: gw.get(k) for k in ("dropped_batches", "slow_events",
+                                                  "conflated", "conflated_batches")}}
+    if policy == "close":
+        assert st_closed, "the stopped subscriber must have been closed as a slow consumer"
+        assert "slow consumer" in log_text
+        record_fault(f"sigstop_subscriber_{policy}", 0.0,
+                     what="SIGSTOP a price subscriber 5 s at 200k ticks/s: it is closed; the "
+                          "other subscriber never waits", **details)
+        return
+    fresh = [r for r, s in st_samples if s >= cont_ns]
+    assert not st_closed and fresh, "the stopped subscriber did not get fresh ticks after SIGCONT"
+    assert re.search(r"price client \S+ is slow", log_text) and "caught up" in log_text
+    if policy == "conflate":
+        assert gw["conflated"] >= 1
+    result = record_fault(
+        f"sigstop_subscriber_{policy}", (fresh[0] - cont_ns) / 1e9,
+        what="SIGSTOP a price subscriber 5 s at tick_rate 0, SIGCONT: recovery = SIGCONT -> "
+             "first tick sent after SIGCONT received by it", **details)
+    assert result["recovery_s"] < 10
+
+
+# --- main.py: supervision and SIGTERM -------------------------------------------------------------
+
+class MainRun:
+    """main.py in its own session, its output collected by a thread so the test can wait on it."""
+
+    def __init__(self, tmp_path: Path, shm: str, *extra: str) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(tm.main_cmd(tmp_path, shm, *extra), cwd=tmp_path,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match:
+        """The first match of `pattern` in the output lines from index `after` on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines[after:]:
+                if m := re.search(pattern, line):
+                    return m
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in main.py output:\n{self.output[-3000:]}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        tm.reap(self.proc)
+        self._reader.join(5)
+
+
+@pytest.mark.timeout(120)
+def test_main_restarts_a_killed_child_and_keeps_trading(tmp_path):
+    """kill -9 each child of a running main.py in turn: each death is logged with its exit
+    code, the child is restarted, and orders flow again before the next kill."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    run = MainRun(tmp_path, shm, "--set", "strategy.params.short_window=2", "--set",
+                  "strategy.params.long_window=4", "--set", "strategy.params.bullish=50", "--set",
+                  "strategy.params.bearish=50", "--set", "supervisor.backoff=0.2")
+    orders_path = tmp_path / "orders.jsonl"
+    recoveries: dict[str, dict] = {}
+    try:
+        run.wait_for("stack running")
+        wait_until(lambda: len(booked(orders_path)) >= 5, 20, what="orders to flow")
+        for name in ("gateway", "orderbook", "order_manager", "strategy"):
+            pid = tm.child_pids(run.output)[name]
+            mark = len(run.lines)
+            os.kill(pid, signal.SIGKILL)
+            kill_ns = time.monotonic_ns()
+            run.wait_for(rf"{name} died with exit code -9; restarting it", 10, mark)
+            restarted = run.wait_for(rf"{name} restarted \(pid (\d+)\)", 30, mark)
+            seen_ns = time.monotonic_ns()
+            assert int(restarted[1]) != pid and pid_alive(int(restarted[1]))
+            wait_until(lambda k=kill_ns: any(r["tick_ns"] > k for r in booked(orders_path)), 30,
+                       what=f"orders on fresh prices after restarting {name}")
+            first = min(r["received_ns"] for r in booked(orders_path) if r["tick_ns"] > kill_ns)
+            recoveries[name] = {"kill_to_restarted_s": (seen_ns - kill_ns) / 1e9,
+                                "kill_to_first_order_s": (first - kill_ns) / 1e9}
+        assert run.proc.poll() is None, "main.py must still be running"
+        os.kill(run.proc.pid, signal.SIGTERM)
+        run.proc.wait(30)
+    finally:
+        run.close()
+    out = run.output
+    assert run.proc.returncode == 0, out[-3000:]
+    tm.assert_nothing_left(out, shm)
+    ids = [r["id"] for r in booked(orders_path)]
+    assert len(ids) == len(set(ids)), "an order was booked twice across the restarts"
+    for name, rec in recoveries.items():
+        record_fault(f"main_restarts_{name}", rec["kill_to_first_order_s"],
+                     what=f"kill -9 the {name} under main.py: restarted by the supervisor; "
+                          "recovery = kill -> first order booked on a tick sent after the kill",
+                     **rec)
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_to_main_mid_run_leaves_nothing(tmp_path):
+    """The clean-stop path as a fault: how long SIGTERM -> every process gone, no segment."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc, lines = tm.start_main(tmp_path, shm)
+    try:
+        assert shm_exists(shm)
+        time.sleep(1.0)                                        # mid-run: ticks and orders flow
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        tm.reap(proc)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    tm.assert_nothing_left(out, shm)
+    record_fault("sigterm_main", took,
+                 what="SIGTERM main.py mid-run: recovery = SIGTERM -> main.py exited, every "
+                      "child gone and no segment left")

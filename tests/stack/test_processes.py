@@ -1,0 +1,453 @@
+"""Each process for real: spawned as main.py spawns it, on loopback and shared memory."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+
+import pytest
+from stackutil import (
+    CTX,
+    Child,
+    cpu_seconds,
+    make_config,
+    recv_frames,
+    rss_bytes,
+    shm_exists,
+    start,
+    wait_until,
+)
+
+from ext import SharedPriceBook
+from processes.shared.protocol import Order as OrderMsg
+from processes.shared.protocol import (
+    encode_hello,
+    encode_order,
+    encode_welcome,
+    parse_news,
+    parse_price,
+)
+
+
+@pytest.mark.timeout(30)
+def test_gateway_serves_prices_and_news_to_many_clients(tmp_path, children):
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "gateway.news_rate": 50})
+    info = start(children, "gateway", cfg)
+    nsym = len(cfg.market.symbols)
+    clients = [socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
+               for _ in range(3)]
+    try:
+        seen = []
+        for sock in clients:
+            frames = recv_frames(sock, 200)
+            parsed = [parse_price(f) for f in frames]
+            assert {sym.decode() for sym, *_ in parsed} == set(cfg.market.symbols)
+            assert all(p > 0 and sent > 0 for _, p, _, sent in parsed)
+            seen.append(parsed)
+        # Every client gets the same stream: per-symbol sequences increase after the snapshot.
+        for parsed in seen:
+            last: dict[bytes, int] = {}
+            for sym, _, seq, _ in parsed[nsym:]:
+                assert seq > last.get(sym, 0)
+                last[sym] = seq
+        with socket.create_connection(("127.0.0.1", info["news_port"]), timeout=5) as news:
+            frames = recv_frames(news, nsym + 5)
+            for sym, value in map(parse_news, frames):
+                assert sym.decode() in cfg.market.symbols and 0 <= value <= 100
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_plain_gateway_sends_two_field_frames(tmp_path, children):
+    cfg = make_config(tmp_path, **{"gateway.plain": True, "gateway.tick_rate": 500})
+    info = start(children, "gateway", cfg)
+    with socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5) as sock:
+        frames = recv_frames(sock, 20)
+    assert all(f.count(b",") == 1 for f in frames)
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_never_reads_cannot_grow_gateway_memory(tmp_path, children):
+    """Both feeds as fast as possible; one subscriber stalls, another keeps reading."""
+    bound = 256 * 1024
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 0, "gateway.news_rate": 0,
+                                   "gateway.max_client_buffer": bound})
+    info = start(children, "gateway", cfg)
+    pid = children[0].proc.pid
+    stalled = socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    live = socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
+    try:
+        recv_frames(live, 1000)
+        time.sleep(0.5)
+        rss_start = rss_bytes(pid)
+        received = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:   # the live client keeps getting data throughout
+            received += len(live.recv(1 << 20))
+        growth = rss_bytes(pid) - rss_start
+        assert received > 100_000, "the stalled client must not stall the others"
+        # Pending output is capped at `bound` per client; allow for allocator noise.
+        assert growth < 8 * bound, f"gateway RSS grew {growth} bytes in 3 s"
+    finally:
+        stalled.close()
+        live.close()
+    log_text = (tmp_path / "logs" / "gateway.log").read_text()
+    assert "price client" in log_text
+
+
+@pytest.mark.timeout(60)
+def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
+    """No ticks, no news: the default (block) Strategy must use ~no CPU while waiting on shm."""
+    cfg = make_config(tmp_path)
+    venue_news = socket.create_server(("127.0.0.1", 0))
+    venue_orders = socket.create_server(("127.0.0.1", 0))
+    cfg.network.news_port = venue_news.getsockname()[1]
+    cfg.network.order_port = venue_orders.getsockname()[1]
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    try:
+        start(children, "strategy", cfg)
+        pid = children[0].proc.pid
+        time.sleep(1.0)                      # let start-up work finish
+        before = cpu_seconds(pid)
+        time.sleep(2.0)
+        used = cpu_seconds(pid) - before
+        assert used < 0.04, f"idle strategy used {used:.3f} s CPU in 2 s"
+        # ...and it is really waiting, not deaf: ticks written now reach it through the doorbell.
+        for k in range(3):
+            book.update("AAPL", 101.0 + k, time.monotonic_ns(), k + 1)
+            time.sleep(0.05)
+        assert children[0].stop() == 0
+    finally:
+        children[0].stop()
+        venue_news.close()
+        venue_orders.close()
+        book.close()
+        book.unlink()
+    final = [x for x in (tmp_path / "logs" / "strategy.log").read_text().splitlines()
+             if "stopping:" in x]
+    assert final and " ticks=3 " in final[-1], final
+
+
+@pytest.mark.timeout(60)
+def test_orderbook_stopped_right_after_ready_still_unlinks(tmp_path):
+    """SIGTERM the instant 'ready' is reported: the signal must already mean a clean stop."""
+    for _ in range(8):
+        cfg = make_config(tmp_path)
+        child = Child("orderbook", cfg)
+        child.start()
+        assert child.stop() == 0
+        assert not shm_exists(cfg.market.shm_name)
+
+
+def _book_prices(book: SharedPriceBook) -> dict[str, tuple]:
+    return {s: book.read_slot(i) for i, s in enumerate(book.symbols)}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("plain", [False, True], ids=["extended", "plain"])
+def test_shared_memory_updates_propagate_across_processes(tmp_path, children, plain):
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 1000, "gateway.plain": plain})
+    start(children, "gateway", cfg)
+    cfg.network.price_port = children[0].info["price_port"]
+    ob = start(children, "orderbook", cfg)
+    assert ob["shm_name"] == cfg.market.shm_name
+    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
+        assert list(book.symbols) == cfg.market.symbols
+        wait_until(lambda: all(book.read(s) > 0 for s in book.symbols), 10, what="first prices")
+        first = _book_prices(book)
+        wait_until(lambda: all(_book_prices(book)[s][0] != first[s][0] or
+                               _book_prices(book)[s][3] != first[s][3] for s in book.symbols),
+                   10, what="prices to move")
+        price, sent_ns, tick_seq, write_ns = book.read_slot(0)
+        if plain:
+            assert sent_ns == 0 and tick_seq == 0
+        else:
+            assert tick_seq > 0 and 0 < sent_ns <= write_ns <= time.monotonic_ns()
+    children[1].stop()
+    assert not shm_exists(cfg.market.shm_name), "OrderBook must unlink its segment on exit"
+
+
+@pytest.mark.timeout(60)
+def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 500})
+    gw = start(children, "gateway", cfg)
+    cfg.network.price_port = gw["price_port"]
+    cfg.network.news_port = gw["news_port"]
+    start(children, "orderbook", cfg)
+    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
+        wait_until(lambda: book.read_slot(0)[2] > 0, 10, what="ticks")
+        children[0].kill()                      # the Gateway dies mid-stream
+        time.sleep(0.3)
+        stalled = book.read_slot(0)[2]
+        time.sleep(0.3)
+        assert book.read_slot(0)[2] == stalled  # no feed, no ticks
+        restarted = Child("gateway", cfg)       # same ports: the OrderBook dials the same address
+        children.append(restarted)
+        t0 = time.monotonic()
+        restarted.start()
+        # A restarted Gateway starts its sequences from 1 again: any new write proves the reconnect.
+        wait_until(lambda: book.read_slot(0)[2] != stalled, 10, what="reconnect")
+        assert time.monotonic() - t0 < 5
+
+
+def _order(i: int, symbol: str = "AAPL", **kw) -> bytes:
+    return encode_order(OrderMsg(f"cli-{i}", symbol, "BUY" if i % 2 else "SELL", 10, 100.0 + i,
+                                 **kw))
+
+
+def _client_proc(port: int, name: str, count: int, result_q) -> None:
+    """A Strategy stand-in: sends `count` orders plus bad ones, reads every reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(encode_hello(name))   # the handshake; orders may follow at once
+        frames = [encode_order(OrderMsg(f"{name}-{i}", "AAPL", "BUY", 1 + i % 5, 100.5,
+                                        client=name)) for i in range(count)]
+        first, second = b"".join(frames[: count // 2]), b"".join(frames[count // 2:])
+        bad = b'{"id":"bad-1","symbol":"NOPE","side":"BUY","qty":1,"price":1}*not json*'
+        cut = len(second) // 2 + 7  # split the stream inside a frame on purpose
+        for chunk in (first, bad, second[:cut], second[cut:]):
+            sock.sendall(chunk)
+        frames = recv_frames(sock, count + 3, timeout=20)   # welcome + one reply per frame
+    replies = [json.loads(f) for f in frames]
+    result_q.put((name, replies))
+
+
+@pytest.mark.timeout(60)
+def test_order_manager_books_exactly_the_orders_of_two_concurrent_clients(tmp_path, children):
+    cfg = make_config(tmp_path)
+    info = start(children, "order_manager", cfg)
+    per_client = 500
+    q = CTX.Queue()
+    procs = [CTX.Process(target=_client_proc, args=(info["order_port"], n, per_client, q))
+             for n in ("alpha", "beta")]
+    for p in procs:
+        p.start()
+    results = dict(q.get(timeout=40) for _ in procs)
+    for p in procs:
+        p.join(10)
+        assert p.exitcode == 0
+    for name, replies in results.items():
+        acks = [r for r in replies if r["type"] == "ack"]
+        rejects = [r for r in replies if r["type"] == "reject"]
+        assert len(acks) == per_client
+        assert {r["id"] for r in acks} == {f"{name}-{i}" for i in range(per_client)}
+        # Bad input is answered with a reason and the connection stays up for what follows.
+        assert [(r["id"], r["reason"].split(" ")[0]) for r in rejects] == [
+            ("bad-1", "unknown"), (None, "malformed")]
+    children[0].stop()                           # flushes and closes the order log
+    lines = [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * per_client
+    assert sorted(r["order_no"] for r in lines) == list(range(1, 2 * per_client + 1))
+    assert len({r["id"] for r in lines}) == 2 * per_client
+    log_text = (tmp_path / "logs" / "order_manager.log").read_text()
+    assert "Received Order 1: " in log_text
+
+
+class FakeVenue:
+    """News server and order server in the test process, so the Strategy can be driven exactly."""
+
+    def __init__(self) -> None:
+        self.news_srv = socket.create_server(("127.0.0.1", 0))
+        self.order_srv = socket.create_server(("127.0.0.1", 0))
+        self.news: socket.socket | None = None
+        self.orders: socket.socket | None = None
+        self.order_no = 0
+        self._buf = b""  # partial order frame carried between next_order() calls
+
+    def accept(self, timeout: float = 10.0) -> None:
+        self.news_srv.settimeout(timeout)
+        self.order_srv.settimeout(timeout)
+        self.news, _ = self.news_srv.accept()
+        self.orders, _ = self.order_srv.accept()
+        hello = self._next_frame(timeout)
+        assert hello and hello["type"] == "hello", hello
+        self.orders.sendall(encode_welcome(hello["client"]))
+
+    def say(self, symbol: str, sentiment: int) -> None:
+        self.news.sendall(b"%s,%d*" % (symbol.encode(), sentiment))
+
+    def next_order(self, timeout: float) -> dict | None:
+        """The next order frame (acked), or None if none completed within `timeout`."""
+        order = self._next_frame(timeout)
+        if order is None:
+            return None
+        self.order_no += 1
+        self.orders.sendall(b'{"type":"ack","id":"%s","order_no":%d}*'
+                            % (order["id"].encode(), self.order_no))
+        return order
+
+    def _next_frame(self, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while b"*" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.orders.settimeout(left)
+            try:
+                chunk = self.orders.recv(65536)
+            except TimeoutError:
+                return None
+            assert chunk, "strategy closed the order connection"
+            self._buf += chunk
+        frame, _, self._buf = self._buf.partition(b"*")
+        return json.loads(frame)
+
+    def close(self) -> None:
+        for s in (self.news, self.orders, self.news_srv, self.order_srv):
+            if s is not None:
+                s.close()
+
+
+def strategy_rig(tmp_path, **overrides):
+    """A Strategy's surroundings without the other processes: a config whose news and order
+    ports are a FakeVenue's, and the price book the test writes (AAPL, MSFT; windows 2/4)."""
+    cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.params.short_window": 2,
+                                   "strategy.params.long_window": 4, **overrides})
+    venue = FakeVenue()
+    cfg.network.news_port = venue.news_srv.getsockname()[1]
+    cfg.network.order_port = venue.order_srv.getsockname()[1]
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    return cfg, venue, book
+
+
+@pytest.mark.timeout(60)
+def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
+    """Drive the real Strategy process through shared memory and TCP news; read its orders."""
+    cfg, venue, book = strategy_rig(tmp_path, **{"strategy.params.quantity": 10})
+    price = [100.0]
+
+    def tick(step: float, n: int, gap: float = 0.003) -> None:
+        for _ in range(n):
+            price[0] += step
+            book.update("AAPL", price[0], time.monotonic_ns(), 0)
+            time.sleep(gap)
+
+    def order_after(step: float, timeout: float = 5.0) -> dict | None:
+        """Keep the trend going until an order arrives or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tick(step, 5)
+            order = venue.next_order(0.0005)
+            if order:
+                return order
+        return None
+
+    try:
+        start(children, "strategy", cfg)
+        venue.accept()
+        # Rising prices but no news: the rules do not agree -> nothing.
+        assert order_after(+0.05, timeout=1.0) is None
+        venue.say("AAPL", 61)                   # strictly above bullish (60)
+        buy = order_after(+0.05)
+        assert buy and (buy["side"], buy["qty"], buy["symbol"]) == ("BUY", 10, "AAPL")
+        assert buy["price"] == pytest.approx(price[0], abs=0.3)
+        assert order_after(+0.05, timeout=1.0) is None, "already long: no duplicate BUY"
+        venue.say("AAPL", 40)                   # not strictly below bearish (40): neutral
+        assert order_after(-0.05, timeout=1.0) is None
+        venue.say("AAPL", 20)
+        sell = order_after(-0.05)
+        assert sell and (sell["side"], sell["qty"]) == ("SELL", 20), "long -> short is 2x qty"
+        assert order_after(-0.05, timeout=1.0) is None, "already short: no duplicate SELL"
+        venue.say("AAPL", 90)                   # bullish news while falling: disagree
+        assert order_after(-0.05, timeout=1.0) is None
+        assert len({buy["id"], sell["id"]}) == 2 and buy["client"] == cfg.strategy.name
+    finally:
+        venue.close()
+        for child in children:
+            child.stop()
+        book.close()
+        book.unlink()
+    assert not shm_exists(cfg.market.shm_name)
+
+
+@pytest.mark.timeout(60)
+def test_strategy_never_orders_on_a_stale_price_and_resumes_on_fresh_ones(tmp_path, children):
+    cfg, venue, book = strategy_rig(tmp_path, **{"strategy.max_price_age": 1.0})
+    price = [100.0]
+
+    def order_after(age_s: float, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns() - int(age_s * 1e9), 0)
+                book.heartbeat()
+                time.sleep(0.003)
+            if order := venue.next_order(0.0005):
+                return order
+        return None
+
+    try:
+        start(children, "strategy", cfg)
+        venue.accept()
+        venue.say("AAPL", 90)
+        assert order_after(5.0, timeout=1.5) is None, "ordered on 5 s old prices"
+        buy = order_after(0.0, timeout=5.0)
+        assert buy and buy["side"] == "BUY"
+        assert children[0].stop() == 0
+    finally:
+        venue.close()
+        children[0].stop()
+        book.close()
+        book.unlink()
+    final = [x for x in (tmp_path / "logs" / "strategy.log").read_text().splitlines()
+             if "stopping:" in x]
+    assert final and re.search(r" stale_skips=[1-9]", final[-1]), final
+
+
+@pytest.mark.timeout(60)
+def test_strategy_reattaches_to_a_replaced_segment_and_keeps_its_positions(tmp_path, children):
+    """The OrderBook restarts: its segment is replaced under the same name. The Strategy lets the
+    old one go, attaches to the new one and still knows it is long (no second BUY)."""
+    cfg, venue, book = strategy_rig(tmp_path)
+    name = cfg.market.shm_name
+    price = [100.0]
+
+    def order_after(timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns(), 0)
+                time.sleep(0.003)
+            if order := venue.next_order(0.0005):
+                return order
+        return None
+
+    try:
+        start(children, "strategy", cfg)
+        venue.accept()
+        venue.say("AAPL", 90)
+        assert (order_after(5.0) or {}).get("side") == "BUY"
+        book.close()
+        book.unlink()                                   # the old OrderBook is gone...
+        book = SharedPriceBook(cfg.market.symbols, name=name, create=True)   # ...a new one
+        log_path = tmp_path / "logs" / "strategy.log"
+        wait_until(lambda: "re-attached to" in log_path.read_text(), 10, what="re-attach")
+        assert order_after(1.5) is None, "a second BUY: the position was lost"
+        book.update("AAPL", 10.0, time.monotonic_ns(), 0)   # prices flow through the new book
+        venue.say("AAPL", 10)
+        price[0] = 10.0
+
+        def falling() -> dict | None:
+            for _ in range(300):
+                price[0] -= 0.01
+                book.update("AAPL", price[0], time.monotonic_ns(), 0)
+                time.sleep(0.003)
+                if order := venue.next_order(0.0005):
+                    return order
+            return None
+
+        sell = falling()
+        assert sell and (sell["side"], sell["qty"]) == ("SELL", 20), "long -> short is 2 x qty"
+    finally:
+        venue.close()
+        for child in children:
+            child.stop()
+        book.close()
+        book.unlink()
+    assert "positions kept" in (tmp_path / "logs" / "strategy.log").read_text()

@@ -1,0 +1,172 @@
+"""The whole stack through main.py: it trades, it stops cleanly, it leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from mainutil import ROOT, assert_nothing_left, child_pids, main_cmd, reap, start_main
+from stackutil import pid_alive, shm_exists, wait_until
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("impl", ["cython", "python"])
+def test_main_duration_trades_and_exits_clean(tmp_path, impl):
+    """The whole stack for 8 s, on the compiled price book and on its pure-Python twin."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    env = dict(os.environ, TRADESTACK_PURE_PYTHON="1" if impl == "python" else "0")
+    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "8"), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=80)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert f"'impl': '{impl}'" in out, "the OrderBook must report the implementation it ran"
+    assert re.search(r"Received Order \d+: (BUY|SELL) \d+ [A-Z]+ @ \d+\.\d\d", out), out[-3000:]
+    orders = [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+    assert orders and all(o["client"] == "strat-1" for o in orders)
+    assert [o["order_no"] for o in orders] == list(range(1, len(orders) + 1))
+    for name in ("main", "gateway", "orderbook", "strategy", "order_manager"):
+        assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0
+    # The exit summary: every hop's flow and the latency rows, from the final snapshots.
+    assert "tradestack summary" in out, out[-3000:]
+    for label in ("OrderBook ticks written to shm", "tick -> decision (Strategy)",
+                  "tick -> order received (OrderManager)", "tick -> ack (Strategy)"):
+        assert label in out, out[-3000:]
+    stats_dir = tmp_path / "logs" / "stats"
+    snaps = {p.stem: json.loads(p.read_text()) for p in stats_dir.glob("*.json")}
+    assert set(snaps) == {"gateway", "orderbook", "strategy", "order_manager"}
+    assert all(s["final"] for s in snaps.values())
+    assert snaps["strategy"]["latency"]["tick_to_ack"]["count"] == len(orders)
+    assert snaps["strategy"]["latency"]["tick_to_decision"]["count"] == \
+        snaps["strategy"]["counters"]["decisions"]
+    assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, False),
+                                        (signal.SIGINT, True)],
+                         ids=["SIGTERM-main", "SIGINT-main", "Ctrl+C-whole-group"])
+def test_signal_to_main_stops_everything(tmp_path, sig, group):
+    """`kill <main pid>`, SIGINT to main alone, and a terminal's Ctrl+C (SIGINT to every
+    process of the foreground group at once) all stop the stack with exit code 0."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc, lines = start_main(tmp_path, shm)
+    try:
+        assert shm_exists(shm)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        reap(proc)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(60)
+def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
+    """With supervisor.restart off, a dead child stops the whole stack (restarts: test_faults)."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc, lines = start_main(tmp_path, shm, "--set", "supervisor.restart=false")
+    try:
+        os.kill(child_pids("".join(lines))["orderbook"], signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        reap(proc)
+    out = "".join(lines) + rest
+    assert proc.returncode == 1
+    assert "orderbook died with exit code -9" in out
+    assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(60)
+def test_children_exit_when_main_is_killed(tmp_path):
+    """SIGKILL main.py: it runs no cleanup, so the children must notice (PR_SET_PDEATHSIG)
+    and exit by themselves, the OrderBook unlinking its segment on the way out."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc, lines = start_main(tmp_path, shm)
+    try:
+        pids = child_pids("".join(lines))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 10,
+                   what="orphaned children to exit")
+        wait_until(lambda: not shm_exists(shm), 5, what="segment to be unlinked")
+    finally:
+        for pid in child_pids("".join(lines)).values():  # never leave strays, even on failure
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.timeout(60)
+def test_a_second_stack_fails_without_touching_the_first(tmp_path):
+    """Same segment name twice (e.g. `python main.py` run twice): the second stack fails with a
+    clear error and must not delete the first stack's live segment."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    first, lines = start_main(tmp_path / "a", shm)
+    try:
+        second = subprocess.run(main_cmd(tmp_path / "b", shm), cwd=tmp_path, text=True,
+                                capture_output=True, timeout=40)
+        out = second.stdout + second.stderr
+        assert second.returncode == 1, out[-2000:]
+        assert "orderbook failed to start" in out and "FileExistsError" in out, out[-2000:]
+        assert shm_exists(shm), "the failed stack deleted the running stack's segment"
+        assert first.poll() is None, "the first stack must keep running"
+        os.kill(first.pid, signal.SIGTERM)
+        rest, _ = first.communicate(timeout=30)
+    finally:
+        reap(first)
+    assert first.returncode == 0
+    assert_nothing_left("".join(lines) + rest, shm)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_during_start_up_stops_at_once(tmp_path):
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen(main_cmd(tmp_path, shm), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        while True:  # first child ready: the stack is mid start-up
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "order_manager ready" in line:
+                break
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        reap(proc)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    assert took < 10, f"stop during start-up took {took:.1f}s"
+    pids = child_pids(out)
+    wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 5, what="children")
+    assert not shm_exists(shm)
+
+
+@pytest.mark.timeout(30)
+def test_print_config_and_bad_flags(tmp_path):
+    ok = subprocess.run([sys.executable, str(ROOT / "main.py"), "--print-config",
+                         "--tick-rate", "5"], capture_output=True, text=True, timeout=20)
+    assert ok.returncode == 0 and "tick_rate = 5.0" in ok.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "main.py"), "--set", "gateway.nope=1"],
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 2 and "gateway.nope" in bad.stderr
+    for module in ("gateway", "orderbook", "strategy", "order_manager"):
+        helped = subprocess.run([sys.executable, "-m", f"processes.{module}", "--help"],
+                                capture_output=True, text=True, timeout=20, cwd=ROOT)
+        assert helped.returncode == 0 and "--config" in helped.stdout, module
