@@ -255,9 +255,15 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError(value)
             return value
+        if kind.startswith("list") and isinstance(value, str) and value.lstrip().startswith("["):
+            # The TOML list --print-config prints: ["AAPL", "MSFT"] or [0, 1].
+            try:
+                value = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ValueError(value) from None
         if kind == "list[int]":
             if isinstance(value, str):
-                value = [int(part) for part in value.strip("[] ").split(",") if part.strip()]
+                value = [int(part) for part in value.split(",") if part.strip()]
             if not isinstance(value, list) or not all(
                     isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise ValueError(value)
@@ -545,6 +551,11 @@ def add_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...],
             continue
         seen.add(flag)
         default = getattr(getattr(defaults, section), _FIELD_KEYS.get(key, key))
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f"cfg:{section}.{key}", default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=f"{section}.{key} (default {'on' if default else 'off'})")
+            continue
         parser.add_argument(flag, dest=f"cfg:{section}.{key}", default=None, metavar="V",
                             help=f"{section}.{key} (default {default!r})")
 
@@ -554,6 +565,8 @@ def from_args(args: argparse.Namespace) -> Config:
     path = args.config
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
+    elif path is not None and not Path(path).is_file():
+        raise ConfigError(f"--config {path}: no such file")
     overrides: dict[str, Any] = {}
     if getattr(args, "layout", None):
         overrides.update(layout_overrides(args.layout))

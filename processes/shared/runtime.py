@@ -244,7 +244,12 @@ def parse_cli(parser: argparse.ArgumentParser, sections: tuple[str, ...],
     except config_mod.ConfigError as exc:
         parser.error(str(exc))
     if args.print_config:
-        print(cfg.to_toml())
+        try:
+            print(cfg.to_toml(), flush=True)
+        except BrokenPipeError:
+            # `--print-config | head`: the reader has all it wanted. Point stdout at /dev/null
+            # so the interpreter's exit flush does not raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return None, args
     return cfg, args
 

@@ -78,3 +78,60 @@ def test_print_config_round_trips(tmp_path):
     path = tmp_path / "out.toml"
     path.write_text(cfg.to_toml())
     assert config.load(path) == cfg
+
+
+def test_strategy_tables_round_trip_and_inherit(tmp_path):
+    cfg = config.load(None, {
+        "strategy.class": "examples.sentiment:SentimentOnly", "strategy.params.threshold": "85",
+        "strategy.rt_priority": 0, "strategy.max_price_age": 3,
+        "strategies.b.class": "examples.reply_aware:ReplyAware",
+        "strategies.b.symbols": '["AAPL", "MSFT"]', "strategies.b.params.size": 5})
+    extra = cfg.strategies["b"]
+    # [strategies.b] inherits [strategy]'s host keys, never its own-keys.
+    assert (extra.name, extra.symbols, extra.params) == ("b", ["AAPL", "MSFT"], {"size": 5})
+    assert (extra.rt_priority, extra.max_price_age) == (0, 3.0)
+    assert cfg.strategy.params == {"threshold": "85"}
+    assert [name for name, _ in config.strategy_processes(cfg)] == ["strategy", "strategy.b"]
+    path = tmp_path / "out.toml"
+    path.write_text(cfg.to_toml())
+    assert config.load(path) == cfg
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"strategies.x y.class": "a:B"}, "strategies.x y"),
+    ({"strategies.b.name": "c"}, "strategies.b.name"),
+    ({"strategy.class": "not a class path"}, "strategy.class"),
+    ({"strategy.symbols": "ZZZ"}, "strategy.symbols"),
+    ({"strategies.b.class": "a:B", "strategies.b.symbols": "AAPL,AAPL"}, "strategies.b.symbols"),
+    ({"strategies.strat-1.class": "a:B"}, "strategies.strat-1.name"),
+    ({"strategy.cls": "a:B"}, "strategy.cls"),
+])
+def test_strategy_errors_name_the_key(overrides, key):
+    with pytest.raises(config.ConfigError, match=key):
+        config.load(None, overrides)
+
+
+def _cli(*argv: str) -> config.Config:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, ("gateway",))
+    return config.from_args(parser.parse_args(list(argv)))
+
+
+def test_boolean_flags_take_no_value_and_have_a_negation():
+    assert _cli("--plain").gateway.plain is True
+    assert _cli("--plain", "--no-plain").gateway.plain is False
+    assert _cli("--set", "gateway.plain=true", "--no-csv-loop").gateway.csv_loop is False
+
+
+def test_list_settings_accept_the_form_print_config_prints():
+    printed = _cli("--set", "market.symbols=A,B").to_toml()
+    line = next(ln for ln in printed.splitlines() if ln.startswith("symbols = "))
+    assert _cli("--set", f"market.symbols={line.split(' = ', 1)[1]}").market.symbols == ["A", "B"]
+    assert _cli("--set", "gateway.cpus=[0, 1]").gateway.cpus == [0, 1]
+    with pytest.raises(config.ConfigError, match="market.symbols"):
+        _cli("--set", "market.symbols=[A, B")
+
+
+def test_a_missing_config_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="no such file"):
+        _cli("--config", str(tmp_path / "nope.toml"))

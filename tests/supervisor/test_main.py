@@ -170,3 +170,16 @@ def test_print_config_and_bad_flags(tmp_path):
         helped = subprocess.run([sys.executable, "-m", f"processes.{module}", "--help"],
                                 capture_output=True, text=True, timeout=20, cwd=ROOT)
         assert helped.returncode == 0 and "--config" in helped.stdout, module
+
+
+@pytest.mark.timeout(60)
+def test_print_config_into_a_closed_pipe_and_a_missing_config_file(tmp_path):
+    head = subprocess.run(f"{sys.executable} main.py --print-config | head -1", shell=True,
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert head.stdout == "[network]\n"
+    assert "BrokenPipeError" not in head.stderr and "Traceback" not in head.stderr, head.stderr
+    missing = subprocess.run([sys.executable, "main.py", "--config", str(tmp_path / "x.toml")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].endswith("x.toml: no such file")
+    assert "Traceback" not in missing.stderr
