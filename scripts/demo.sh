@@ -25,7 +25,7 @@ PLAY=""
 ATTACH=auto
 WORKDIR=""
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; cat <<'EOF'
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; cat <<'EOF'
 options:
   --duration SECONDS   how long the stack runs (default 30)
   --record FILE        capture the dashboard pane every 0.5 s into FILE
