@@ -56,7 +56,8 @@ class RateSchedule:
         self.total = ENDLESS
 
     def due(self, elapsed: float) -> int:
-        return int(elapsed * self.rate)
+        # The nudge absorbs rounding: at when(k), item k must count as due.
+        return int(elapsed * self.rate + 1e-9)
 
     def when(self, k: int) -> float:
         return (k + 1) / self.rate if self.rate > 0 else math.inf
@@ -147,7 +148,7 @@ class Pacer:
             self._finish()
             return
         delay = schedule.when(self.done) - self.clock.elapsed()
-        if delay <= 0:
+        if delay <= 0 and n > 0:
             self.reactor.call_soon(self._paced)      # behind: the next batch on the next turn
         else:
             self.reactor.call_later(max(delay, MIN_PERIOD), self._paced)
