@@ -1,12 +1,14 @@
-"""Gateway: TCP server publishing a random-walk price stream and a news-sentiment stream.
+"""Gateway: TCP server publishing a price stream and a news-sentiment stream.
 
-Ticks are paced by a timer and sent in batches, one send() per batch per client: a send per tick
+The streams are a random walk and a random sentiment, or a recorded file replayed at its own pace
+(processes.gateway.replay: prices, and news when the file has news rows). Items are paced by
+processes.gateway.pacing and sent in batches, one send() per batch per client: a send per tick
 costs a syscall each and caps the feed near 0.2 M ticks/s on this class of machine. Each client's
 pending output is bounded (reactor.Connection), and so is its kernel send buffer
 (gateway.socket_buffer): a client that cannot keep up loses ticks (counted), gets only the latest
-price per symbol once it reads again, or is closed (processes.gateway.subscribers), so it can never grow
-the Gateway's memory nor delay the other clients. Clients must send nothing; one that does is
-closed.
+price per symbol once it reads again, or is closed (processes.gateway.subscribers), so it can
+never grow the Gateway's memory nor delay the other clients. Clients must send nothing; one that
+does is closed.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ext import TickEncoder
-from processes.gateway.replay import CsvPrices, ReplayFeed, log_report
+from processes.gateway.pacing import Clock, Pacer, RateSchedule
+from processes.gateway.replay import CsvMarket, CsvNews, CsvPrices, log_report
 from processes.gateway.subscribers import Subscribers
 from processes.shared import config as config_mod
 from processes.shared import runtime
@@ -27,10 +29,6 @@ from processes.shared.protocol import format_news
 from reactor import Connection, Reactor, Server
 
 log = logging.getLogger("gateway")
-
-MAX_BATCH = 4096          # items formatted into one send; bounds the burst after a stall
-FAST_BATCH = 256          # items per loop turn when the rate is 0 ("as fast as clients drain")
-MIN_PERIOD = 0.001        # pacing timer period floor; higher rates batch several ticks per period
 
 
 class Sentiment:
@@ -57,62 +55,6 @@ class Sentiment:
         return b"".join(format_news(s, v) for s, v in zip(self.symbols, self.values))
 
 
-class PacedFeed:
-    """Emit `rate` items per second in timer-driven batches; rate 0 = as fast as clients drain.
-
-    Paced: a timer every max(1/rate, 1 ms) emits the items due since start, so rates above
-    1 kHz batch several items per send; after a stall it skips ahead instead of bursting.
-    Unpaced: one FAST_BATCH per loop turn while some client has room, idle when none does.
-    """
-
-    def __init__(self, reactor: Reactor, rate: float, emit: Callable[[int], None],
-                 clients: list[Connection], room: int) -> None:
-        self.reactor = reactor
-        self.rate = rate
-        self.emit = emit
-        self.clients = clients
-        self.room = room
-        self._t0 = 0.0
-        self._done = 0
-        self._scheduled = False
-
-    def start(self) -> None:
-        if self.rate > 0:
-            self._t0 = self.reactor.time()
-            self.reactor.call_every(max(1.0 / self.rate, MIN_PERIOD), self._paced)
-        else:
-            self.wake()
-
-    def wake(self) -> None:
-        """A client arrived: an unpaced feed that went idle starts again."""
-        if self.rate <= 0 and not self._scheduled:
-            self._scheduled = True
-            self.reactor.call_soon(self._pump)
-
-    def _paced(self) -> None:
-        due = int((self.reactor.time() - self._t0) * self.rate)
-        n = due - self._done
-        if n <= 0:
-            return
-        if n > MAX_BATCH:
-            n = MAX_BATCH
-            self._done = due
-        else:
-            self._done += n
-        self.emit(n)
-
-    def _pump(self) -> None:
-        self._scheduled = False
-        if not self.clients:
-            return  # nobody listening: idle until wake()
-        if any(c.pending < self.room for c in self.clients):
-            self.emit(FAST_BATCH)
-            self.wake()
-        else:
-            self._scheduled = True
-            self.reactor.call_later(MIN_PERIOD, self._pump)
-
-
 class Gateway:
     """Two servers (prices, news) and the paced feeds that fill them."""
 
@@ -121,18 +63,22 @@ class Gateway:
         self.cfg = cfg
         g = cfg.gateway
         rng = random.Random(g.seed or None)
-        # The price source: the random walk, or a recorded file (processes.gateway.replay) with the same
-        # batch/snapshot interface. A bad file fails the start-up here, naming gateway.csv.
+        # The sources: the random walk and sentiment, or a recorded file (processes.gateway.replay)
+        # with the same batch/snapshot interfaces. A bad file fails the start-up here, naming
+        # gateway.csv.
         self.replay: CsvPrices | None = None
+        self.replay_news: CsvNews | None = None
+        market: CsvMarket | None = None
         if g.csv:
-            self.replay, self.replay_report = CsvPrices.from_file(g.csv, cfg.market.symbols,
-                                                                  g.csv_loop)
+            market = CsvMarket.from_file(g.csv, cfg.market.symbols, g.csv_loop)
+            self.replay, self.replay_news = market.prices, market.news
+            self.replay_report = market.report
             self.walk: TickEncoder | CsvPrices = self.replay
         else:
             # ext.TickEncoder: the random walk + formatting in C (~30 ns a tick vs ~1 us in
             # Python; ext.wire_py.TickEncoder is its pure-Python twin).
             self.walk = TickEncoder(cfg.market.symbols, g.volatility, g.seed)
-        self.news = Sentiment(cfg.market.symbols, rng)
+        self.news: Sentiment | CsvNews = self.replay_news or Sentiment(cfg.market.symbols, rng)
         self.plain = g.plain
         self.news_batches = 0
         self.prices = Subscribers(
@@ -150,16 +96,31 @@ class Gateway:
         self.news_sent = 0
         self.batches = 0
         room = g.max_client_buffer // 2
-        if self.replay is not None:
-            self.tick_feed: PacedFeed | ReplayFeed = ReplayFeed(
-                reactor, self.replay, g.csv_speed, self._broadcast, self.price_clients, room,
+        if market is not None:
+            # One clock for the file's prices and news, started by the replay start rule.
+            clock = Clock(reactor)
+            self.tick_feed = Pacer(
+                reactor, market.prices.schedule(g.csv_speed), g.csv_speed > 0, self._broadcast,
+                self.price_clients, room, self._replay_ready, clock,
                 on_done=lambda: log.info("replay of %s finished: %d rows sent", g.csv,
                                          self.ticks))
         else:
-            self.tick_feed = PacedFeed(reactor, g.tick_rate, self._broadcast, self.price_clients,
-                                       room)
-        self.news_feed = PacedFeed(reactor, g.news_rate, self._broadcast_news, self.news_clients,
-                                   room)
+            self.tick_feed = Pacer(reactor, RateSchedule(g.tick_rate), g.tick_rate > 0,
+                                   self._broadcast, self.price_clients, room)
+        if market is not None and market.news is not None:
+            self.news_feed = Pacer(
+                reactor, market.news.schedule(g.csv_speed), g.csv_speed > 0,
+                self._broadcast_news, self.news_clients, room, self._replay_ready, clock,
+                on_done=lambda: log.info("replay of %s finished: %d news rows sent", g.csv,
+                                         self.news_sent))
+        else:
+            self.news_feed = Pacer(reactor, RateSchedule(g.news_rate), g.news_rate > 0,
+                                   self._broadcast_news, self.news_clients, room)
+
+    def _replay_ready(self) -> bool:
+        """The replay start rule: a price subscriber, and a news subscriber if the file has news
+        (processes.gateway.replay)."""
+        return len(self.prices) > 0 and (self.replay_news is None or len(self.news_subs) > 0)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -195,6 +156,8 @@ class Gateway:
                "bad_clients": p.bad_clients + n.bad_clients}
         if self.replay is not None:
             out.update(self.replay.stats())
+        if self.replay_news is not None:
+            out.update(self.replay_news.stats())
         return out
 
     # --- clients ---------------------------------------------------------------------------------
@@ -204,7 +167,7 @@ class Gateway:
         self.prices.add(conn)
         conn.send(self.walk.snapshot(time.monotonic_ns(), self.plain))
         log.info("price client %s connected (%d now)", conn.peer, len(self.prices))
-        self.tick_feed.wake()
+        self._wake_feeds()
 
     def _on_news_client(self, conn: Connection) -> None:
         self._set_send_buffer(conn)
@@ -212,6 +175,12 @@ class Gateway:
         self.news_subs.add(conn)
         conn.send(self.news.snapshot())
         log.info("news client %s connected (%d now)", conn.peer, len(self.news_subs))
+        self._wake_feeds()
+
+    def _wake_feeds(self) -> None:
+        """A client arrived: either feed may start (a replay with news waits for both kinds of
+        subscriber) or, unpaced, resume."""
+        self.tick_feed.wake()
         self.news_feed.wake()
 
     def _set_send_buffer(self, conn: Connection) -> None:

@@ -94,7 +94,11 @@ class Gateway:
     slow_client: str = "drop"   # "drop" | "close" | "conflate" (latest price per symbol on drain)
     socket_buffer: int = 262144  # kernel buffer of a feed connection: the Gateway's SO_SNDBUF per
                                  # client and the OrderBook's SO_RCVBUF; 0 = kernel autotuning
-    csv: str = ""                # price file to replay instead of the random walk ("" = walk)
+    csv: str = ""                # market file to replay instead of the random walk ("" = walk):
+                                 # timestamp,symbol,price[,sentiment]; its news rows, if any,
+                                 # replace the random sentiment. Its clock starts with the first
+                                 # price subscriber, and with news rows only once a news
+                                 # subscriber is there too (processes.gateway.replay)
     csv_speed: float = 1.0       # x the recorded pace; 0 = as fast as clients drain
     csv_loop: bool = True        # at the end of the file: start again (true) or stop sending
     cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT

@@ -100,28 +100,29 @@ ROWS = [(100.0, "AAPL", 10.0), (100.5, "MSFT", 20.0), (101.0, "AAPL", 10.5),
 
 def test_due_follows_the_recorded_timestamps_and_the_speed():
     src = CsvPrices(ROWS, ["AAPL", "MSFT"], loop=False)
-    assert src.due(0.0, 1.0) == 1            # the first row is due at once
-    assert src.due(0.49, 1.0) == 1
-    assert src.due(1.0, 1.0) == 4            # rows at +0.5 and the two at +1.0
-    assert src.due(0.5, 2.0) == 4            # twice the pace: +1.0 recorded is 0.5 s wall
-    assert src.next_due(2.0) == 0.0
+    sched, fast = src.schedule(1.0), src.schedule(2.0)
+    assert sched.due(0.0) == 1               # the first row is due at once
+    assert sched.due(0.49) == 1
+    assert sched.due(1.0) == 4               # rows at +0.5 and the two at +1.0
+    assert fast.due(0.5) == 4                # twice the pace: +1.0 recorded is 0.5 s wall
+    assert fast.when(0) == 0.0
+    assert sched.when(3) == pytest.approx(1.0)
+    assert src.schedule(4.0).when(3) == pytest.approx(0.25)
+    assert sched.due(100.0) == 5             # never more than the file holds
+    assert sched.total == 5 and not sched.skips
     src.batch(3, 1, False)
-    assert src.due(1.0, 1.0) == 1
-    assert src.next_due(1.0) == pytest.approx(1.0)
-    assert src.next_due(4.0) == pytest.approx(0.25)
-    assert src.due(100.0, 1.0) == 2          # never more than the file holds
     src.batch(10, 1, False)                  # asks too many: gets the rest
-    assert src.pos == 5 and src.remaining == 0 and src.next_due(1.0) is None
+    assert src.pos == 5 and src.remaining == 0
     assert src.batch(3, 1, False) == b""
 
 
 def test_a_looping_replay_starts_again_one_mean_interval_later():
     src = CsvPrices(ROWS, ["AAPL", "MSFT"], loop=True)
     assert src.period == pytest.approx(2.0 + 0.5)
-    src.batch(5, 1, False)
-    assert src.next_due(1.0) == pytest.approx(2.5)
-    assert src.due(3.0, 1.0) == 2            # second pass: rows at 2.5 and 3.0
-    src.batch(2, 1, False)
+    sched = src.schedule(1.0)
+    assert sched.when(5) == pytest.approx(2.5)
+    assert sched.due(3.0) == 7               # second pass: rows at 2.5 and 3.0
+    src.batch(7, 1, False)
     assert src.loops == 1
     # Sequence numbers keep counting across passes: the OrderBook sees no reset.
     frames = [parse_price(f) for f in src.batch(3, 7, False).split(b"*")[:-1]]
@@ -130,10 +131,12 @@ def test_a_looping_replay_starts_again_one_mean_interval_later():
 
 def test_frames_snapshot_and_plain_form():
     src = CsvPrices(ROWS, ["AAPL", "MSFT", "GOOG"], loop=False)
-    # Before anything was sent: each symbol's first price, seq 0; GOOG is not in the file.
+    # Before anything was sent the snapshot is empty: a replay shows no price before its time.
+    assert src.snapshot(99, False) == b""
+    data = src.batch(1, 12345, False)
     snap = [parse_price(f) for f in src.snapshot(99, False).split(b"*")[:-1]]
-    assert snap == [(b"AAPL", 10.0, 0, 99), (b"MSFT", 20.0, 0, 99)]
-    data = src.batch(3, 12345, False)
+    assert snap == [(b"AAPL", 10.0, 1, 99)]   # MSFT not sent yet; GOOG is not in the file
+    data += src.batch(2, 12345, False)
     frames = [parse_price(f) for f in data.split(b"*")[:-1]]
     assert frames == [(b"AAPL", 10.0, 1, 12345), (b"MSFT", 20.0, 1, 12345),
                       (b"AAPL", 10.5, 2, 12345)]
@@ -151,7 +154,7 @@ def _subscribe(port: int) -> socket.socket:
 
 
 def test_gateway_streams_a_csv_to_a_raw_subscriber(tmp_path):
-    """Unpaced, no loop: the subscriber gets the snapshot, then every row in file order with
+    """Unpaced, no loop: the subscriber gets an empty snapshot, then every row in file order with
     per-symbol sequence numbers 1, 2, 3...; then the feed stops and says so in its stats."""
     rows, _ = load(SAMPLE, SYMBOLS)
     cfg = make_config(tmp_path, **{"gateway.csv": str(SAMPLE), "gateway.csv_speed": 0.0,
@@ -160,10 +163,10 @@ def test_gateway_streams_a_csv_to_a_raw_subscriber(tmp_path):
     info = gw.start()
     try:
         assert info["source"] == str(SAMPLE)
-        with _subscribe(info["price_port"]) as sock:
-            frames = [parse_price(f) for f in recv_frames(sock, len(SYMBOLS) + len(rows), 30)]
-        snapshot, ticks = frames[:len(SYMBOLS)], frames[len(SYMBOLS):]
-        assert all(seq == 0 for _, _, seq, _ in snapshot)
+        with _subscribe(info["price_port"]) as sock, _subscribe(info["news_port"]):
+            ticks = [parse_price(f) for f in recv_frames(sock, len(rows), 30)]
+        # The clock starts with this subscriber (the sample has news, so with the news one),
+        # and nothing was sent before: the snapshot is empty and every row follows in order.
         assert [(s.decode(), p) for s, p, _, _ in ticks] == [(s, p) for _, s, p in rows]
         last: dict[bytes, int] = {}
         for sym, _, seq, sent_ns in ticks:
@@ -191,9 +194,9 @@ def test_gateway_paces_a_csv_and_reports_bad_rows(tmp_path):
     try:
         with _subscribe(info["price_port"]) as sock:
             start = time.monotonic()
-            frames = [parse_price(f) for f in recv_frames(sock, 2 + 4, 30)]
+            frames = [parse_price(f) for f in recv_frames(sock, 4, 30)]
             took = time.monotonic() - start
-        assert [(s, p, q) for s, p, q, _ in frames[2:]] == [
+        assert [(s, p, q) for s, p, q, _ in frames] == [
             (b"AAPL", 187.40, 1), (b"MSFT", 414.10, 1), (b"AAPL", 187.45, 2),
             (b"MSFT", 414.20, 2)]
         assert 0.6 < took < 20, f"2 s of recorded time at speed 2 took {took:.2f}s"
