@@ -37,19 +37,6 @@ def shm_exists(name: str) -> bool:
     return os.path.exists(f"/dev/shm/{name}")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 class Child:
     """One stack process (processes.<name>.run) in a spawn child, started like main.py does."""
 

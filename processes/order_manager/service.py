@@ -33,6 +33,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
+from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import runtime
 from processes.shared.pnl import PnLBook
@@ -53,8 +54,7 @@ from processes.shared.protocol import (
     validate_order,
 )
 from processes.shared.telemetry import Recorder
-from processes.tools.bookwatch import BookWatcher
-from reactor import Connection, Reactor, Server
+from reactor import Backoff, Connection, Reactor, Server
 
 log = logging.getLogger("order_manager")
 
@@ -224,7 +224,7 @@ class OrderManager:
         # Fills at the order price, marked to the latest shared-memory price (off the hot path:
         # marks are read when stats are published).
         self.pnl = PnLBook()
-        self.marks = BookWatcher(cfg.market.shm_name)
+        self.marks = SegmentWatcher(cfg.market.shm_name, Backoff(initial=0.1, maximum=2.0))
         # "Received Order ..." lines wait here and are printed a moment later, once the event
         # that booked them is done: on a shared core the client must get its ack first.
         self._lines: list[tuple[int, str, int, str, float]] = []
