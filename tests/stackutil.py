@@ -12,6 +12,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from ext import wire_py
 from processes.shared import config
 from processes.supervisor.stack import _child
 
@@ -31,6 +32,14 @@ def make_config(tmp_path: Path, **overrides: Any) -> config.Config:
     }
     base.update(overrides)
     return config.load(None, base)
+
+
+def parse_price(frame: bytes | memoryview) -> tuple[bytes, float, int, int]:
+    """(symbol, price, seq, sent_ns) of a price frame by the twin decoder's grammar (what the
+    OrderBook accepts); a malformed frame fails the test with the decoder's reason."""
+    got = wire_py.parse_price_frame(bytes(frame))
+    assert not isinstance(got, str), f"{bytes(frame)[:80]!r}: {got}"
+    return got
 
 
 def shm_exists(name: str) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -67,6 +68,7 @@ KILL_SWITCH_REASON = "kill switch on"
 RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
 LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
+IdEcho = str | int | float | bool | None   # a JSON scalar id, echoed in a reject
 
 
 class OrderLogError(RuntimeError):
@@ -370,8 +372,7 @@ class OrderManager:
             try:
                 order = validate_order(obj, self.symbols)
             except ProtocolError as exc:
-                oid = obj.get("id")
-                self._malformed(sess, oid if isinstance(oid, str) else None, str(exc))
+                self._malformed(sess, _echo_id(obj.get("id")), str(exc))
                 return
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
@@ -467,7 +468,7 @@ class OrderManager:
         return True
 
     # --- rejects ---------------------------------------------------------------------------------
-    def _malformed(self, sess: Session, order_id: str | None, reason: str) -> None:
+    def _malformed(self, sess: Session, order_id: IdEcho, reason: str) -> None:
         """Reject a frame that is not a valid order; close a client that sends nothing else."""
         self._reject(sess.conn, order_id, reason)
         sess.bad_streak += 1
@@ -481,13 +482,24 @@ class OrderManager:
         self.rule_rejects[rule] += 1
         self._reject(conn, order_id, reason)
 
-    def _reject(self, conn: Connection, order_id: str | None, reason: str) -> None:
+    def _reject(self, conn: Connection, order_id: IdEcho, reason: str) -> None:
         self.rejects += 1
         conn.send(encode_reject(order_id, reason))
         if self.rejects <= LOGGED_REJECTS:
             log.warning("rejected order %s from %s: %s", order_id, conn.peer, reason)
         elif self.rejects == LOGGED_REJECTS + 1:
             log.warning("more rejects follow; only counted from now on (see the stats line)")
+
+
+def _echo_id(oid: Any) -> IdEcho:
+    """The id of a rejected frame as the client sent it, if it is a JSON scalar: a client
+    matches the reject to its order by that value, whatever its type. Objects and arrays are
+    not echoed (they would let a client make our replies arbitrarily large)."""
+    if isinstance(oid, str | int | bool) or oid is None:
+        return oid
+    if isinstance(oid, float) and math.isfinite(oid):
+        return oid
+    return None
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:
