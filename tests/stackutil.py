@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ext import wire_py
-from processes.shared import config
+from processes.shared import config, placement
 from processes.supervisor.stack import _child
 
 CTX = mp.get_context("spawn")
@@ -24,7 +24,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> config.Config:
     base = {
         # Tests run unpinned at normal priority: they exercise behaviour, not placement (the
         # default layout runs in tests/test_main.py, every layout in bench/bench_e2e.py).
-        **config.layout_overrides("unpinned"),
+        **placement.layout_overrides("unpinned"),
         "network.price_port": 0, "network.news_port": 0, "network.order_port": 0,
         "market.shm_name": f"tstest_{uuid.uuid4().hex[:12]}",
         "logging.dir": str(tmp_path / "logs"),

@@ -78,3 +78,12 @@ def test_print_config_round_trips(tmp_path):
     path = tmp_path / "out.toml"
     path.write_text(cfg.to_toml())
     assert config.load(path) == cfg
+
+
+def test_placement_defaults_come_from_the_default_layout(monkeypatch):
+    from processes.shared import placement
+    monkeypatch.setattr(placement, "DEFAULT_LAYOUT", "spread")
+    cfg = config.load(None, {"strategies.extra.class": "x:Y"})
+    assert cfg.strategy.cpus == [1] and cfg.gateway.cpus == [0] and cfg.gateway.rt_priority == 0
+    assert cfg.strategies["extra"].cpus == [1]   # inherits [strategy]'s placement
+    assert "rt_priority = 0" in cfg.to_toml()
