@@ -2,7 +2,7 @@
 
 The C structs in ``ext/_pricebook.pxd`` are the source of truth; this module restates the
 same numbers so the pure-Python twin, diagnostics and reports work without the compiled
-module. ``tests/test_pricebook.py`` asserts both agree field by field.
+module. ``tests/ext/test_pricebook.py`` asserts both agree field by field and byte by byte.
 
 Lifecycle helpers (create / attach / reclaim / unlink) live here too because they are cold
 paths shared verbatim by both implementations, and they are where the platform traps are
