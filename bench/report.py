@@ -195,9 +195,11 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
     fastest_blocking = best_layout(rows, True)
     fastest = best_layout(rows, False)
     any_info = next(iter(rows.values()))
-    out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs them) at "
+    out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs "
+           f"them) at "
            f"{any_info['tick_rate']:,} ticks/s, {any_info['seconds']:.0f} s per layout, every "
-           "hop waking from idle. Layouts are `processes/config.py` LAYOUTS (`--layout NAME`). "
+           "hop waking from idle. Layouts are `processes/shared/placement.py` LAYOUTS "
+           "(`--layout NAME`). "
            "Latency in us, p50 / p99 / p99.9; ack percentiles rest on "
            f"~{any_info.get('orders', 0):,} orders per layout.", ""]
     body = []
@@ -209,7 +211,8 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
                      info.get("orders", 0)])
     out += table(["layout", "placement (G, OB, S, OM)", "tick -> shm", "tick -> decision",
                   "tick -> ack", "orders"], body)
-    out += [f"The default layout (`processes/config.py` DEFAULT_LAYOUT, in bold) is **{best}**. "
+    out += ["The default layout (`processes/shared/placement.py` DEFAULT_LAYOUT, in bold) is "
+            f"**{best}**. "
             "Scoring each layout by tick -> decision p50 + tick -> ack p50 + tick -> decision "
             f"p99, the best layout with no busy loop in this run is **{fastest_blocking}**, and "
             f"the best of all is **{fastest}**. Layouts that spin are options for a machine "

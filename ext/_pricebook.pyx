@@ -278,7 +278,7 @@ cdef class SharedPriceBook:
         # lock._semlock.handle is its sem_t*. SemLock.acquire()/release() for a plain Lock
         # are sem_trywait/sem_wait/sem_post plus bookkeeping (count, owner tid) that only
         # RLock/Condition consult, so calling sem_* directly keeps mutual exclusion with any
-        # Python-level `with lock:` user while skipping ~150 ns of method dispatch, argument
+        # Python-level `with lock:` user while skipping the method dispatch, argument
         # parsing and GIL release/re-acquire. RLocks or foreign locks use acquire()/release().
         # We keep a reference to `lock`: it owns the sem_t (sem_close on dealloc).
         self._sem = NULL

@@ -12,9 +12,9 @@ client name, token); the answer is a welcome, or a refused frame and a close. Th
 4. the order is numbered and booked: one JSON line goes to the order log with a single
    write(2) (and an fsync if configured), THEN the ack, then the console line. An ack therefore
    means "in the kernel's page cache" (or "on disk" with fsync), so killing the OrderManager
-   can never lose an order it acked; acking before that write, as earlier versions did, lost the
-   acked order whenever a SIGKILL landed between the two. The write costs a few microseconds of
-   ack latency; the console line, by far the slower I/O, still follows the ack.
+   can never lose an order it acked (an ack sent before the write would be lost to a SIGKILL
+   landing between the two). The write adds to the ack latency; the console line, by far the
+   slower I/O, still follows the ack.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids and net positions are rebuilt from it.

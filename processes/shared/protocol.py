@@ -181,7 +181,7 @@ def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
 
 def encode_ack(order_id: str, order_no: int) -> bytes:
     # The ack is on every order's critical path: a plain id (our own ids always are) needs no
-    # JSON escaping, so skip json.dumps (~4 us); anything else goes through it.
+    # JSON escaping, so skip json.dumps; anything else goes through it.
     if order_id.isascii() and order_id.isprintable() and not _NEEDS_ESCAPE.intersection(order_id):
         return b'{"type":"ack","id":"%s","order_no":%d}*' % (order_id.encode(), order_no)
     return _frame_json({"type": "ack", "id": order_id, "order_no": order_no})

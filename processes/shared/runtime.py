@@ -173,7 +173,7 @@ def quiet_gc() -> None:
     Everything allocated at start-up (modules, config, buffers) is frozen into the permanent
     generation, so a collection never walks it again; and gen-0 runs every 50k container
     allocations instead of every 700. The hot paths create few cycles (refcounting frees the rest),
-    so this trades a few MB of delayed cycle freeing for no 10-50 us GC pause every few ticks.
+    so this trades a few MB of delayed cycle freeing for no GC pause every few ticks.
     """
     gc.collect()
     gc.freeze()
