@@ -1,14 +1,15 @@
 """End to end: the real four processes at a fixed tick rate, one run per CPU layout.
 
-Each run starts the stack exactly as main.py does (processes.supervisor.stack.Stack), lets it trade for a
-fixed time, stops it, and reads the per-hop HdrHistogram buckets every process published in its
-final stats snapshot (processes.shared.telemetry). Latencies are CLOCK_MONOTONIC differences taken in
-the processes themselves: tick -> decision for every tick the Strategy evaluates, tick -> ack for
-every order. The strategy is tuned to trade often (short windows, a neutral sentiment band of
-zero width, fast news) so that the ack percentiles rest on thousands of orders, not a handful.
+Each run starts the stack exactly as main.py does (processes.supervisor.stack.Stack), lets it
+trade for a fixed time, stops it, and reads the per-hop HdrHistogram buckets every process
+published in its final stats snapshot (processes.shared.telemetry). Latencies are
+CLOCK_MONOTONIC differences taken in the processes themselves: tick -> decision for every tick
+the Strategy evaluates, tick -> ack for every order. The strategy is tuned to trade often
+(short windows, a neutral sentiment band of zero width, fast news) so that the ack percentiles
+rest on thousands of orders, not a handful.
 
-The layouts come from processes.shared.config.LAYOUTS; all runs share one pytest session, so their
-ratios are comparable even on a noisy machine.
+The layouts come from processes.shared.placement.LAYOUTS; all runs share one pytest session, so
+their ratios are comparable even on a noisy machine.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from processes.shared import config, telemetry
+from processes.shared import config, placement, telemetry
 from processes.supervisor import summary
 from processes.supervisor.stack import Stack
 
@@ -45,7 +46,7 @@ def trading_config(tmp_path: Path, layout: str, tick_rate: float = TICK_RATE) ->
         "gateway.tick_rate": tick_rate, "gateway.news_rate": 200.0, "gateway.seed": 11,
         "strategy.params.short_window": 2, "strategy.params.long_window": 4,
         "strategy.params.bullish": 50, "strategy.params.bearish": 50,
-        **config.layout_overrides(layout),
+        **placement.layout_overrides(layout),
     }
     return config.load(None, overrides)
 
@@ -85,8 +86,8 @@ def test_e2e_latency(benchmark, tmp_path: Path, layout: str) -> None:
     assert strategy["acks"] == strategy["orders"] - pending
     info = benchmark.extra_info
     info.update(layout=layout, seconds=seconds, tick_rate=TICK_RATE,
-                placement={p: list(getattr(cfg, p).cpus) for p in config.PROCESSES},
-                idle={p: getattr(cfg, p).idle for p in config.PROCESSES},
+                placement={p: list(getattr(cfg, p).cpus) for p in placement.PROCESSES},
+                idle={p: getattr(cfg, p).idle for p in placement.PROCESSES},
                 orders=strategy["orders"], decisions=strategy["decisions"])
     for row in built["flow"]:
         info[f"{row['process']}.{row['counter']}_per_s"] = round(row["per_s"], 1)
@@ -199,7 +200,7 @@ def test_idle_cpu(benchmark, tmp_path: Path) -> None:
             stack.stop()
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    assert set(usage) == set(config.PROCESSES)
+    assert set(usage) == set(placement.PROCESSES)
     benchmark.extra_info.update({f"{n}_cpu_percent": round(v, 2) for n, v in usage.items()},
                                 seconds=seconds)
     # A bound that catches a busy loop (100 %), not a timing assertion on a noisy machine.

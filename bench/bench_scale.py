@@ -28,7 +28,7 @@ from bench.harness import (
     seconds,
     symbols,
 )
-from processes.shared.protocol import parse_price
+from ext.wire_py import parse_price_frame
 
 pytestmark = pytest.mark.benchmark(group="scale")
 
@@ -85,7 +85,7 @@ def subscribe(socks: list[Any], duration: float, warmup: float = 0.3) -> dict[st
                     begin = 0 if aligned[k] else buf.find(b"*", 0, n) + 1
                     stop = buf.find(b"*", begin, n) if begin or aligned[k] else -1
                     if stop > begin:
-                        sent_ns = parse_price(view[begin:stop])[3]
+                        sent_ns = parse_price_frame(bytes(view[begin:stop]))[3]
                         hist.record(t - sent_ns)
                 aligned[k] = buf[n - 1] == STAR
             t = now()

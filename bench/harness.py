@@ -23,7 +23,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ext import SharedPriceBook
-from processes.shared import config, telemetry
+from processes.shared import config, placement, telemetry
 from processes.shared.runtime import die_with_parent
 from processes.supervisor.stack import _child
 
@@ -60,7 +60,7 @@ def symbols(n: int) -> list[str]:
 def bench_config(tmp_path: Path, **overrides: Any) -> config.Config:
     """Ephemeral ports, a tsbench_<uuid> segment, logs and order log under tmp_path."""
     base: dict[str, Any] = {
-        **config.layout_overrides("unpinned"),   # placement is bench_e2e's subject, not ours
+        **placement.layout_overrides("unpinned"),   # placement is bench_e2e's subject, not ours
         "network.price_port": 0, "network.news_port": 0, "network.order_port": 0,
         "market.shm_name": f"tsbench_{uuid.uuid4().hex[:12]}",
         "logging.dir": str(tmp_path / "logs"),

@@ -30,7 +30,7 @@ from hdrh.histogram import HdrHistogram  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ext import footprint  # noqa: E402
-from processes.shared import config  # noqa: E402
+from processes.shared import placement  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PLOTS = ROOT / "bench" / "plots"
@@ -174,7 +174,7 @@ def e2e_rows(doc: dict) -> dict[str, dict]:
 
 
 def spins(layout: str) -> bool:
-    return any(v[1] != "block" for v in config.LAYOUTS[layout].values())
+    return any(v[1] != "block" for v in placement.LAYOUTS[layout].values())
 
 
 def best_layout(rows: dict[str, dict], blocking_only: bool) -> str | None:
@@ -183,7 +183,7 @@ def best_layout(rows: dict[str, dict], blocking_only: bool) -> str | None:
     def score(info: dict) -> float:
         return sum(info.get(k) or float("inf") for k in (
             "tick_to_decision_p50_us", "tick_to_ack_p50_us", "tick_to_decision_p99_us"))
-    pool = [n for n in rows if n in config.LAYOUTS and not (blocking_only and spins(n))]
+    pool = [n for n in rows if n in placement.LAYOUTS and not (blocking_only and spins(n))]
     return min(pool, key=lambda n: score(rows[n])) if pool else None
 
 
@@ -191,13 +191,15 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
     rows = e2e_rows(doc)
     if not rows:
         return ["Not measured (no `e2e` rows in this run)."], None
-    best = config.DEFAULT_LAYOUT if config.DEFAULT_LAYOUT in rows else best_layout(rows, True)
+    best = placement.DEFAULT_LAYOUT if placement.DEFAULT_LAYOUT in rows else best_layout(rows, True)
     fastest_blocking = best_layout(rows, True)
     fastest = best_layout(rows, False)
     any_info = next(iter(rows.values()))
-    out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs them) at "
+    out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs "
+           f"them) at "
            f"{any_info['tick_rate']:,} ticks/s, {any_info['seconds']:.0f} s per layout, every "
-           "hop waking from idle. Layouts are `processes/config.py` LAYOUTS (`--layout NAME`). "
+           "hop waking from idle. Layouts are `processes/shared/placement.py` LAYOUTS "
+           "(`--layout NAME`). "
            "Latency in us, p50 / p99 / p99.9; ack percentiles rest on "
            f"~{any_info.get('orders', 0):,} orders per layout.", ""]
     body = []
@@ -209,7 +211,8 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
                      info.get("orders", 0)])
     out += table(["layout", "placement (G, OB, S, OM)", "tick -> shm", "tick -> decision",
                   "tick -> ack", "orders"], body)
-    out += [f"The default layout (`processes/config.py` DEFAULT_LAYOUT, in bold) is **{best}**. "
+    out += ["The default layout (`processes/shared/placement.py` DEFAULT_LAYOUT, in bold) is "
+            f"**{best}**. "
             "Scoring each layout by tick -> decision p50 + tick -> ack p50 + tick -> decision "
             f"p99, the best layout with no busy loop in this run is **{fastest_blocking}**, and "
             f"the best of all is **{fastest}**. Layouts that spin are options for a machine "
@@ -226,7 +229,7 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
 def _describe(layout: str) -> str:
     parts = []
     for proc in ("gateway", "orderbook", "strategy", "order_manager"):
-        cpus, idle, *rt = config.LAYOUTS[layout][proc]
+        cpus, idle, *rt = placement.LAYOUTS[layout][proc]
         where = "cpu" + ",".join(map(str, cpus)) if cpus else "any"
         parts.append(where + ("" if idle == "block" else f" {idle}") + (f" rt{rt[0]}" if rt
                                                                          else ""))

@@ -105,7 +105,7 @@ cdef class LatencyHistogram:
 
     def encode(self, bint window=False):
         """The non-empty buckets as bytes: LEB128 varints (index - previous index, count), since
-        start, or since the previous encode(window=True) / window() call. ~100x cheaper to
+        start, or since the previous encode(window=True) / window() call. Much cheaper to
         publish than a JSON list of pairs; hist_py.decode() reads it back."""
         cdef Py_ssize_t i, prev = -1, n = 0, pos = 0
         cdef uint64_t c

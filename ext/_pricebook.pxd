@@ -76,6 +76,12 @@ cdef extern from "<sys/un.h>" nogil:
 
 
 # ------------------------------------------------------------------ segment layout
+cdef extern from *:
+    """
+    #define TSB_MAGIC 0x314B4F4F42505354ULL  /* b"TSPBOOK1" read as a little-endian u64 */
+    """
+    const uint64_t TSB_MAGIC
+
 cdef enum:
     TSB_LAYOUT_VERSION = 1
     TSB_CACHE_LINE = 64

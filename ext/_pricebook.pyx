@@ -29,6 +29,7 @@ from posix.unistd cimport close as c_close
 
 from ext.layout import (
     LayoutError,
+    footprint,
     attach_shm,
     check_symbols,
     create_shm,
@@ -44,9 +45,9 @@ from ext.layout import (
 __all__ = ["SharedPriceBook", "PriceReader", "LayoutError", "segment_size", "footprint"]
 
 # ------------------------------------------------------------------ layout constants
-cdef uint64_t _MAGIC = 0x314B4F4F42505354ULL          # b"TSPBOOK1" read as little-endian u64
-MAGIC_BYTES = b"TSPBOOK1"
-MAGIC = _MAGIC
+# Exported so tests can check ext/layout.py (the twin's mirror) against the C structs.
+MAGIC = TSB_MAGIC
+MAGIC_BYTES = MAGIC.to_bytes(8, "little")
 LAYOUT_VERSION = TSB_LAYOUT_VERSION
 CACHE_LINE = TSB_CACHE_LINE
 SLOT_SIZE = sizeof(tsb_slot)
@@ -106,8 +107,10 @@ SLOT_OFFSETS = {
 if (sizeof(tsb_header) != TSB_CACHE_LINE or sizeof(tsb_control) != TSB_CACHE_LINE
         or sizeof(tsb_reader_entry) != TSB_CACHE_LINE or sizeof(tsb_slot) != TSB_CACHE_LINE
         or HEADER_SIZE % TSB_CACHE_LINE
-        or [SLOT_OFFSETS[k] for k in ("seq", "price", "sent_ns", "tick_seq", "write_ns")]
-        != [0, 8, 16, 24, 32]):
+        or SLOT_OFFSETS["seq"] != 0
+        # seqlock.h copies the payload as TSB_PAYLOAD_WORDS consecutive words after seq
+        or [SLOT_OFFSETS[k] for k in ("price", "sent_ns", "tick_seq", "write_ns")]
+        != [8 * (1 + i) for i in range(TSB_PAYLOAD_WORDS)]):
     raise ImportError("ext._pricebook: C struct layout does not match the segment spec")
 
 cdef inline Py_ssize_t _symtab_size(Py_ssize_t n) noexcept:
@@ -131,20 +134,6 @@ def segment_size(Py_ssize_t nsymbols) -> int:
     if nsymbols < 1:
         raise ValueError("nsymbols must be >= 1")
     return _slots_offset(nsymbols) + nsymbols * <Py_ssize_t>sizeof(tsb_slot)
-
-
-def footprint(Py_ssize_t nsymbols) -> dict:
-    """Memory accounting for reports: fixed header vs per-symbol cost."""
-    total = segment_size(nsymbols)
-    return {
-        "nsymbols": nsymbols,
-        "header_bytes": HEADER_SIZE,
-        "symtab_bytes": _symtab_size(nsymbols),
-        "slot_bytes": nsymbols * SLOT_SIZE,
-        "total_bytes": total,
-        "bytes_per_symbol": SLOT_SIZE + SYMBOL_WIDTH,
-        "cache_lines": total // CACHE_LINE,
-    }
 
 
 cdef sockaddr_un _psun
@@ -271,7 +260,7 @@ cdef class SharedPriceBook:
         tsb_u64_store_relaxed(&h.owner_pid, os.getpid())
         h.created_ns = now
         tsb_i64_store_release(&h.heartbeat_ns, now)
-        tsb_u64_store_release(&h.magic, _MAGIC)   # last: attachers validate magic first
+        tsb_u64_store_release(&h.magic, TSB_MAGIC)   # last: attachers validate magic first
 
     def _validate_attached(self, symbols):
         cdef Py_ssize_t size = self._view.len
@@ -289,7 +278,7 @@ cdef class SharedPriceBook:
         # lock._semlock.handle is its sem_t*. SemLock.acquire()/release() for a plain Lock
         # are sem_trywait/sem_wait/sem_post plus bookkeeping (count, owner tid) that only
         # RLock/Condition consult, so calling sem_* directly keeps mutual exclusion with any
-        # Python-level `with lock:` user while skipping ~150 ns of method dispatch, argument
+        # Python-level `with lock:` user while skipping the method dispatch, argument
         # parsing and GIL release/re-acquire. RLocks or foreign locks use acquire()/release().
         # We keep a reference to `lock`: it owns the sem_t (sem_close on dealloc).
         self._sem = NULL

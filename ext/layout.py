@@ -2,7 +2,7 @@
 
 The C structs in ``ext/_pricebook.pxd`` are the source of truth; this module restates the
 same numbers so the pure-Python twin, diagnostics and reports work without the compiled
-module. ``tests/test_pricebook.py`` asserts both agree field by field.
+module. ``tests/ext/test_pricebook.py`` asserts both agree field by field and byte by byte.
 
 Lifecycle helpers (create / attach / reclaim / unlink) live here too because they are cold
 paths shared verbatim by both implementations, and they are where the platform traps are
@@ -260,8 +260,18 @@ def unlink_untracked(name: str) -> None:
     _posixshmem.shm_unlink("/" + name)
 
 
+def _proc_state(pid: int) -> bytes:
+    """The state letter of /proc/PID/stat (b"" if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return b""
+
+
 def pid_alive(pid: int) -> bool:
-    """Liveness by kill(pid, 0); out-of-range pids (garbage headers) count as dead."""
+    """Liveness by kill(pid, 0); a zombie and an out-of-range pid (a garbage header) count
+    as dead."""
     if not 0 < pid < 2**31:
         return False
     try:
@@ -269,8 +279,8 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    return _proc_state(pid) != b"Z"
 
 
 _INIT_GRACE_S = 0.25  # how long a zero/empty segment may take to get its header
@@ -320,12 +330,14 @@ def probe_segment(name: str) -> SegmentProbe | None:
 
 def pid_stopped(pid: int) -> bool:
     """True if `pid` is stopped (SIGSTOP, a debugger): silent, but not dead or reused."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return False
-    return state in (b"T", b"t")
+    return _proc_state(pid) in (b"T", b"t")
+
+
+def segment_owner(name: str) -> int | None:
+    """owner_pid of the valid price book called `name` (read as probe_segment reads it), or
+    None if there is none or it is not a book this build reads."""
+    probe = probe_segment(name)
+    return probe.owner_pid if probe is not None and probe.valid else None
 
 
 def stale_owner(probe: SegmentProbe, now_ns: int | None = None) -> str | None:
@@ -379,11 +391,4 @@ def create_shm(name: str, size: int) -> tuple[SharedMemory, bool]:
     with contextlib.suppress(FileNotFoundError):
         unlink_untracked(name)
     return SharedMemory(name=name, create=True, size=size), True
-
-
-def release_views(views: Iterable[memoryview | None]) -> None:
-    for v in views:
-        if v is not None:
-            v.release()
-
 

@@ -231,14 +231,6 @@ class FrameReader:
         self._end = end
         self._scan = scan
 
-    def read_from(self, sock: Any) -> int:
-        """One ``recv_into`` then dispatch; returns bytes read (0 = EOF). BlockingIOError and
-        InterruptedError propagate."""
-        n = sock.recv_into(self._view[self._end :])
-        if n:
-            self.buffer_updated(n)
-        return n
-
     def reset(self) -> None:
         """Drop the partial frame (e.g. on reconnect)."""
         self._start = self._end = self._scan = 0

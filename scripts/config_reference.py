@@ -1,5 +1,6 @@
-"""Print the README's "Config reference" table: every key of processes.shared.config, its default, and
-what it means (the comment beside it in tradestack.toml, else a line from NOTES below).
+"""Print the README's "Config reference" table: every key of processes.shared.config, its
+default, and what it means (the comment beside it in tradestack.toml, else the placement block
+at its top, else a line from NOTES below).
 
     python scripts/config_reference.py > /tmp/table.md
 
@@ -35,8 +36,8 @@ NOTES = {
     "logging.dir": "logs/<process>.log and, by default, the stats snapshots",
     "logging.level": "DEBUG, INFO, WARNING or ERROR",
 }
-# For a key of that name in any section, when neither of the above has it.
-BY_NAME = {"spin_us": "with idle = hybrid: microseconds to spin before blocking"}
+# The placement keys' block in tradestack.toml: "#   KEY   meaning", for that key in any section.
+PLACEMENT_LINE = re.compile(r"#\s{3}(\w+)\s{2,}(\S.*)")
 
 
 def comments(path: Path) -> dict[str, str]:
@@ -56,15 +57,24 @@ def comments(path: Path) -> dict[str, str]:
     return out
 
 
+def by_name(path: Path) -> dict[str, str]:
+    """{key: meaning} of the placement block, which states the four keys once for all sections."""
+    return {m[1]: m[2].strip() for line in path.read_text().splitlines()
+            if (m := PLACEMENT_LINE.fullmatch(line))}
+
+
 def table() -> str:
     notes = {**NOTES, **comments(config.DEFAULT_CONFIG)}
+    names = by_name(config.DEFAULT_CONFIG)
     rows = ["| key | default | meaning |", "|---|---|---|"]
     defaults = config.Config()
     for section in dataclasses.fields(defaults):
+        if not dataclasses.is_dataclass(getattr(defaults, section.name)):
+            continue   # strategies: [strategies.NAME] tables, none by default
         for f in dataclasses.fields(getattr(defaults, section.name)):
             key = f"{section.name}.{f.name}"
             value = config._toml_value(getattr(getattr(defaults, section.name), f.name))
-            meaning = notes.get(key, BY_NAME.get(f.name, "")).replace("|", "\\|")
+            meaning = notes.get(key, names.get(f.name, "")).replace("|", "\\|")
             rows.append(f"| `{key}` | `{value}` | {meaning} |")
     return "\n".join(rows)
 

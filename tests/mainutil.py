@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stackutil import pid_alive, shm_exists, wait_until
+from stackutil import shm_exists, wait_until
+
+from ext.layout import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from processes.shared import config
+from ext import wire_py
+from processes.shared import config, placement
 from processes.supervisor.stack import _child
 
 CTX = mp.get_context("spawn")
@@ -23,7 +24,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> config.Config:
     base = {
         # Tests run unpinned at normal priority: they exercise behaviour, not placement (the
         # default layout runs in tests/test_main.py, every layout in bench/bench_e2e.py).
-        **config.layout_overrides("unpinned"),
+        **placement.layout_overrides("unpinned"),
         "network.price_port": 0, "network.news_port": 0, "network.order_port": 0,
         "market.shm_name": f"tstest_{uuid.uuid4().hex[:12]}",
         "logging.dir": str(tmp_path / "logs"),
@@ -33,21 +34,16 @@ def make_config(tmp_path: Path, **overrides: Any) -> config.Config:
     return config.load(None, base)
 
 
+def parse_price(frame: bytes | memoryview) -> tuple[bytes, float, int, int]:
+    """(symbol, price, seq, sent_ns) of a price frame by the twin decoder's grammar (what the
+    OrderBook accepts); a malformed frame fails the test with the decoder's reason."""
+    got = wire_py.parse_price_frame(bytes(frame))
+    assert not isinstance(got, str), f"{bytes(frame)[:80]!r}: {got}"
+    return got
+
+
 def shm_exists(name: str) -> bool:
     return os.path.exists(f"/dev/shm/{name}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Child:

@@ -21,10 +21,11 @@ from typing import Any
 
 from ext import TickEncoder
 from processes.gateway.pacing import Clock, Pacer, RateSchedule
-from processes.gateway.replay import CsvMarket, CsvNews, CsvPrices, log_report
+from processes.gateway.replay import CsvMarket, CsvNews, CsvPrices
 from processes.gateway.subscribers import Subscribers
 from processes.shared import config as config_mod
 from processes.shared import runtime
+from processes.shared.market_file import log_report
 from processes.shared.protocol import format_news
 from reactor import Connection, Reactor, Server
 

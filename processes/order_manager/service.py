@@ -12,9 +12,9 @@ client name, token); the answer is a welcome, or a refused frame and a close. Th
 4. the order is numbered and booked: one JSON line goes to the order log with a single
    write(2) (and an fsync if configured), THEN the ack, then the console line. An ack therefore
    means "in the kernel's page cache" (or "on disk" with fsync), so killing the OrderManager
-   can never lose an order it acked; acking before that write, as earlier versions did, lost the
-   acked order whenever a SIGKILL landed between the two. The write costs a few microseconds of
-   ack latency; the console line, by far the slower I/O, still follows the ack.
+   can never lose an order it acked (an ack sent before the write would be lost to a SIGKILL
+   landing between the two). The write adds to the ack latency; the console line, by far the
+   slower I/O, still follows the ack.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids and net positions are rebuilt from it.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
+from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import runtime
 from processes.shared.pnl import PnLBook
@@ -53,8 +55,7 @@ from processes.shared.protocol import (
     validate_order,
 )
 from processes.shared.telemetry import Recorder
-from processes.tools.bookwatch import BookWatcher
-from reactor import Connection, Reactor, Server
+from reactor import Backoff, Connection, Reactor, Server
 
 log = logging.getLogger("order_manager")
 
@@ -67,6 +68,7 @@ KILL_SWITCH_REASON = "kill switch on"
 RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
 LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
+IdEcho = str | int | float | bool | None   # a JSON scalar id, echoed in a reject
 
 
 class OrderLogError(RuntimeError):
@@ -224,7 +226,7 @@ class OrderManager:
         # Fills at the order price, marked to the latest shared-memory price (off the hot path:
         # marks are read when stats are published).
         self.pnl = PnLBook()
-        self.marks = BookWatcher(cfg.market.shm_name)
+        self.marks = SegmentWatcher(cfg.market.shm_name, Backoff(initial=0.1, maximum=2.0))
         # "Received Order ..." lines wait here and are printed a moment later, once the event
         # that booked them is done: on a shared core the client must get its ack first.
         self._lines: list[tuple[int, str, int, str, float]] = []
@@ -370,8 +372,7 @@ class OrderManager:
             try:
                 order = validate_order(obj, self.symbols)
             except ProtocolError as exc:
-                oid = obj.get("id")
-                self._malformed(sess, oid if isinstance(oid, str) else None, str(exc))
+                self._malformed(sess, _echo_id(obj.get("id")), str(exc))
                 return
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
@@ -467,7 +468,7 @@ class OrderManager:
         return True
 
     # --- rejects ---------------------------------------------------------------------------------
-    def _malformed(self, sess: Session, order_id: str | None, reason: str) -> None:
+    def _malformed(self, sess: Session, order_id: IdEcho, reason: str) -> None:
         """Reject a frame that is not a valid order; close a client that sends nothing else."""
         self._reject(sess.conn, order_id, reason)
         sess.bad_streak += 1
@@ -481,13 +482,24 @@ class OrderManager:
         self.rule_rejects[rule] += 1
         self._reject(conn, order_id, reason)
 
-    def _reject(self, conn: Connection, order_id: str | None, reason: str) -> None:
+    def _reject(self, conn: Connection, order_id: IdEcho, reason: str) -> None:
         self.rejects += 1
         conn.send(encode_reject(order_id, reason))
         if self.rejects <= LOGGED_REJECTS:
             log.warning("rejected order %s from %s: %s", order_id, conn.peer, reason)
         elif self.rejects == LOGGED_REJECTS + 1:
             log.warning("more rejects follow; only counted from now on (see the stats line)")
+
+
+def _echo_id(oid: Any) -> IdEcho:
+    """The id of a rejected frame as the client sent it, if it is a JSON scalar: a client
+    matches the reject to its order by that value, whatever its type. Objects and arrays are
+    not echoed (they would let a client make our replies arbitrarily large)."""
+    if isinstance(oid, str | int | bool) or oid is None:
+        return oid
+    if isinstance(oid, float) and math.isfinite(oid):
+        return oid
+    return None
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:

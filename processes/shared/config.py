@@ -17,53 +17,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from processes.shared.placement import (
+    LAYOUTS,
+    PLACEMENT_KEYS,
+    PROCESSES,
+    Placement,
+    default_section,
+    layout_overrides,
+)
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "tradestack.toml"
-IDLE_MODES = ("block", "spin", "hybrid")
 TOKEN_ENV = "TRADESTACK_TOKEN"
 MAX_TOKEN = 256
-PROCESSES = ("gateway", "orderbook", "strategy", "order_manager")
 SLOW_CLIENT_POLICIES = ("drop", "close", "conflate")
-
-# Where each process runs and how it waits: {layout: {process: (cpus, idle)}}. Measured in
-# performance_report.md ("Placement"); `--layout NAME` applies one, explicit keys override it.
-# cpus that this machine does not have are dropped at start-up (unpinned if none remain).
-LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]] = {
-    "unpinned": {p: ([], "block") for p in PROCESSES},
-    "one-core": {p: ([0], "block") for p in PROCESSES},
-    "spread": {"gateway": ([0], "block"), "orderbook": ([0], "block"),
-               "strategy": ([1], "block"), "order_manager": ([1], "block")},
-    "strategy-spin": {"gateway": ([0], "block"), "orderbook": ([0], "block"),
-                      "strategy": ([1], "spin"), "order_manager": ([0], "block")},
-    "strategy-hybrid": {p: ([0], "hybrid" if p == "strategy" else "block") for p in PROCESSES},
-    # SCHED_FIFO priorities (the third field) rank the processes on a shared core: the Strategy
-    # first (a tick is decided the moment it lands), then the feed in pipeline order (a woken
-    # OrderBook preempts the Gateway that just sent to it), the OrderManager last: booking an
-    # order (~100-200 us of cold Python) then never holds a tick back, which is what sets the
-    # tick -> decision tail when it ranks above the feed. Background load cannot delay any hop.
-    "one-core-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
-                    "strategy": ([0], "block", 40), "order_manager": ([0], "block", 10)},
-    # The feed half (G, OB) and the order half (S, OM) each on a core of its own, real-time.
-    "spread-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
-                  "strategy": ([1], "block", 40), "order_manager": ([1], "block", 10)},
-    # The Strategy busy-polls the book on CPU1 (never sleeps: no wake-up on the tick path);
-    # the others block, real-time, on CPU0.
-    "strategy-spin-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
-                         "order_manager": ([0], "block", 10), "strategy": ([1], "spin")},
-    # The Strategy busy-polls on CPU1; the real-time OrderManager shares CPU1 and preempts the
-    # spinner the moment an order arrives, so the order hop never crosses cores.
-    "spin-om-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
-                   "strategy": ([1], "spin"), "order_manager": ([1], "block", 10)},
-    # Feed and decision real-time on CPU0; the OrderManager busy-polls CPU1, always warm.
-    "om-spin-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
-                   "strategy": ([0], "block", 40), "order_manager": ([1], "spin")},
-}
-
-
-# The documented default for small machines: the fastest robust layout measured (see
-# performance_report.md, "Placement"). Every process blocks when idle (no busy loop); without
-# CAP_SYS_NICE the real-time priorities are skipped with a warning (one-core then).
-DEFAULT_LAYOUT = "one-core-rt"
-
 
 class ConfigError(ValueError):
     """A setting is unknown or out of range; the message names the key."""
@@ -84,7 +50,7 @@ class Market:
 
 
 @dataclass
-class Gateway:
+class Gateway(Placement):
     tick_rate: float = 1000.0
     news_rate: float = 4.0
     volatility: float = 0.0005
@@ -101,18 +67,11 @@ class Gateway:
                                  # subscriber is there too (processes.gateway.replay)
     csv_speed: float = 1.0       # x the recorded pace; 0 = as fast as clients drain
     csv_loop: bool = True        # at the end of the file: start again (true) or stop sending
-    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
-    idle: str = "block"
-    spin_us: float = 50.0
-    rt_priority: int = 20       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
-class OrderBook:
-    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
-    idle: str = "block"
-    spin_us: float = 50.0
-    rt_priority: int = 30       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
+class OrderBook(Placement):
+    """Only placement keys."""
 
 
 BUILTIN_STRATEGY = "processes.strategy.builtin:MovingAverageSentiment"
@@ -121,7 +80,7 @@ STRATEGY_OWN_KEYS = ("name", "cls", "symbols", "params")   # what a [strategies.
 
 
 @dataclass
-class Strategy:
+class Strategy(Placement):
     name: str = "strat-1"       # the client name the OrderManager books this strategy's orders by
     cls: str = BUILTIN_STRATEGY  # TOML key `class`: "package.module:ClassName" of a Strategy
     symbols: list[str] = field(default_factory=list)   # what it trades; [] = every market symbol
@@ -129,14 +88,10 @@ class Strategy:
                                                           # strategy's own config class
     token: str = ""             # sent in the hello to the OrderManager; TRADESTACK_TOKEN overrides
     max_price_age: float = 2.0  # seconds; no order on an older price (0 = no limit)
-    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
-    idle: str = "block"
-    spin_us: float = 50.0
-    rt_priority: int = 40       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
-class OrderManager:
+class OrderManager(Placement):
     order_log: str = "logs/orders.jsonl"
     fsync: bool = False         # fsync the order log per order (survives power loss; ~ms each)
     token: str = ""             # clients must send it in their hello; "" = none required;
@@ -146,10 +101,6 @@ class OrderManager:
     max_notional: float = 0.0   # qty * price of one order; 0 = no limit
     max_bad_frames: int = 20    # consecutive malformed frames before a client is closed; 0 = never
     kill_switch: bool = False   # start with the kill switch on (SIGUSR1 toggles it)
-    cpus: list[int] = field(default_factory=lambda: [0])   # DEFAULT_LAYOUT
-    idle: str = "block"
-    spin_us: float = 50.0
-    rt_priority: int = 10       # 0 = normal scheduling; 1-99 = SCHED_FIFO at that priority
 
 
 @dataclass
@@ -178,10 +129,11 @@ class Supervisor:
 class Config:
     network: Network = field(default_factory=Network)
     market: Market = field(default_factory=Market)
-    gateway: Gateway = field(default_factory=Gateway)
-    orderbook: OrderBook = field(default_factory=OrderBook)
-    strategy: Strategy = field(default_factory=Strategy)
-    order_manager: OrderManager = field(default_factory=OrderManager)
+    gateway: Gateway = field(default_factory=lambda: default_section(Gateway, "gateway"))
+    orderbook: OrderBook = field(default_factory=lambda: default_section(OrderBook, "orderbook"))
+    strategy: Strategy = field(default_factory=lambda: default_section(Strategy, "strategy"))
+    order_manager: OrderManager = field(
+        default_factory=lambda: default_section(OrderManager, "order_manager"))
     logging: Logging = field(default_factory=Logging)
     monitor: Monitor = field(default_factory=Monitor)
     supervisor: Supervisor = field(default_factory=Supervisor)
@@ -208,8 +160,9 @@ class Config:
 def _toml_table(lines: list[str], section: str, values: dict[str, Any]) -> None:
     lines.append(f"[{section}]")
     tables = {k: v for k, v in values.items() if isinstance(v, dict)}
-    lines.extend(f"{_TOML_KEYS.get(key, key)} = {_toml_value(value)}"
-                 for key, value in values.items() if key not in tables)
+    # Placement keys last, as tradestack.toml lists them.
+    keys = sorted((k for k in values if k not in tables), key=lambda k: k in PLACEMENT_KEYS)
+    lines.extend(f"{_TOML_KEYS.get(key, key)} = {_toml_value(values[key])}" for key in keys)
     lines.append("")
     for key, sub in tables.items():
         _toml_table(lines, f"{section}.{key}", sub)
@@ -360,18 +313,6 @@ def section_of(process: str) -> str:
     return process.partition(".")[0]
 
 
-def layout_overrides(name: str) -> dict[str, Any]:
-    """The {"section.key": value} settings of a named layout."""
-    if name not in LAYOUTS:
-        raise ConfigError(f"layout {name!r}: one of {', '.join(LAYOUTS)}")
-    out: dict[str, Any] = {}
-    for process, (cpus, idle, *rt) in LAYOUTS[name].items():
-        out[f"{process}.cpus"] = list(cpus)
-        out[f"{process}.idle"] = idle
-        out[f"{process}.rt_priority"] = rt[0] if rt else 0
-    return out
-
-
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file (if any), then `overrides` {"section.key": value}; validated."""
     cfg = Config()
@@ -451,18 +392,9 @@ def validate(cfg: Config) -> None:
     placed = [(section, getattr(cfg, section)) for section in PROCESSES]
     placed += [(f"strategies.{name}", sect) for name, sect in cfg.strategies.items()]
     for section, sect in placed:
-        if sect.idle not in IDLE_MODES:
-            raise ConfigError(f"{section}.idle: one of {', '.join(IDLE_MODES)}")
-        if any(c < 0 for c in sect.cpus):
-            raise ConfigError(f"{section}.cpus: CPU numbers are >= 0")
-        if not 0 <= sect.spin_us <= 1_000_000:
-            raise ConfigError(f"{section}.spin_us: 0..1000000")
-        if not 0 <= sect.rt_priority <= 99:
-            raise ConfigError(f"{section}.rt_priority: 0 (normal) or 1..99 (SCHED_FIFO)")
-        if sect.rt_priority and sect.idle != "block":
-            # A real-time process that never sleeps starves everything else on its core,
-            # including the softirq work loopback TCP needs.
-            raise ConfigError(f"{section}.rt_priority: only with idle = \"block\"")
+        problem = sect.placement_problem(section)
+        if problem:
+            raise ConfigError(problem)
     if not 0.05 <= cfg.logging.stats_interval <= 3600:
         raise ConfigError("logging.stats_interval: 0.05..3600 seconds")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -20,15 +20,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 SIDES = {"BUY": 1, "SELL": -1}
-
-
-class _Book(Protocol):
-    symbols: tuple[str, ...]
-
-    def read_slot(self, i: int) -> tuple[float, int, int, int]: ...
 
 
 class Position:
@@ -136,14 +130,3 @@ def totals(marked: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str,
         unrealized += u
     return {"realized": round(realized, 6), "unrealized": round(unrealized, 6),
             "total": round(realized + unrealized, 6), "clients": clients}
-
-
-def prices_from_book(book: _Book) -> dict[str, float]:
-    """{symbol: latest price} from an attached SharedPriceBook (seqlock reads: never blocks the
-    writer). Symbols never written (NaN) are left out."""
-    out: dict[str, float] = {}
-    for i, sym in enumerate(book.symbols):
-        price = book.read_slot(i)[0]
-        if math.isfinite(price) and price > 0:
-            out[sym] = price
-    return out

@@ -27,44 +27,6 @@ class ProtocolError(ValueError):
     """A frame that cannot be understood; str(exc) is the reason."""
 
 
-# --- prices: SYMBOL,PRICE*  or  SYMBOL,PRICE,SEQ,SENT_NS* -----------------------------------------
-
-def parse_price(frame: memoryview | bytes) -> tuple[bytes, float, int, int]:
-    """(symbol, price, tick_seq, sent_ns); seq and sent_ns are 0 in the plain 2-field form."""
-    parts = bytes(frame).split(_COMMA)
-    n = len(parts)
-    try:
-        if n == 4:
-            price = float(parts[1])
-            seq = int(parts[2])
-            sent_ns = int(parts[3])
-        elif n == 2:
-            price = float(parts[1])
-            seq = sent_ns = 0
-        else:
-            raise ProtocolError(f"price frame needs 2 or 4 fields, got {n}")
-    except ValueError as exc:
-        if isinstance(exc, ProtocolError):
-            raise
-        raise ProtocolError(f"bad number in price frame {bytes(frame)[:64]!r}") from None
-    if not 0.0 < price <= MAX_PRICE:  # also rejects nan and inf
-        raise ProtocolError(f"price must be finite, > 0 and <= {MAX_PRICE:g}, got {price!r}")
-    # Bounded here so they fit the shared-memory slot (u64 seq, i64 ns) instead of failing there.
-    if not (0 <= seq <= MAX_U64 and 0 <= sent_ns <= MAX_I64):
-        raise ProtocolError("sequence or timestamp out of range")
-    sym = parts[0]
-    if not sym:
-        raise ProtocolError("empty symbol")
-    return sym, price, seq, sent_ns
-
-
-def format_price(symbol: bytes, price: float, seq: int = 0, sent_ns: int = 0,
-                 plain: bool = False) -> bytes:
-    if plain:
-        return b"%s,%.2f*" % (symbol, price)
-    return b"%s,%.2f,%d,%d*" % (symbol, price, seq, sent_ns)
-
-
 # --- news: SENTIMENT*  or  SYMBOL,SENTIMENT* -----------------------------------------------------
 
 def parse_news(frame: memoryview | bytes) -> tuple[bytes | None, int]:
@@ -188,7 +150,7 @@ def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
     """Check one decoded order; ProtocolError names the first rule it breaks."""
     oid = obj.get("id")
     if not isinstance(oid, str) or not oid or len(oid) > 128:
-        raise ProtocolError("missing or bad order id")
+        raise ProtocolError(f"bad order id {oid!r}: it must be a string of 1..128 characters")
     symbol = obj.get("symbol")
     if not isinstance(symbol, str) or symbol not in symbols:
         raise ProtocolError(f"unknown symbol {symbol!r}")
@@ -219,13 +181,14 @@ def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
 
 def encode_ack(order_id: str, order_no: int) -> bytes:
     # The ack is on every order's critical path: a plain id (our own ids always are) needs no
-    # JSON escaping, so skip json.dumps (~4 us); anything else goes through it.
+    # JSON escaping, so skip json.dumps; anything else goes through it.
     if order_id.isascii() and order_id.isprintable() and not _NEEDS_ESCAPE.intersection(order_id):
         return b'{"type":"ack","id":"%s","order_no":%d}*' % (order_id.encode(), order_no)
     return _frame_json({"type": "ack", "id": order_id, "order_no": order_no})
 
 
-def encode_reject(order_id: str | None, reason: str) -> bytes:
+def encode_reject(order_id: str | int | float | bool | None, reason: str) -> bytes:
+    """A reject echoing the id as the client sent it (any JSON scalar; None if it had none)."""
     return _frame_json({"type": "reject", "id": order_id, "reason": reason})
 
 

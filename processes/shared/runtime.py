@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from processes.shared import config as config_mod
 from processes.shared import telemetry
+from processes.shared.placement import pin, set_rt_priority, unpaced
 from reactor import Reactor
 
 PR_SET_PDEATHSIG = 1
@@ -37,42 +38,6 @@ class Service(Protocol):
     def start(self) -> dict[str, Any]: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
-
-
-def set_rt_priority(name: str, priority: int, log: logging.Logger) -> int:
-    """SCHED_FIFO at `priority` (0 = leave normal scheduling); returns what was applied."""
-    if not priority:
-        return 0
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (OSError, AttributeError) as exc:
-        log.warning("%s.rt_priority %d not applied (%s); running with normal scheduling",
-                    name, priority, exc)
-        return 0
-    return priority
-
-
-def unpaced(cfg: config_mod.Config) -> bool:
-    """The Gateway sends prices or news as fast as its clients drain: the pipeline never
-    blocks."""
-    g = cfg.gateway
-    return (g.csv_speed == 0 if g.csv else g.tick_rate == 0) or g.news_rate == 0
-
-
-def pin(name: str, cpus: list[int], log: logging.Logger) -> list[int]:
-    """Pin this process to `cpus` (those this machine has); [] = leave it unpinned."""
-    if not cpus or not hasattr(os, "sched_setaffinity"):
-        return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    usable = [c for c in cpus if c < (os.cpu_count() or 1)]
-    missing = sorted(set(cpus) - set(usable))
-    if missing:
-        log.warning("%s.cpus %s: CPU %s not on this machine; ignored", name, cpus, missing)
-    if usable:
-        try:
-            os.sched_setaffinity(0, usable)
-        except OSError as exc:
-            log.warning("could not pin %s to CPUs %s: %s", name, usable, exc)
-    return sorted(os.sched_getaffinity(0))
 
 
 def setup_logging(name: str, cfg: config_mod.Logging) -> logging.Logger:
@@ -208,7 +173,7 @@ def quiet_gc() -> None:
     Everything allocated at start-up (modules, config, buffers) is frozen into the permanent
     generation, so a collection never walks it again; and gen-0 runs every 50k container
     allocations instead of every 700. The hot paths create few cycles (refcounting frees the rest),
-    so this trades a few MB of delayed cycle freeing for no 10-50 us GC pause every few ticks.
+    so this trades a few MB of delayed cycle freeing for no GC pause every few ticks.
     """
     gc.collect()
     gc.freeze()

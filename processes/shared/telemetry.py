@@ -1,9 +1,9 @@
-"""Latency histograms and counters, recorded on the hot path for ~0.1 us and published off it.
+"""Latency histograms and counters, recorded cheaply on the hot path and published off it.
 
 Recording: `Recorder.record(ns)` increments the sample's HdrHistogram bucket in a native counts
-array (ext.LatencyHistogram, ~70 ns); HdrHistogram's own record_value costs ~1 us of Python, and
-an earlier design that folded raw samples with numpy on a timer put a few hundred microseconds of
-cold-cache work on the tick path four times a second (it was the p99 of tick -> decision).
+array (ext.LatencyHistogram): one C call, where HdrHistogram's own record_value is Python, and
+no raw samples are kept, so there is nothing to fold on a timer (folding would put cold-cache
+work on the tick path).
 Publishing: every `interval` the process writes one JSON snapshot file (tmp + rename, so readers
 never see half a file) with its counters and each histogram's non-empty buckets, varint-encoded.
 Readers (main.py's exit summary, the monitor, the benchmarks) rebuild HdrHistograms from them and
@@ -38,7 +38,7 @@ PERCENTILES = (50.0, 99.0, 99.9)
 class Recorder:
     """Latency samples of one hop, in an ext.LatencyHistogram (HdrHistogram's buckets).
 
-    `record` is the histogram's own bound method: a C call of ~70 ns, nothing to fold later.
+    `record` is the histogram's own bound method: one C call, nothing to fold later.
     """
 
     __slots__ = ("name", "hist", "record")
@@ -178,7 +178,7 @@ class Publisher:
         if self.failing:  # e.g. the directory was removed under us: make it again
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._tmp, "w", encoding="utf-8") as fh:
-            # dumps, not dump: dump writes chunk by chunk from Python (~4x slower).
+            # dumps, not dump: dump writes chunk by chunk from Python (slower).
             fh.write(json.dumps(snap, separators=(",", ":"), default=_jsonable))
         os.replace(self._tmp, self.path)
         return snap

@@ -35,8 +35,8 @@ from typing import Any
 
 import msgspec
 
-from processes.gateway.replay import Event, ReplayError, load_events
 from processes.shared import config as config_mod
+from processes.shared.market_file import Event, ReplayError, load_events
 from processes.shared.pnl import PnLBook, totals
 from processes.shared.protocol import Order
 from processes.strategy.api import BUY, SELL, OrderReply, Strategy, StrategyConfig, Tick

@@ -43,19 +43,6 @@ def _child(name: str, cfg: config_mod.Config, ready: Any, lock: Any) -> None:
     raise SystemExit(module.run(cfg, **kwargs))
 
 
-def segment_owner(path: str) -> int | None:
-    """owner_pid from a price-book header, or None if the file is missing or not a book."""
-    off = layout.HEADER_OFFSETS["owner_pid"]
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(off + 8)
-    except OSError:
-        return None
-    if len(head) < off + 8 or not head.startswith(layout.MAGIC_BYTES):
-        return None
-    return int.from_bytes(head[off:off + 8], "little")
-
-
 class StackError(RuntimeError):
     """A child failed to start or died."""
 
@@ -194,7 +181,7 @@ class Stack:
             return
         name = self.cfg.market.shm_name.lstrip("/")
         path = f"/dev/shm/{name}"
-        if segment_owner(path) != proc.pid:
+        if layout.segment_owner(name) != proc.pid:
             return
         try:
             os.unlink(path)

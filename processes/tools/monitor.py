@@ -28,26 +28,13 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from ext.layout import pid_alive
+from ext.segment import SegmentWatcher
 from processes.shared import runtime, telemetry
 from processes.tools import dashboard
-from processes.tools.bookwatch import BookWatcher
+from reactor import Backoff
 
 QUIT_KEYS = ("q", "Q")
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class Monitor:
@@ -55,7 +42,7 @@ class Monitor:
 
     def __init__(self, shm_name: str, snapshots: Callable[[], dict[str, dict[str, Any]]],
                  stats_interval: float = 1.0, label: str = "") -> None:
-        self.watcher = BookWatcher(shm_name)
+        self.watcher = SegmentWatcher(shm_name, Backoff(initial=0.1, maximum=2.0))
         self.snapshots = snapshots
         self.stats_interval = stats_interval
         self.label = label

@@ -285,6 +285,27 @@ def test_twin_layout_matches_compiled():
             assert getattr(pricebook_py, fn)(n) == getattr(cpb, fn)(n), (fn, n)
     assert int.from_bytes(b"TSPBOOK1", "little") == cpb.MAGIC
     assert cpb.HEADER_SIZE % 64 == 0 and cpb.slots_offset(3) % 64 == 0
+    # Field order and widths, not only offsets: the mirror's struct format decodes the bytes
+    # the compiled book wrote into the same header the compiled book reports.
+    assert list(layout.HEADER_OFFSETS) == list(cpb.HEADER_OFFSETS)
+    name = f"tstest_{uuid4().hex[:12]}"
+    book = cpb.SharedPriceBook(["AAPL", "MSFT", "GOOG"], name=name, create=True)
+    try:
+        book.write(1, 12.5, 3, 4)
+        shm = layout.attach_shm(name)
+        raw = bytes(shm.buf[:book.size])
+        shm.close()
+        head = book.header()
+        decoded = layout.decode_header_bytes(raw)
+        assert decoded.pop("magic") == cpb.MAGIC and head["magic"] == cpb.MAGIC_BYTES
+        assert decoded == {k: head[k] for k in decoded}
+        assert layout.decode_symtab(raw[layout.SYMTAB_OFFSET:], 3) == book.symbols
+        slot = layout.slots_offset(3) + layout.SLOT_SIZE
+        assert layout.SLOT_PAYLOAD.unpack_from(raw, slot + layout.SLOT_OFFSETS["price"]) == \
+            book.read_slot(1)
+    finally:
+        book.close()
+        book.unlink()
 
 
 def test_footprint_numbers():

@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 
 from ext import layout, pricebook_py, wire_py
 from ext.wire_py import FrameTooLong
-from processes.shared.protocol import parse_price
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,8 +189,7 @@ def test_encoder_text_parses_back_to_the_same_cents(impl, book) -> None:
     for plain in (False, True):
         data = enc.batch(3000, NOW, plain=plain)
         for frame in data.split(b"*")[:-1]:
-            sym, price, _seq, _ns = parse_price(frame)
-            assert wire_py.parse_price_frame(frame)[1] == price
+            sym, price, _seq, _ns = wire_py.parse_price_frame(frame)
             assert b"%.2f" % price == frame.split(b",")[1]  # exactly two decimals, no rounding
             last[sym] = price
         dec.feed(data, 0, len(data))
@@ -329,7 +327,7 @@ def test_valid_edge_cases(impl, book, frame, price, seq, sent_ns) -> None:
     dec = impl.wire.PriceFeedDecoder(book, on_reject=rejects)
     assert dec.feed(frame + b"*", 0, len(frame) + 1) == len(frame) + 1
     assert rejects == [] and dec.ticks == 1
-    assert book.read_slot(0)[:3] == (price, sent_ns, seq) == (float(parse_price(frame)[1]),
+    assert book.read_slot(0)[:3] == (price, sent_ns, seq) == (float(frame.split(b",")[1]),
                                                               sent_ns, seq)
 
 
@@ -519,7 +517,7 @@ def test_encoder_clamps_keep_frames_parseable(impl, book) -> None:
     dec = impl.wire.PriceFeedDecoder(book)
     data = enc.batch(2000, NOW)
     dec.feed(data, 0, len(data))
-    prices = [parse_price(f)[1] for f in data.split(b"*")[:-1]]
+    prices = [wire_py.parse_price_frame(f)[1] for f in data.split(b"*")[:-1]]
     assert dec.ticks == 2000 and min(prices) == 0.01 and max(prices) == 1e9
 
 

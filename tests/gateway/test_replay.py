@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from stackutil import Child, make_config, recv_frames, wait_until
+from stackutil import Child, make_config, parse_price, recv_frames, wait_until
 
-from processes.gateway.replay import CsvPrices, ReplayError, load, parse_rows, parse_timestamp
-from processes.shared.protocol import parse_price
+from processes.gateway.replay import CsvPrices
+from processes.shared.market_file import ReplayError, load, parse_rows, parse_timestamp
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "prices_with_bad_rows.csv"

@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from stackutil import Child, make_config, recv_frames, wait_until
+from stackutil import Child, make_config, parse_price, recv_frames, wait_until
 
-from processes.gateway.replay import CsvMarket, Event, load_events, parse_events
-from processes.shared.protocol import parse_news, parse_price
+from processes.gateway.replay import CsvMarket
+from processes.shared.market_file import Event, load_events, parse_events
+from processes.shared.protocol import parse_news
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample_prices.csv"

@@ -485,3 +485,15 @@ def test_positions_and_pnl_are_published_marked_to_shared_memory(oms, tmp_path):
             assert final_stats(tmp_path)["pnl"]["c1"]["AAPL"]["realized"] == pytest.approx(40.0)
         finally:
             book.unlink()
+
+
+@pytest.mark.parametrize("oid", [7, 2**70, 1.5, True, None, "", "x" * 129])
+def test_a_reject_echoes_the_id_exactly_as_sent(oms, oid):
+    oms.start()
+    cli = oms.client()
+    frame = json.dumps({"id": oid, "symbol": "AAPL", "side": "BUY", "qty": 1, "price": 10.0})
+    cli.send(frame.encode() + b"*", json.dumps({"id": [1], "symbol": "AAPL"}).encode() + b"*")
+    reply, nested = cli.replies(2)
+    assert reply["type"] == "reject" and reply["id"] == oid and type(reply["id"]) is type(oid)
+    assert "must be a string" in reply["reason"]
+    assert nested["type"] == "reject" and nested["id"] is None   # not a scalar: not echoed

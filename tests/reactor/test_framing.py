@@ -237,19 +237,19 @@ def test_raising_handler_does_not_redeliver() -> None:
     assert got == [b"a", b"bad", b"b", b"c"]
 
 
-def test_read_from_socket() -> None:
+def test_recv_into_the_buffer_from_a_socket() -> None:
+    # How Connection reads: recv_into(get_buffer()), then buffer_updated(n).
     a, b = socket.socketpair()
     try:
         a.setblocking(False)
         reader, out = make()
         b.sendall(b"x,1*y,2*partial")
-        assert reader.read_from(a) == 15
-        assert out.frames == [b"x,1", b"y,2"]
+        n = a.recv_into(reader.get_buffer())
+        assert n == 15
+        reader.buffer_updated(n)
+        assert out.frames == [b"x,1", b"y,2"] and reader.pending == 7
         with pytest.raises(BlockingIOError):
-            reader.read_from(a)
-        b.close()
-        assert reader.read_from(a) == 0
-        assert reader.pending == 7
+            a.recv_into(reader.get_buffer())
     finally:
         a.close()
         b.close()

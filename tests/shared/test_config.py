@@ -135,3 +135,12 @@ def test_list_settings_accept_the_form_print_config_prints():
 def test_a_missing_config_file_is_a_one_line_error(tmp_path):
     with pytest.raises(config.ConfigError, match="no such file"):
         _cli("--config", str(tmp_path / "nope.toml"))
+
+
+def test_placement_defaults_come_from_the_default_layout(monkeypatch):
+    from processes.shared import placement
+    monkeypatch.setattr(placement, "DEFAULT_LAYOUT", "spread")
+    cfg = config.load(None, {"strategies.extra.class": "x:Y"})
+    assert cfg.strategy.cpus == [1] and cfg.gateway.cpus == [0] and cfg.gateway.rt_priority == 0
+    assert cfg.strategies["extra"].cpus == [1]   # inherits [strategy]'s placement
+    assert "rt_priority = 0" in cfg.to_toml()

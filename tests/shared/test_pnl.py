@@ -8,7 +8,9 @@ import uuid
 import pytest
 
 from ext import SharedPriceBook
-from processes.shared.pnl import PnLBook, prices_from_book, totals
+from ext.segment import SegmentWatcher
+from processes.shared.pnl import PnLBook, totals
+from reactor import Backoff
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -107,12 +109,13 @@ def test_bad_fills_are_refused(args):
     assert book.positions == {}
 
 
-def test_prices_from_a_shared_memory_book():
+def test_marks_from_a_shared_memory_book():
+    # The OrderManager's marks: a SegmentWatcher's prices().
     name = f"tstest_{uuid.uuid4().hex[:12]}"
     with SharedPriceBook(["AAPL", "MSFT"], name=name, create=True) as writer:
         writer.update("AAPL", 172.5)
-        reader = SharedPriceBook(name=name, create=False)
+        marks = SegmentWatcher(name, Backoff())
         try:
-            assert prices_from_book(reader) == {"AAPL": 172.5}   # MSFT never written: left out
+            assert marks.prices() == {"AAPL": 172.5}   # MSFT never written: left out
         finally:
-            reader.close()
+            marks.close()

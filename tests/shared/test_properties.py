@@ -14,7 +14,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processes.shared import protocol
@@ -106,30 +106,6 @@ def test_framer_delivers_exactly_the_reference_frames(stream, cuts, max_frame, b
 
 
 # --- prices and news -----------------------------------------------------------------------------
-
-@FAST
-@given(st.binary(max_size=80))
-def test_parse_price_any_bytes(frame):
-    try:
-        sym, price, seq, sent_ns = protocol.parse_price(frame)
-    except ProtocolError as exc:
-        assert str(exc)
-        return
-    assert sym and math.isfinite(price) and 0 < price <= protocol.MAX_PRICE
-    assert 0 <= seq <= protocol.MAX_U64 and 0 <= sent_ns <= protocol.MAX_I64
-
-
-@FAST
-@given(st.from_regex(rb"[A-Z]{1,8}", fullmatch=True), st.integers(1, 10**11),
-       st.integers(0, protocol.MAX_U64), st.integers(0, protocol.MAX_I64), st.booleans())
-def test_price_round_trip(sym, cents, seq, sent_ns, plain):
-    price = cents / 100
-    assume(price <= protocol.MAX_PRICE)
-    frame = protocol.format_price(sym, price, seq, sent_ns, plain)
-    assert frame.endswith(b"*") and frame.count(b"*") == 1
-    got = protocol.parse_price(frame[:-1])
-    assert got == (sym, pytest.approx(price), 0 if plain else seq, 0 if plain else sent_ns)
-
 
 @FAST
 @given(st.binary(max_size=60))

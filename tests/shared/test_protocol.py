@@ -20,45 +20,12 @@ from processes.shared.protocol import (
     encode_order,
     encode_reject,
     format_news,
-    format_price,
     parse_news,
-    parse_price,
     validate_order,
 )
 
 SYMBOLS = frozenset({"AAPL", "MSFT"})
 pytestmark = pytest.mark.timeout(10)
-
-
-def test_price_plain_form_from_the_assignment():
-    assert parse_price(memoryview(b"AAPL,172.53")) == (b"AAPL", 172.53, 0, 0)
-
-
-def test_price_extended_form_round_trips():
-    frame = format_price(b"MSFT", 325.2, 41, 123456789)
-    assert frame == b"MSFT,325.20,41,123456789*"
-    assert parse_price(memoryview(frame)[:-1]) == (b"MSFT", 325.2, 41, 123456789)
-    assert format_price(b"MSFT", 325.2, 41, 1, plain=True) == b"MSFT,325.20*"
-
-
-@pytest.mark.parametrize("frame, reason", [
-    (b"AAPL", "2 or 4 fields"),
-    (b"AAPL,1,2", "2 or 4 fields"),
-    (b"AAPL,abc", "bad number"),
-    (b"AAPL,nan", "finite"),
-    (b"AAPL,inf", "finite"),
-    (b"AAPL,-1.5", "> 0"),
-    (b"AAPL,0", "> 0"),
-    (b",10.0", "empty symbol"),
-    (b"AAPL,1.0,x,5", "bad number"),
-    (b"AAPL,1.0,-1,5", "out of range"),
-    (b"AAPL,1e303", "<= 1e"),
-    (b"AAPL,1.0,2,99999999999999999999", "out of range"),
-    (b"AAPL,1.0,18446744073709551616,5", "out of range"),
-])
-def test_bad_price_frames_say_why(frame, reason):
-    with pytest.raises(ProtocolError, match=reason):
-        parse_price(memoryview(frame))
 
 
 def test_news_both_forms():

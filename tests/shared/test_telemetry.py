@@ -11,7 +11,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from ext import hist_py
-from processes.shared import config, runtime, telemetry
+from processes.shared import config, placement, runtime, telemetry
 from processes.supervisor import summary
 
 try:
@@ -132,12 +132,12 @@ def test_summary_renders_flow_latency_and_problems():
 
 
 def test_layouts_and_cpu_lists():
-    cfg = config.load(None, config.layout_overrides("spread"))
+    cfg = config.load(None, placement.layout_overrides("spread"))
     assert cfg.strategy.cpus == [1] and cfg.gateway.cpus == [0] and cfg.strategy.idle == "block"
-    cfg = config.load(None, {**config.layout_overrides("strategy-spin"), "strategy.cpus": "0,1"})
+    cfg = config.load(None, {**placement.layout_overrides("strategy-spin"), "strategy.cpus": "0,1"})
     assert cfg.strategy.idle == "spin" and cfg.strategy.cpus == [0, 1]
-    with pytest.raises(config.ConfigError, match="layout 'nope'"):
-        config.layout_overrides("nope")
+    with pytest.raises(ValueError, match="layout .nope."):
+        placement.layout_overrides("nope")
     with pytest.raises(config.ConfigError, match="strategy.cpus"):
         config.load(None, {"strategy.cpus": "x"})
     with pytest.raises(config.ConfigError, match="gateway.cpus"):
@@ -148,18 +148,18 @@ def test_layouts_and_cpu_lists():
 
 def test_the_default_config_is_the_default_layout():
     cfg = config.load(None)
-    want = config.layout_overrides(config.DEFAULT_LAYOUT)
+    want = placement.layout_overrides(placement.DEFAULT_LAYOUT)
     for key, value in want.items():
         section, _, field = key.partition(".")
         assert getattr(getattr(cfg, section), field) == value, key
-    assert all(getattr(cfg, p).idle == "block" for p in config.PROCESSES)  # no busy loop
+    assert all(getattr(cfg, p).idle == "block" for p in placement.PROCESSES)  # no busy loop
 
 
 def test_real_time_is_skipped_for_an_unpaced_feed():
-    assert runtime.unpaced(config.load(None, {"gateway.tick_rate": 0}))
-    assert not runtime.unpaced(config.load(None, {"gateway.tick_rate": 10}))
-    assert runtime.unpaced(config.load(None, {"gateway.csv": "x.csv", "gateway.csv_speed": 0}))
-    assert runtime.unpaced(config.load(None, {"gateway.news_rate": 0}))
+    assert placement.unpaced(config.load(None, {"gateway.tick_rate": 0}))
+    assert not placement.unpaced(config.load(None, {"gateway.tick_rate": 10}))
+    assert placement.unpaced(config.load(None, {"gateway.csv": "x.csv", "gateway.csv_speed": 0}))
+    assert placement.unpaced(config.load(None, {"gateway.news_rate": 0}))
 
 
 def test_pin_drops_cpus_the_machine_lacks(caplog):
@@ -167,10 +167,10 @@ def test_pin_drops_cpus_the_machine_lacks(caplog):
     try:
         log = logging.getLogger("pin-test")
         with caplog.at_level(logging.WARNING):
-            got = runtime.pin("strategy", [0, 4096], log)
+            got = placement.pin("strategy", [0, 4096], log)
         assert got == [0]
         assert "4096" in caplog.text
-        assert runtime.pin("strategy", [], log) == [0]  # [] leaves the affinity alone
+        assert placement.pin("strategy", [], log) == [0]  # [] leaves the affinity alone
     finally:
         os.sched_setaffinity(0, before)
 

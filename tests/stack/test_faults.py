@@ -27,7 +27,6 @@ from stackutil import (
     CTX,
     Child,
     make_config,
-    pid_alive,
     record_fault,
     rss_bytes,
     shm_exists,
@@ -36,6 +35,7 @@ from stackutil import (
 )
 
 from ext import SharedPriceBook
+from ext.layout import pid_alive
 from processes.shared import telemetry
 
 

@@ -13,6 +13,7 @@ from stackutil import (
     Child,
     cpu_seconds,
     make_config,
+    parse_price,
     recv_frames,
     rss_bytes,
     shm_exists,
@@ -27,7 +28,6 @@ from processes.shared.protocol import (
     encode_order,
     encode_welcome,
     parse_news,
-    parse_price,
 )
 
 

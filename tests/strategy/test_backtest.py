@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processes.gateway.replay import load_events, parse_events
+from processes.shared.market_file import load_events, parse_events
 from processes.strategy import backtest
 from processes.strategy.api import BUY, SELL, OrderReply, Strategy, StrategyConfig, Tick
 from processes.strategy.signals import NEUTRAL, MovingAverageCrossover, combine, sentiment_signal
@@ -134,7 +134,7 @@ def test_a_strategy_gets_exactly_the_expected_orders_and_host_rules():
 
 
 def test_submit_refuses_bugs_market_news_fans_out_and_hook_errors_are_counted():
-    from processes.gateway.replay import Event
+    from processes.shared.market_file import Event
 
     class Buggy(Strategy):
         def on_news(self, symbol: str, sentiment: int) -> None:

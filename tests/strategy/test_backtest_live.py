@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from stackutil import make_config, wait_until
 
-from processes.gateway.replay import load_events
+from processes.shared.market_file import load_events
 from processes.strategy import backtest
 from processes.supervisor.stack import Stack
 

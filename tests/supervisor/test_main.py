@@ -13,7 +13,9 @@ import uuid
 
 import pytest
 from mainutil import ROOT, assert_nothing_left, child_pids, main_cmd, reap, start_main
-from stackutil import pid_alive, shm_exists, wait_until
+from stackutil import shm_exists, wait_until
+
+from ext.layout import pid_alive
 
 
 @pytest.mark.timeout(90)

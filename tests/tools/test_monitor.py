@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
-from stackutil import pid_alive, shm_exists, wait_until
+from stackutil import shm_exists, wait_until
 
+from ext.layout import pid_alive, segment_owner
 from processes.shared import telemetry
-from processes.supervisor.stack import segment_owner
 from processes.tools import dashboard
-from processes.tools.bookwatch import BookWatcher
 from processes.tools.dashboard import Quote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,42 +134,6 @@ def test_health_rules():
     assert h(snap("x", {}), NOW, 1.0, alive=lambda p: False).state == "dead"
 
 
-@pytest.mark.timeout(20)
-def test_book_watcher_retries_then_attaches_and_notices_a_new_segment():
-    from ext import SharedPriceBook
-    name = f"tstest_{uuid.uuid4().hex[:12]}"
-    clock = [0.0]
-    watcher = BookWatcher(name, clock=lambda: clock[0])
-    try:
-        assert watcher.quotes() is None and "waiting" in watcher.status
-        book = SharedPriceBook(["AAPL"], name=name, create=True)
-        try:
-            assert watcher.quotes() is None, "must wait for the backoff, not retry at once"
-            clock[0] += 5
-            book.update("AAPL", 10.5, 0, 7)
-            assert watcher.prices() == {"AAPL": 10.5}
-            assert watcher.quotes()["AAPL"][1] == 7          # tick seq
-        finally:
-            book.close()
-            book.unlink()
-        book = SharedPriceBook(["AAPL", "MSFT"], name=name, create=True)  # an OrderBook restart
-        try:
-            book.update("MSFT", 3.25)
-            clock[0] += 5
-            for _ in range(3):
-                prices = watcher.prices()
-                if "MSFT" in prices:
-                    break
-                clock[0] += 5
-            assert prices == {"MSFT": 3.25}
-        finally:
-            book.close()
-            book.unlink()
-    finally:
-        watcher.close()
-    assert not shm_exists(name)
-
-
 # --- real terminals ------------------------------------------------------------------------------
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None,
@@ -253,7 +216,7 @@ def cleanup(tmp_path: Path, shm: str, tmux: Tmux | None = None) -> None:
         for pid in pids:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    owner = segment_owner(f"/dev/shm/{shm}")
+    owner = segment_owner(shm)
     if owner is not None and not pid_alive(owner):
         os.unlink(f"/dev/shm/{shm}")
 

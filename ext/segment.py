@@ -1,0 +1,188 @@
+"""Follow the OrderBook's price book at a name, across OrderBook restarts.
+
+One watcher serves every process that looks at the book from outside the OrderBook: the
+Strategy (which hooks its PriceReader onto on_attach / on_detach), the dashboard and the
+OrderManager's PnL marks (read-only quotes()). Call poll() from a timer; nothing here belongs
+on a hot path.
+
+Identity: a segment is the pair (owner_pid, created_ns) its creator stamps into header line 0
+before it stores the magic. A restarted OrderBook creates a new segment under the same name
+(reclaiming or after an unlink), stamping its own pid and a fresh CLOCK_MONOTONIC time, so the
+pair changes exactly when the segment does. The file's inode adds nothing: every new file is a
+new creation and so a new stamp; a half-created file (magic still 0) already fails validation;
+and tmpfs may hand a freed inode number to the next file, so the inode is the weaker rule.
+Reading the stamp through shm_open (probe_segment) also keeps /dev/shm paths out of the rule.
+
+This module is part of ext, so it takes its backoff policy as a parameter (reactor.Backoff
+fits) instead of importing reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ext import SharedPriceBook, layout
+from ext.layout import LayoutError
+
+log = logging.getLogger("tradestack.shm")
+
+# An OrderBook stamps its heartbeat every 0.5 s: four missed stamps mean it is dead or hung.
+DEAD_AFTER_S = 2.0
+
+
+class BackoffPolicy(Protocol):
+    """Delays between attach attempts (reactor.Backoff is one)."""
+
+    def next(self) -> float: ...
+    def reset(self) -> None: ...
+
+
+class SegmentWatcher:
+    """The price book at `name`, attached when it is there and re-attached when it is replaced.
+
+    poll() is the one entry point, from a timer: while detached it tries to attach when the
+    backoff allows (a missing or half-created segment is retried, never in a tight loop);
+    while attached it probes the header at the name and detaches when the segment vanished or
+    was replaced, then attaches the new one on the same or a later poll. on_attach(book) runs
+    after each attach; on_detach(reason) runs while the old book is still open, so a caller
+    can close its PriceReader before the mapping goes.
+
+    A dead OrderBook whose segment is still there is not detached (its last prices stay
+    readable and its successor replaces the segment): liveness() says why it is not live.
+    """
+
+    def __init__(self, name: str, backoff: BackoffPolicy, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_attach: Callable[[Any], None] | None = None,
+                 on_detach: Callable[[str], None] | None = None,
+                 dead_after: float = DEAD_AFTER_S) -> None:
+        self.name = layout.validate_name(name)
+        self.backoff = backoff
+        self.clock = clock
+        self.on_attach = on_attach
+        self.on_detach = on_detach
+        self.dead_after = dead_after
+        self.book: Any = None          # the SharedPriceBook while attached
+        self.identity: tuple[int, int] | None = None   # (owner_pid, created_ns)
+        self.heartbeat_ns = 0          # the owner's last heartbeat, as of the last poll
+        self.status = "not attached"
+        self.attaches = 0
+        self.failures = 0              # attach attempts failed in a row
+        self._next_try = 0.0
+
+    @property
+    def attached(self) -> bool:
+        return self.book is not None
+
+    @property
+    def owner_pid(self) -> int:
+        return self.identity[0] if self.identity else 0
+
+    def poll(self) -> bool:
+        """Check the segment at the name and (re-)attach when due; True if attached after it."""
+        if self.book is not None:
+            probe = layout.probe_segment(self.name)
+            if probe is None:
+                self.detach(f"{self.name} vanished")
+            elif (probe.owner_pid, probe.created_ns) != self.identity:
+                self.detach(f"{self.name} was replaced by a new OrderBook")
+            else:
+                self.heartbeat_ns = probe.heartbeat_ns
+                return True
+        return self._attach()
+
+    def retry_in(self) -> float | None:
+        """Seconds until the next attach attempt is due (0 = now); None while attached."""
+        if self.book is not None:
+            return None
+        return max(0.0, self._next_try - self.clock())
+
+    def _attach(self) -> bool:
+        if self.clock() < self._next_try:
+            return False
+        try:
+            book = SharedPriceBook(name=self.name, create=False)
+        except (FileNotFoundError, ValueError, LayoutError, OSError) as exc:
+            # Missing, or caught mid-creation (empty file, header not written yet).
+            delay = self.backoff.next()
+            self._next_try = self.clock() + delay
+            self.failures += 1
+            self.status = f"waiting for {self.name} ({type(exc).__name__}; retry in {delay:.1f}s)"
+            (log.info if self.failures == 1 else log.debug)(
+                "segment %s not ready (%s); retrying in %.2fs", self.name, exc, delay)
+            return False
+        head = book.header()
+        self.book = book
+        self.identity = (head["owner_pid"], head["created_ns"])
+        self.heartbeat_ns = head["heartbeat_ns"]
+        self.backoff.reset()
+        self.failures = 0
+        self.attaches += 1
+        self.status = f"attached to {self.name} (OrderBook pid {self.owner_pid})"
+        if self.on_attach is not None:
+            self.on_attach(book)
+        return True
+
+    def detach(self, reason: str = "detached") -> None:
+        """Let go of the book (on_detach first, while it is still mapped); the next poll()
+        attaches again."""
+        book = self.book
+        if book is None:
+            return
+        self.status = f"{reason}; re-attaching"
+        try:
+            if self.on_detach is not None:
+                self.on_detach(reason)
+        finally:
+            self.book = None
+            self.identity = None
+            book.close()
+
+    def close(self) -> None:
+        self.detach("closed")
+        self.status = "closed"
+
+    # --- liveness -------------------------------------------------------------------------------
+    def heartbeat_age(self, now_ns: int | None = None) -> float | None:
+        """Seconds since the owner's last heartbeat as of the last poll; None while detached."""
+        if self.book is None:
+            return None
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        return (now - self.heartbeat_ns) / 1e9
+
+    def liveness(self, now_ns: int | None = None) -> str | None:
+        """None while the OrderBook behind the book is live, else why it is not."""
+        age = self.heartbeat_age(now_ns)
+        if age is None:
+            return "not attached"
+        if not layout.pid_alive(self.owner_pid):
+            return f"OrderBook pid {self.owner_pid} is dead"
+        if age > self.dead_after:
+            return f"OrderBook pid {self.owner_pid} silent for {age:.1f}s"
+        return None
+
+    # --- read-only views, for tools -------------------------------------------------------------
+    def quotes(self) -> dict[str, tuple[float, int, int]] | None:
+        """{symbol: (price, tick_seq, write_ns)} (price NaN if never written), or None while
+        not attached. Seqlock reads: they never block the writer and take no reader entry."""
+        if not self.poll():
+            return None
+        book = self.book
+        try:
+            out = {}
+            for i, sym in enumerate(book.symbols):
+                price, _sent_ns, tick_seq, write_ns = book.read_slot(i)
+                out[sym] = (price, tick_seq, write_ns)
+            return out
+        except Exception as exc:   # e.g. a writer that died mid-write: the read times out
+            self.detach(f"read failed ({type(exc).__name__}: {exc})")
+            return None
+
+    def prices(self) -> dict[str, float]:
+        """{symbol: latest price} of the symbols written so far; {} while not attached."""
+        quotes = self.quotes() or {}
+        return {sym: q[0] for sym, q in quotes.items() if math.isfinite(q[0]) and q[0] > 0}
