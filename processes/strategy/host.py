@@ -190,10 +190,10 @@ class StrategyHost:
                                    self.symbols[key >> 1], why)
         return None
 
-    def _refusal_line(self, text: str, *args: Any) -> None:
+    def _refusal_line(self, text: str, *args: Any, level: int = logging.WARNING) -> None:
         self.refusal_lines += 1
         if self.refusal_lines <= LOGGED_TRANSITIONS:
-            self.log.warning(text, *args)
+            self.log.log(level, text, *args)
         elif self.refusal_lines == LOGGED_TRANSITIONS + 1:
             self.log.warning("more refusals and backoffs follow; only counted (refused_*)")
 
@@ -213,7 +213,7 @@ class StrategyHost:
         self._backoff_until[key] = 0
         self._refusing[key] = None
         self._refusal_line("backoff of %s %s %s; orders allowed again", self._side(key),
-                           self.symbols[key >> 1], why)
+                           self.symbols[key >> 1], why, level=logging.INFO)
 
     # --- the strategy's hooks --------------------------------------------------------------------
     def _hook_failed(self, hook: str) -> None:
