@@ -23,7 +23,7 @@ def main_cmd(tmp_path: Path, shm: str, *extra: str) -> list[str]:
 
 
 def child_pids(output: str) -> dict[str, int]:
-    return {m[1]: int(m[2]) for m in re.finditer(r"(\w+) ready \(pid (\d+)\)", output)}
+    return {m[1]: int(m[2]) for m in re.finditer(r"([\w.]+) ready \(pid (\d+)\)", output)}
 
 
 def start_main(tmp_path: Path, shm: str, *extra: str) -> tuple[subprocess.Popen, list[str]]:
@@ -52,8 +52,10 @@ def reap(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
-def assert_nothing_left(output: str, shm: str) -> None:
+def assert_nothing_left(output: str, shm: str, *strategies: str) -> None:
+    """Every child (the four, and the named extra strategy processes) exited; no segment."""
     pids = child_pids(output)
-    assert set(pids) == {"order_manager", "gateway", "orderbook", "strategy"}, output[-2000:]
+    expected = {"order_manager", "gateway", "orderbook", "strategy", *strategies}
+    assert set(pids) == expected, output[-2000:]
     wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 5, what="children to exit")
     assert not shm_exists(shm)
