@@ -195,7 +195,8 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
     fastest_blocking = best_layout(rows, True)
     fastest = best_layout(rows, False)
     any_info = next(iter(rows.values()))
-    out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs them) at "
+    out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs "
+           "them) at "
            f"{any_info['tick_rate']:,} ticks/s, {any_info['seconds']:.0f} s per layout, every "
            "hop waking from idle. Layouts are `processes/config.py` LAYOUTS (`--layout NAME`). "
            "Latency in us, p50 / p99 / p99.9; ack percentiles rest on "

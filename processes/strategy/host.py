@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -507,7 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = runtime.cli("strategy", "Run the strategy named by strategy.class (default: the "
                       "built-in MA crossover + sentiment) on the live stack.", ("strategy",),
                       argv, extra=(("network", "news_port"), ("network", "order_port")))
-    return 0 if cfg is None else run(cfg)
+    if cfg is None:
+        return 0
+    try:
+        load_strategy(cfg.strategy)   # a typo is one line here, not a failed start-up
+    except config_mod.ConfigError as exc:
+        print(f"python -m processes.strategy: error: {exc}", file=sys.stderr)
+        return 2
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -388,5 +388,6 @@ def render(snaps: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Quote] |
     clock = time.strftime("%H:%M:%S", time.localtime(now))
     title = Text.assemble(("tradestack", "bold magenta"), f"  {clock}  ", (source, "dim"),
                           "  ", (footer, "dim"))
-    return Panel(Group(top, middle, bottom, strategies_table(snaps)), title=title, title_align="left",
+    return Panel(Group(top, middle, bottom, strategies_table(snaps)), title=title,
+                 title_align="left",
                  box=box.ROUNDED, padding=(0, 1), expand=False)

@@ -46,7 +46,8 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
     cfg = make_config(tmp_path, **{
         "gateway.tick_rate": 2000, "gateway.news_rate": 200, "gateway.seed": 7,
         "strategy.params.short_window": 2, "strategy.params.long_window": 4,
-        "strategy.params.bullish": 50, "strategy.params.bearish": 50,   # news agrees with a trend half the time
+        # news agrees with a trend half the time
+        "strategy.params.bullish": 50, "strategy.params.bearish": 50,
         "logging.level": "DEBUG", "logging.stats_interval": 0.1,
     })
     children: list[Child] = []
