@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import subprocess
+import time
 import uuid
 from collections import Counter, defaultdict
 
 import pytest
-from mainutil import assert_nothing_left, main_cmd
-from stackutil import make_config
+from mainutil import MainRun, assert_nothing_left, child_pids, main_cmd
+from stackutil import make_config, pid_alive, wait_until
 
 from processes.shared import config
 from processes.supervisor.stack import Stack, process_order
@@ -103,6 +106,34 @@ def test_a_reject_storm_is_stopped_by_the_backoff(tmp_path):
     if counters["pending"] == 0:
         assert counters["positions"] == [0] * len(counters["symbols"]), "restored on reject"
     assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(90)
+def test_a_killed_strategy_process_is_restarted_by_its_own_name(tmp_path):
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    run = MainRun(tmp_path, shm, "--set", "strategies.b.class=examples.sentiment:SentimentOnly",
+                  "--set", "strategies.b.params.threshold=60", "--set", "supervisor.backoff=0.2")
+    try:
+        run.wait_for("stack running")
+        pids = child_pids(run.output)
+        wait_until(lambda: any(o["client"] == "b" for o in booked(tmp_path)), 20,
+                   what="orders from strategy b")
+        mark = len(run.lines)
+        os.kill(pids["strategy.b"], signal.SIGKILL)
+        kill_ns = time.monotonic_ns()
+        run.wait_for(r"strategy\.b died with exit code -9; restarting it", 10, mark)
+        restarted = run.wait_for(r"strategy\.b restarted \(pid (\d+)\)", 30, mark)
+        assert pid_alive(int(restarted[1])) and pid_alive(pids["strategy"]), \
+            "only strategy.b is restarted"
+        wait_until(lambda: any(o["client"] == "b" and o["received_ns"] > kill_ns
+                               for o in booked(tmp_path)), 30, what="b trading again")
+        os.kill(run.proc.pid, signal.SIGTERM)
+        run.proc.wait(30)
+    finally:
+        run.close()
+    assert run.proc.returncode == 0, run.output[-3000:]
+    assert "strategy died" not in run.output
+    assert_nothing_left(run.output, shm, "strategy.b")
 
 
 @pytest.mark.timeout(30)
