@@ -1,10 +1,11 @@
-"""Run the whole tradestack: OrderManager, Gateway, OrderBook, Strategy, until Ctrl+C.
+"""Run the whole tradestack: OrderManager, Gateway, OrderBook, Strategies, until Ctrl+C.
 
     python main.py                  # until Ctrl+C (or SIGTERM)
     python main.py --duration 10    # ten seconds, then a clean stop
     python main.py --print-config   # effective settings
     python main.py --dashboard      # with the live dashboard in this terminal; q stops the stack
     python main.py --csv data/sample_prices.csv   # replay a price file instead of the random walk
+    python main.py --set strategy.class=examples.sentiment:SentimentOnly   # another strategy
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from processes.shared.config import ConfigError
 from processes.shared.runtime import parse_cli, set_console, setup_logging
-from processes.supervisor.stack import run_stack
+from processes.strategy.loader import check_all
+from processes.supervisor.stack import Supervisor
 from processes.tools.monitor import DashboardHook
 
 
@@ -33,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be > 0")
+    try:
+        check_all(cfg)   # every strategy class and its params, before any process starts
+    except ConfigError as exc:
+        parser.error(str(exc))
     hook = None
     if args.dashboard:
         # The dashboard owns the terminal: no child logs to it (their files are still written).
@@ -43,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("main", cfg.logging)
     if hook is not None:
         set_console(True)
-    return run_stack(cfg, args.duration, hook=hook)
+    return Supervisor(cfg, args.duration, hook=hook).run()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """End to end: the real four processes at a fixed tick rate, one run per CPU layout.
 
-Each run starts the stack exactly as main.py does (processes.supervisor.stack.Stack), lets it
-trade for a fixed time, stops it, and reads the per-hop HdrHistogram buckets every process
-published in its final stats snapshot (processes.shared.telemetry). Latencies are
-CLOCK_MONOTONIC differences taken in the processes themselves: tick -> decision for every tick
-the Strategy evaluates, tick -> ack for every order. The strategy is tuned to trade often
-(short windows, a neutral sentiment band of zero width, fast news) so that the ack percentiles
-rest on thousands of orders, not a handful.
+Each run starts the stack exactly as main.py does (processes.supervisor.stack.Stack), lets it trade
+for a fixed time, stops it, and reads the per-hop HdrHistogram buckets every process published in
+its final stats snapshot (processes.shared.telemetry). Latencies are CLOCK_MONOTONIC differences
+taken in the processes themselves: tick -> decision for every tick the Strategy evaluates, tick ->
+ack for every order. The strategy is tuned to trade often (short windows, a neutral sentiment band
+of zero width, fast news) so that the ack percentiles rest on thousands of orders, not a handful.
 
 The layouts come from processes.shared.placement.LAYOUTS; all runs share one pytest session, so
 their ratios are comparable even on a noisy machine.

@@ -196,7 +196,7 @@ def placement_section(doc: dict) -> tuple[list[str], str | None]:
     fastest = best_layout(rows, False)
     any_info = next(iter(rows.values()))
     out = [f"The four real processes (`processes.supervisor.stack.Stack`, as `main.py` runs "
-           f"them) at "
+           "them) at "
            f"{any_info['tick_rate']:,} ticks/s, {any_info['seconds']:.0f} s per layout, every "
            "hop waking from idle. Layouts are `processes/shared/placement.py` LAYOUTS "
            "(`--layout NAME`). "

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from processes.shared import config  # noqa: E402
+from processes.strategy.loader import load_strategy  # noqa: E402
 
 # For keys whose line in tradestack.toml has no comment.
 NOTES = {
@@ -29,9 +30,17 @@ NOTES = {
                       "OrderManager's accepted symbols",
     "market.shm_name": "name of the shared-memory price book (/dev/shm/NAME)",
     "strategy.name": "client name in orders and in the OrderManager's pnl",
+    "strategy.class": "the Strategy subclass this process runs, \"package.module:ClassName\"",
+    "strategy.symbols": "what it trades; [] = every market symbol",
+    "strategy.params": "[strategy.params]: the class's own settings, checked by its "
+                       "config_class (below: the built-in's)",
     "strategy.params.short_window": "ticks in the short moving average",
     "strategy.params.long_window": "ticks in the long moving average",
+    "strategy.params.bullish": "sentiment strictly above it confirms a rising trend",
+    "strategy.params.bearish": "sentiment strictly below it confirms a falling trend",
     "strategy.params.quantity": "order size; a flip long <-> short trades 2 x quantity",
+    "strategies.NAME": "one more strategy process per table, named NAME (its client name); "
+                       "inherits every [strategy] key but name, class, symbols and params",
     "order_manager.order_log": "one JSON line per booked order",
     "logging.dir": "logs/<process>.log and, by default, the stats snapshots",
     "logging.level": "DEBUG, INFO, WARNING or ERROR",
@@ -63,19 +72,35 @@ def by_name(path: Path) -> dict[str, str]:
             if (m := PLACEMENT_LINE.fullmatch(line))}
 
 
+def builtin_params() -> list[tuple[str, object]]:
+    """(name, default) of the built-in strategy's [strategy.params]."""
+    _, params = load_strategy(config.Strategy())
+    return [(name, getattr(params, name)) for name in params.__struct_fields__]
+
+
 def table() -> str:
     notes = {**NOTES, **comments(config.DEFAULT_CONFIG)}
     names = by_name(config.DEFAULT_CONFIG)
     rows = ["| key | default | meaning |", "|---|---|---|"]
     defaults = config.Config()
+
+    def row(key: str, value: str, name: str) -> None:
+        meaning = notes.get(key, names.get(name, "")).replace("|", "\\|")
+        rows.append(f"| `{key}` | `{value}` | {meaning} |")
+
     for section in dataclasses.fields(defaults):
-        if not dataclasses.is_dataclass(getattr(defaults, section.name)):
-            continue   # strategies: [strategies.NAME] tables, none by default
+        if section.name == "strategies":
+            row("strategies.NAME", "(none)", "")
+            continue
         for f in dataclasses.fields(getattr(defaults, section.name)):
-            key = f"{section.name}.{f.name}"
-            value = config._toml_value(getattr(getattr(defaults, section.name), f.name))
-            meaning = notes.get(key, names.get(f.name, "")).replace("|", "\\|")
-            rows.append(f"| `{key}` | `{value}` | {meaning} |")
+            name = config._TOML_KEYS.get(f.name, f.name)
+            value = getattr(getattr(defaults, section.name), f.name)
+            if section.name == "strategy" and f.name == "params":
+                row("strategy.params", "{}", name)
+                for param, default in builtin_params():
+                    row(f"strategy.params.{param}", config._toml_value(default), param)
+                continue
+            row(f"{section.name}.{name}", config._toml_value(value), name)
     return "\n".join(rows)
 
 

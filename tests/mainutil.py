@@ -7,6 +7,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from stackutil import shm_exists, wait_until
@@ -25,7 +27,7 @@ def main_cmd(tmp_path: Path, shm: str, *extra: str) -> list[str]:
 
 
 def child_pids(output: str) -> dict[str, int]:
-    return {m[1]: int(m[2]) for m in re.finditer(r"(\w+) ready \(pid (\d+)\)", output)}
+    return {m[1]: int(m[2]) for m in re.finditer(r"([\w.]+) ready \(pid (\d+)\)", output)}
 
 
 def start_main(tmp_path: Path, shm: str, *extra: str) -> tuple[subprocess.Popen, list[str]]:
@@ -54,8 +56,46 @@ def reap(proc: subprocess.Popen) -> None:
         proc.communicate()
 
 
-def assert_nothing_left(output: str, shm: str) -> None:
+def assert_nothing_left(output: str, shm: str, *strategies: str) -> None:
+    """Every child (the four, and the named extra strategy processes) exited; no segment."""
     pids = child_pids(output)
-    assert set(pids) == {"order_manager", "gateway", "orderbook", "strategy"}, output[-2000:]
+    expected = {"order_manager", "gateway", "orderbook", "strategy", *strategies}
+    assert set(pids) == expected, output[-2000:]
     wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 5, what="children to exit")
     assert not shm_exists(shm)
+
+
+class MainRun:
+    """main.py in its own session, its output collected by a thread so the test can wait on it."""
+
+    def __init__(self, tmp_path: Path, shm: str, *extra: str) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(main_cmd(tmp_path, shm, *extra), cwd=tmp_path,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match:
+        """The first match of `pattern` in the output lines from index `after` on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines[after:]:
+                if m := re.search(pattern, line):
+                    return m
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in main.py output:\n{self.output[-3000:]}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        reap(self.proc)
+        self._reader.join(5)

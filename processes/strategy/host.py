@@ -1,4 +1,10 @@
-"""Strategy: ticks from shared memory, news from the Gateway, orders to the OrderManager.
+"""StrategyHost: the live process that runs any Strategy (processes.strategy.api) on the stack.
+
+Ticks come from shared memory, news from the Gateway, replies from the OrderManager; the
+strategy only decides. The host keeps what a strategy could get wrong: the position per symbol,
+one order in flight per symbol and side, backing off a symbol and side after a reject, no order on
+a stale price, prices that are not finite and positive, exceptions in the strategy's hooks, and a
+restarted OrderBook.
 
 It waits for prices without a timer and without spinning: the book's PriceReader is an IdleSource
 of the reactor. Before the reactor blocks it arms the reader (announces "I am about to sleep" in the
@@ -7,255 +13,242 @@ the news and order sockets. One wait covers all three inputs.
 
 Stale prices and a dead OrderBook are noticed by a timer (_watch, every WATCH_INTERVAL), never per
 tick: no order is made on a price older than `strategy.max_price_age`, and when the OrderBook dies
-and a new one replaces its segment, the Strategy re-attaches to the new segment by itself, keeping
+and a new one replaces its segment, the host re-attaches to the new segment by itself, keeping
 its positions.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import time
 from typing import Any
 
 from ext import LayoutError, PriceReader, SharedPriceBook, layout
 from processes.shared import config as config_mod
 from processes.shared import runtime
-from processes.shared.protocol import (
-    MAX_FRAME,
-    Order,
-    ProtocolError,
-    decode_ack,
-    decode_json,
-    encode_hello,
-    encode_order,
-    parse_news,
-)
+from processes.shared.protocol import MAX_FRAME, Order, ProtocolError, parse_news
 from processes.shared.telemetry import Recorder
-from processes.strategy.signals import (
-    FLAT,
-    NEUTRAL,
-    POSITION_NAME,
-    SIDE_NAME,
-    MovingAverageCrossover,
-    combine,
-    order_for,
-    sentiment_signal,
-)
-from reactor import Backoff, Connection, Dialer, Reactor
+from processes.strategy.api import BUY, SELL, OrderReply, Strategy, Tick
+from processes.strategy.loader import load_strategy, section_name
+from processes.strategy.order_client import OrderClient
+from reactor import Backoff, Dialer, Reactor
 
-log = logging.getLogger("strategy")
-
-LOGGED_PROBLEMS = 5  # bad frames/replies logged one by one; the rest only counted
-WATCH_INTERVAL = 0.2   # seconds between staleness and segment checks (a timer, not per tick)
+LOGGED_PROBLEMS = 5    # bad frames and strategy errors logged one by one; the rest only counted
+WATCH_INTERVAL = 0.2   # seconds between staleness, segment and backoff checks (a timer)
 BOOK_DEAD_S = 2.0      # an OrderBook heartbeat (every 0.5 s) older than this: it is dead or hung
-LOGGED_TRANSITIONS = 100  # stale/fresh lines logged; then only counted (a flapping feed)
+LOGGED_TRANSITIONS = 100  # stale/fresh and refusal lines logged; then only counted
+REJECT_BACKOFF_S = 1.0      # a symbol and side waits this long after its first reject...
+REJECT_BACKOFF_MAX_S = 30.0  # ...doubling per reject in a row up to this; an ack resets it
+REFUSALS = ("pending", "stale", "backoff")
+_SIGN = {BUY: 1, SELL: -1}
 
 
-class OrderClient:
-    """Connection to the OrderManager: handshake, orders out, acks and rejects matched to them.
+class StrategyHost:
+    """Runs one Strategy and is its Context (name, symbols, log, submit, position, price,
+    sentiment, now_ns).
 
-    Delivery: an order is submitted once and stays in `pending` (insertion order = creation
-    order) until the OrderManager acks or rejects it. It is written at once when a session is
-    up (connected and welcomed); otherwise it waits there. After every (re)connect and welcome,
-    ALL pending orders are (re)sent in order with their original ids, so an order is never
-    lost to an OrderManager outage, and the OrderManager's dedup by id means a resend of an order
-    it had already booked is only acked again (same order_no), never booked twice.
-
-    Counters: `unsent` = distinct orders that had to wait because no session was up when they
-    were made; `resent` = orders written again after a reconnect; `refusals` = handshakes the
-    OrderManager refused (bad token or version: logged, and retried with the Dialer's backoff).
+    Per-symbol state is indexed by the symbol's place in `symbols` (strategy.symbols, or every
+    market symbol), which does not change when the price book is replaced; per symbol and side
+    it is indexed by 2 * index + (1 for BUY, 0 for SELL).
     """
 
-    def __init__(self, reactor: Reactor, host: str, port: int, on_reply, client: str = "",
-                 token: str = "") -> None:
-        self.on_reply = on_reply
-        self.client = client
-        self.token = token
-        self.pending: dict[str, tuple[Order, int]] = {}   # id -> (order, position before it)
-        self.welcomed = False
-        self.acks = 0
-        self.rejects = 0
-        self.bad_replies = 0
-        self.unsent = 0
-        self.resent = 0
-        self.refusals = 0
-        self._last_refusal = ""
-        # overflow="close": an order that does not fit the write buffer must not vanish; the
-        # close makes us reconnect and resend everything pending instead.
-        self.dialer = Dialer(reactor, host, port, on_connect=self._on_connect,
-                             on_disconnect=self._on_disconnect, on_frame=self._on_frame,
-                             backoff=Backoff(), max_frame=MAX_FRAME, overflow="close")
-
-    @property
-    def connected(self) -> bool:
-        return self.dialer.connected and self.welcomed
-
-    def start(self) -> None:
-        self.dialer.start()
-
-    def close(self) -> None:
-        self.dialer.close()
-
-    def submit(self, order: Order, position_before: int) -> bool:
-        """Own `order` until it is acked or rejected; True if it went on the wire right now."""
-        self.pending[order.id] = (order, position_before)
-        log.debug("order %s created: %s %d %s @ %.2f", order.id, order.side, order.qty,
-                  order.symbol, order.price)
-        if self.welcomed:
-            conn = self.dialer.connection
-            if conn is not None and conn.send(encode_order(order)):
-                return True
-        self.unsent += 1
-        return False
-
-    def _on_connect(self, conn: Connection) -> None:
-        log.info("connected to order manager %s; saying hello as %s", conn.peer, self.client)
-        self.welcomed = False
-        conn.send(encode_hello(self.client, self.token))
-
-    def _on_disconnect(self, reason: str | None) -> None:
-        self.welcomed = False
-        if self.dialer.closed or (reason or "").startswith("refused"):
-            return  # our own shutdown, or a refusal already logged
-        log.warning("order manager lost (%s); %d orders unacknowledged, kept for resending; "
-                    "reconnecting", reason or "closed by peer", len(self.pending))
-
-    def _on_welcome(self, reply: dict) -> None:
-        """Session up: resend every pending order, oldest first."""
-        self.welcomed = True
-        self._last_refusal = ""
-        conn = self.dialer.connection
-        if reply.get("kill_switch"):
-            log.warning("order manager's kill switch is on: orders will be rejected")
-        log.info("welcomed by order manager; resending %d unacknowledged orders",
-                 len(self.pending))
-        now = time.monotonic_ns()
-        for order, _ in list(self.pending.values()):
-            if conn is None or conn.closed:
-                return  # lost again (or overflowed): the next welcome resends the rest
-            order.sent_ns = now  # this attempt's send time: order -> ack measures one try
-            if conn.send(encode_order(order)):
-                self.resent += 1
-
-    def _on_refused(self, reply: dict) -> None:
-        reason = str(reply.get("reason"))[:300]
-        self.refusals += 1
-        if self.refusals <= LOGGED_PROBLEMS or reason != self._last_refusal:
-            log.error("order manager REFUSED this strategy: %s; retrying with backoff "
-                      "(%d orders kept)", reason, len(self.pending))
-        self._last_refusal = reason
-        conn = self.dialer.connection
-        if conn is not None:
-            conn.close(f"refused: {reason}")  # the Dialer redials with its backoff
-
-    def _on_frame(self, frame: memoryview) -> None:
-        fast = decode_ack(frame)   # the common case, without the json module
-        if fast is not None:
-            entry = self.pending.pop(fast[0], None)
-            if entry is None:
-                self._bad_reply(f"ack for an unknown order {fast[0]!r}")
-                return
-            self.acks += 1
-            self.on_reply({"type": "ack", "id": fast[0], "order_no": fast[1]}, entry)
-            return
-        try:
-            reply = decode_json(frame)
-        except ProtocolError as exc:
-            self._bad_reply(str(exc))
-            return
-        kind = reply.get("type")
-        if kind == "welcome":
-            self._on_welcome(reply)
-            return
-        if kind == "refused":
-            self._on_refused(reply)
-            return
-        oid = reply.get("id")
-        if not isinstance(oid, str) and oid is not None:
-            self._bad_reply(f"reply id is not a string: {oid!r}")
-            return
-        entry = self.pending.pop(oid, None)
-        if entry is None:  # not ours, or answered already: counted as a bad reply, not an ack
-            self._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
-            return
-        if kind == "ack":
-            self.acks += 1
-        else:
-            self.rejects += 1
-        self.on_reply(reply, entry)
-
-    def _bad_reply(self, reason: str) -> None:
-        self.bad_replies += 1
-        if self.bad_replies <= LOGGED_PROBLEMS:
-            log.warning("unreadable reply from order manager: %s", reason)
-
-
-class StrategyService:
-    """MA crossover + sentiment, one position per symbol, orders only on a change of side.
-
-    An order is made once per change of side and the position moves at once (optimistically):
-    the OrderClient keeps the order until the OrderManager answers, waiting out an outage and
-    resending after a reconnect, so no agreeing tick has to retry it. A reject restores the
-    position the order started from.
-    """
-
-    def __init__(self, reactor: Reactor, cfg: config_mod.Config) -> None:
+    def __init__(self, reactor: Reactor, cfg: config_mod.Config,
+                 process: str = "strategy") -> None:
         self.reactor = reactor
         self.cfg = cfg
+        self.process = process
         s = cfg.strategy
         self.name = s.name
-        p = {"short_window": 5, "long_window": 20, "bullish": 60, "bearish": 40, "quantity": 10,
-             **s.params}
-        self._params = {k: int(v) for k, v in p.items()}
-        self.bullish, self.bearish, self.quantity = (
-            self._params[k] for k in ("bullish", "bearish", "quantity"))
+        self.log = logging.getLogger(process)
+        cls, params = load_strategy(s, section_name(process))
+        self.strategy: Strategy = cls(params)
+        self.symbols: tuple[str, ...] = tuple(s.symbols or cfg.market.symbols)
+        n = len(self.symbols)
+        self._index = {sym: j for j, sym in enumerate(self.symbols)}
+        self._by_bytes = {sym.encode(): j for j, sym in enumerate(self.symbols)}
+        self.positions = [0] * n
+        self.prices: list[float | None] = [None] * n
+        self.sentiments: list[int | None] = [None] * n
+        self.stale = [False] * n
+        self._last_tick_ns = [0] * n       # the Gateway send time of each symbol's last tick
+        self._pending = [0] * (2 * n)      # orders in flight per symbol and side
+        self._backoff_until = [0] * (2 * n)   # monotonic ns; 0 = not backing off
+        self._backoff_next = [0.0] * (2 * n)  # the next backoff's length; 0 = the first
+        self._refusing: list[str | None] = [None] * (2 * n)  # the reason last refused, for logs
         self.book: SharedPriceBook | None = None
         self.reader: PriceReader | None = None
-        self.symbols: tuple[str, ...] = ()
-        self.trends: list[MovingAverageCrossover] = []
-        self.sentiment: list[int | None] = []
-        self.positions: list[int] = []
-        self._sym_index: dict[bytes, int] = {}
+        self._slot: list[int] = []         # book index -> our symbol index, -1 = not traded
         self._order_seq = 0
         self._id_prefix = f"{s.name}-{os.getpid()}-{time.time_ns() // 1_000_000}"
+        # The hot path: the user's on_tick bound once, one Tick reused for every call.
+        self._on_tick_hook = self.strategy.on_tick
+        self._tick = Tick()
+        self._tick_j = -1                  # the symbol of the on_tick running now, else -1
+        self._decided = False              # tick_to_decision recorded for the running on_tick
         self.ticks = 0
         self.decisions = 0
         self.orders = 0
         self.news = 0
         self.bad_news = 0
+        self.bad_prices = 0
+        self.strategy_errors = 0
+        self.refused = dict.fromkeys(REFUSALS, 0)
+        self.backoffs = 0
+        self.refusal_lines = 0
+        self._started = False
         self._attach_backoff = Backoff(initial=0.1, maximum=2.0)
         self._attach_failures = 0         # in a row: only the first of an outage is logged
         self._attach_timer: Any = None
-        # Staleness (see _watch): per-symbol state from the timer, and the tick-age rule.
         self.max_age_ns = int(s.max_price_age * 1e9)
-        self.stale: list[bool] = []
-        self.stale_skips = 0               # orders not made because the price was too old
         self.stale_transitions = 0
         self.book_dead = False             # the OrderBook's heartbeat stopped
         self.reattaches = 0
         self._identity: tuple[int, int] = (0, 0)   # (owner_pid, created_ns) of our segment
-        self.tick_to_decision = Recorder("tick_to_decision")  # Gateway send -> signal computed
+        self.tick_to_decision = Recorder("tick_to_decision")  # Gateway send -> on_tick decided
         self.order_to_ack = Recorder("order_to_ack")          # our send -> OrderManager's ack
         self.tick_to_ack = Recorder("tick_to_ack")            # Gateway send -> ack received
         net = cfg.network
         self.news_dialer = Dialer(reactor, net.host, net.news_port, on_frame=self._on_news,
-                                  on_connect=lambda c: log.info("connected to news %s", c.peer),
+                                  on_connect=lambda c: self.log.info("connected to news %s",
+                                                                     c.peer),
                                   on_disconnect=self._on_news_lost, backoff=Backoff(),
                                   max_frame=MAX_FRAME)
         self.orders_out = OrderClient(reactor, net.host, net.order_port, self._on_reply,
-                                      s.name, config_mod.effective_token(s.token))
+                                      s.name, config_mod.effective_token(s.token), self.log)
+
+    # --- Context ---------------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def position(self, symbol: str) -> int:
+        j = self._index.get(symbol)
+        return 0 if j is None else self.positions[j]
+
+    def price(self, symbol: str) -> float | None:
+        j = self._index.get(symbol)
+        return None if j is None else self.prices[j]
+
+    def sentiment(self, symbol: str) -> int | None:
+        j = self._index.get(symbol)
+        return None if j is None else self.sentiments[j]
+
+    def submit(self, symbol: str, side: str, qty: int, price: float) -> str | None:
+        j = self._index.get(symbol)
+        if j is None:
+            raise ValueError(f"submit: {symbol!r} is not traded by {self.name} "
+                             f"(strategy.symbols: {', '.join(self.symbols)})")
+        sign = _SIGN.get(side)
+        if sign is None:
+            raise ValueError(f"submit: side {side!r} is not BUY or SELL")
+        if not isinstance(qty, int) or isinstance(qty, bool) or qty <= 0:
+            raise ValueError(f"submit: qty {qty!r} is not an int > 0")
+        if not isinstance(price, (int, float)) or not (0.0 < price < math.inf):
+            raise ValueError(f"submit: price {price!r} is not a finite number > 0")
+        now = time.monotonic_ns()
+        in_tick = self._tick_j >= 0
+        if in_tick and not self._decided:
+            self._decided = True
+            if self._tick.sent_ns:
+                self.tick_to_decision.record(now - self._tick.sent_ns)
+        key = 2 * j + (sign > 0)
+        if self._pending[key]:
+            return self._refuse(key, "pending", "an order of that side is still in flight")
+        # Never trade on a stale price: the symbol's last tick's age (Gateway send time), or for
+        # a plain feed, which carries none, the symbol's state from the last _watch.
+        if self.max_age_ns:
+            last = self._last_tick_ns[j]
+            if now - last > self.max_age_ns if last else self.stale[j]:
+                return self._refuse(key, "stale", f"its price is older than "
+                                    f"{self.max_age_ns / 1e9:g}s")
+        if self._backoff_until[key]:
+            if now < self._backoff_until[key]:
+                return self._refuse(key, "backoff", "")
+            self._end_backoff(key, "over")
+        self._refusing[key] = None
+        tick = self._tick
+        self._order_seq += 1
+        order = Order(f"{self._id_prefix}-{self._order_seq}", symbol, side, qty, round(price, 2),
+                      self.name, tick.sent_ns if in_tick else 0, tick.seq if in_tick else 0, now)
+        # Made once: the OrderClient owns it until acked (resent after a reconnect, waiting if
+        # the OrderManager is down), so the position moves now; only a reject restores it.
+        self.positions[j] += sign * qty
+        self._pending[key] += 1
+        self.orders += 1
+        self.orders_out.submit(order)
+        return order.id
+
+    def _refuse(self, key: int, reason: str, why: str) -> None:
+        """Count the refusal; log it when this symbol and side starts being refused for it (a
+        strategy asks again on every tick: that is not worth a line each time)."""
+        self.refused[reason] += 1
+        if self._refusing[key] != reason:
+            self._refusing[key] = reason
+            if why:   # a backoff has its own start and end lines
+                self._refusal_line("refusing %s %s: %s", self._side(key),
+                                   self.symbols[key >> 1], why)
+        return None
+
+    def _refusal_line(self, text: str, *args: Any, level: int = logging.WARNING) -> None:
+        self.refusal_lines += 1
+        if self.refusal_lines <= LOGGED_TRANSITIONS:
+            self.log.log(level, text, *args)
+        elif self.refusal_lines == LOGGED_TRANSITIONS + 1:
+            self.log.warning("more refusals and backoffs follow; only counted (refused_*)")
+
+    @staticmethod
+    def _side(key: int) -> str:
+        return BUY if key & 1 else SELL
+
+    def _start_backoff(self, key: int, reason: str) -> None:
+        delay = self._backoff_next[key] or REJECT_BACKOFF_S
+        self._backoff_next[key] = min(delay * 2, REJECT_BACKOFF_MAX_S)
+        self._backoff_until[key] = time.monotonic_ns() + int(delay * 1e9)
+        self.backoffs += 1
+        self._refusal_line("backing off %s %s for %gs after a reject (%s)", self._side(key),
+                           self.symbols[key >> 1], delay, reason)
+
+    def _end_backoff(self, key: int, why: str) -> None:
+        self._backoff_until[key] = 0
+        self._refusing[key] = None
+        self._refusal_line("backoff of %s %s %s; orders allowed again", self._side(key),
+                           self.symbols[key >> 1], why, level=logging.INFO)
+
+    # --- the strategy's hooks --------------------------------------------------------------------
+    def _hook_failed(self, hook: str) -> None:
+        """A hook raised: the event is skipped, the process keeps running."""
+        self.strategy_errors += 1
+        if self.strategy_errors <= LOGGED_PROBLEMS:
+            self.log.exception("%s.%s raised; event skipped", type(self.strategy).__name__, hook)
+        elif self.strategy_errors == LOGGED_PROBLEMS + 1:
+            self.log.error("more errors in the strategy's hooks follow; only counted "
+                           "(strategy_errors)")
+
+    def _call(self, hook: str, *args: Any) -> None:
+        try:
+            getattr(self.strategy, hook)(*args)
+        except Exception:
+            self._hook_failed(hook)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
+        self.strategy.ctx = self   # also for a strategy whose on_start forgets super()
+        self._started = True
+        self._call("on_start", self)
         self.news_dialer.start()
         self.orders_out.start()
         attached = self._attach()
         self.reactor.call_every(WATCH_INTERVAL, self._watch)
         return {"shm_name": self.cfg.market.shm_name, "attached": attached, "name": self.name,
+                "class": self.cfg.strategy.cls, "symbols": ",".join(self.symbols),
                 "max_price_age": self.cfg.strategy.max_price_age}
 
     def close(self) -> None:
+        if self._started:
+            self._started = False
+            self._call("on_stop")
         self.news_dialer.close()
         self.orders_out.close()
         self._detach()
@@ -264,20 +257,26 @@ class StrategyService:
         return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack)
 
     def stats(self) -> dict[str, Any]:
-        held = sum(1 for p in self.positions if p != FLAT)
-        return {"ticks": self.ticks, "decisions": self.decisions, "news": self.news,
-                "orders": self.orders, "acks": self.orders_out.acks,
-                "rejects": self.orders_out.rejects, "unsent": self.orders_out.unsent,
-                "pending": len(self.orders_out.pending), "resent": self.orders_out.resent,
-                "refusals": self.orders_out.refusals, "held": held,
-                "reconnects": self.news_dialer.reconnects + self.orders_out.dialer.reconnects,
-                "bad_news": self.bad_news, "bad_replies": self.orders_out.bad_replies,
-                "stale_symbols": sum(self.stale), "stale_skips": self.stale_skips,
+        held = sum(1 for p in self.positions if p)
+        out = self.orders_out
+        return {"name": self.name, "class": self.cfg.strategy.cls,
+                "ticks": self.ticks, "decisions": self.decisions, "news": self.news,
+                "orders": self.orders, "acks": out.acks, "rejects": out.rejects,
+                "refused": sum(self.refused.values()),
+                **{f"refused_{k}": v for k, v in self.refused.items()},
+                "backoffs": self.backoffs, "strategy_errors": self.strategy_errors,
+                "bad_prices": self.bad_prices, "unsent": out.unsent,
+                "pending": len(out.pending), "resent": out.resent,
+                "om_refusals": out.refusals, "held": held,
+                "reconnects": self.news_dialer.reconnects + out.dialer.reconnects,
+                "bad_news": self.bad_news, "bad_replies": out.bad_replies,
+                "stale_symbols": sum(self.stale), "stale_skips": self.refused["stale"],
                 "book_dead": self.book_dead, "attached": self.book is not None,
                 "reattaches": self.reattaches,
                 "symbols": list(self.symbols), "positions": list(self.positions),
-                "sentiment": list(self.sentiment)}
+                "sentiment": list(self.sentiments)}
 
+    # --- the price book: attach, re-attach, staleness (timer, off the hot path) ------------------
     def _attach(self) -> bool:
         """Attach to the OrderBook's segment; if it is not there yet, retry with backoff."""
         self._attach_timer = None
@@ -290,7 +289,7 @@ class StrategyService:
             # Missing, or caught mid-creation (empty file, header not written yet): retry.
             delay = self._attach_backoff.next()
             self._attach_failures += 1
-            (log.info if self._attach_failures == 1 else log.debug)(
+            (self.log.info if self._attach_failures == 1 else self.log.debug)(
                 "segment %s not ready (%s); retrying in %.2fs", name, type(exc).__name__, delay)
             self._attach_timer = self.reactor.call_later(delay, self._attach)
             return False
@@ -300,34 +299,28 @@ class StrategyService:
         return True
 
     def _adopt(self, book: SharedPriceBook) -> None:
-        """Use `book`; on a re-attach, every symbol keeps its position, sentiment and window."""
-        old = {sym: i for i, sym in enumerate(self.symbols)}
-        symbols = book.symbols
-
-        def carried(values: list, make) -> list:
-            return [values[old[sym]] if sym in old else make() for sym in symbols]
-
-        self.trends = carried(self.trends,
-                              lambda: MovingAverageCrossover(self._params["short_window"],
-                                                             self._params["long_window"]))
-        self.sentiment = carried(self.sentiment, lambda: None)
-        self.positions = carried(self.positions, lambda: FLAT)
-        self.stale = carried(self.stale, lambda: False)
+        """Use `book`. Our per-symbol state is indexed by our own symbols, so a re-attach keeps
+        every position, sentiment and the strategy's own state; only the slot map is new."""
+        again = self._identity != (0, 0)
+        self._slot = [self._index.get(sym, -1) for sym in book.symbols]
+        missing = [sym for sym in self.symbols if sym not in book.symbols]
         self.book = book
-        self.symbols = symbols
-        self._sym_index = {sym.encode(): i for i, sym in enumerate(symbols)}
         head = book.header()
         self._identity = (head["owner_pid"], head["created_ns"])
         self.reader = book.reader()
         self.reactor.add_reader(self.reader.fileno(), self.reader.drain)
         self.reactor.add_source(self)
-        if old:
+        if missing:
+            self.log.warning("%s not in the price book %s: no ticks for them",
+                             ", ".join(missing), book.name)
+        if again:
             self.reattaches += 1
-            held = sum(1 for p in self.positions if p != FLAT)
-            log.warning("re-attached to %s (OrderBook pid %d): %d symbols, %d positions kept",
-                        book.name, head["owner_pid"], len(symbols), held)
+            held = sum(1 for p in self.positions if p)
+            self.log.warning("re-attached to %s (OrderBook pid %d): %d symbols, %d positions "
+                             "kept", book.name, head["owner_pid"], len(book.symbols), held)
         else:
-            log.info("attached to %s: %d symbols", book.name, len(symbols))
+            self.log.info("attached to %s: %d symbols, trading %d", book.name,
+                          len(book.symbols), len(self.symbols) - len(missing))
 
     def _detach(self) -> None:
         """Let go of the segment (reader entry, doorbell, mapping); the state stays."""
@@ -343,48 +336,51 @@ class StrategyService:
             self.book.close()
             self.book = None
 
-    # --- staleness and the OrderBook's liveness (timer, off the hot path) ------------------------
     def _watch(self) -> None:
-        """Every WATCH_INTERVAL: is our segment still the one at the name, is its OrderBook
-        alive (heartbeat), and which symbols have a price younger than max_price_age?
+        """Every WATCH_INTERVAL: end the backoffs that are over, then: is our segment still the
+        one at the name, is its OrderBook alive (heartbeat), and which symbols have a price
+        younger than max_price_age?
 
         A segment that vanished or was replaced (a restarted OrderBook reclaims the name and
         creates a new one; ours is then unlinked and never written again) is let go and the new
-        one attached. The per-symbol state is for stats() and one log line per transition; the
-        order path itself checks the age of the very tick it acts on (_maybe_order).
+        one attached. The per-symbol state is for stats(), one log line per transition and the
+        orders of a plain feed; a tick with a send time is judged by its own age (submit).
         """
+        now = time.monotonic_ns()
+        for key, until in enumerate(self._backoff_until):
+            if until and now >= until:
+                self._end_backoff(key, "over")
         if self.book is None:
             return  # between segments: _attach is retrying
         name = self.cfg.market.shm_name
         probe = layout.probe_segment(name)
         if probe is None or (probe.owner_pid, probe.created_ns) != self._identity:
             why = "vanished" if probe is None else "was replaced by a new OrderBook"
-            log.warning("price book %s %s; detaching and re-attaching with backoff "
-                        "(positions kept)", name, why)
+            self.log.warning("price book %s %s; detaching and re-attaching with backoff "
+                             "(positions kept)", name, why)
             self._detach()
             self._set_stale([True] * len(self.stale), "no price book")
             self._attach()
             return
-        now = time.monotonic_ns()
         silent = (now - probe.heartbeat_ns) / 1e9
         dead = silent > BOOK_DEAD_S
         if dead != self.book_dead:
             self.book_dead = dead
             if dead:
-                log.error("OrderBook (pid %d) silent for %.1fs: its prices are stale; not "
-                          "trading until it is back", probe.owner_pid, silent)
+                self.log.error("OrderBook (pid %d) silent for %.1fs: its prices are stale; not "
+                               "trading until it is back", probe.owner_pid, silent)
             else:
-                log.warning("OrderBook (pid %d) heartbeat is back", probe.owner_pid)
+                self.log.warning("OrderBook (pid %d) heartbeat is back", probe.owner_pid)
         if dead:
             self._set_stale([True] * len(self.stale), "OrderBook silent")
             return
         book, max_age = self.book, self.max_age_ns
         stale = list(self.stale)
-        for i in range(len(stale)):
-            if book.seq(i) & 1:
-                continue  # mid-write (or its writer died mid-write): keep the last verdict
+        for i, j in enumerate(self._slot):
+            if j < 0 or book.seq(i) & 1:
+                continue  # not traded, or mid-write (or its writer died mid-write): keep it
             write_ns = book.read_slot(i)[3]
-            stale[i] = bool(max_age) and (not write_ns or now - write_ns > max_age)
+            stale[j] = bool(max_age) and (not write_ns or now - write_ns > max_age)
         self._set_stale(stale, f"older than {max_age / 1e9:g}s")
 
     def _set_stale(self, stale: list[bool], why: str) -> None:
@@ -392,17 +388,18 @@ class StrategyService:
         back = [s for s, old, new in zip(self.symbols, self.stale, stale) if old and not new]
         self.stale = stale
         if went:
-            self._transition(log.warning, f"stale prices ({why}): %s; not trading them", went)
+            self._transition(self.log.warning, f"stale prices ({why}): %s; not trading them",
+                             went)
         if back:
-            self._transition(log.info, "fresh prices again: %s; trading resumes", back)
+            self._transition(self.log.info, "fresh prices again: %s; trading resumes", back)
 
-    def _transition(self, level, text: str, names: list[str]) -> None:
+    def _transition(self, level: Any, text: str, names: list[str]) -> None:
         """One line per transition (all symbols that changed at once), bounded in number."""
         self.stale_transitions += 1
         if self.stale_transitions <= LOGGED_TRANSITIONS:
             level(text, ", ".join(names))
         elif self.stale_transitions == LOGGED_TRANSITIONS + 1:
-            log.warning("more stale/fresh transitions follow; only counted (stale_symbols)")
+            self.log.warning("more stale/fresh transitions follow; only counted (stale_symbols)")
 
     # --- IdleSource: the shared-memory price feed (hot path) -------------------------------------
     def poll(self) -> bool:
@@ -411,9 +408,11 @@ class StrategyService:
         if not n:
             return False
         indices, prices, sent = reader.indices, reader.prices, reader.sent_ns
-        tick_seqs = reader.tick_seqs
+        tick_seqs, slot = reader.tick_seqs, self._slot
         for k in range(n):
-            self._on_tick(indices[k], prices[k], sent[k], tick_seqs[k])
+            j = slot[indices[k]]
+            if j >= 0:
+                self._on_tick(j, prices[k], sent[k], tick_seqs[k])
         self.ticks += n
         return True
 
@@ -423,38 +422,26 @@ class StrategyService:
     def disarm(self) -> None:
         self.reader.disarm()
 
-    def _on_tick(self, i: int, price: float, sent_ns: int, tick_seq: int) -> None:
-        trend = self.trends[i].update(price)
-        signal = combine(trend, sentiment_signal(self.sentiment[i], self.bullish, self.bearish))
-        if sent_ns:
+    def _on_tick(self, j: int, price: float, sent_ns: int, tick_seq: int) -> None:
+        if not 0.0 < price < math.inf:   # NaN, inf, 0 or negative never reach the strategy
+            self.bad_prices += 1
+            return
+        self.prices[j] = price
+        self._last_tick_ns[j] = sent_ns
+        tick = self._tick
+        tick.index = j
+        tick.seq = tick_seq
+        tick.sent_ns = sent_ns
+        self._tick_j = j
+        self._decided = False
+        try:
+            self._on_tick_hook(self.symbols[j], price, tick)
+        except Exception:
+            self._hook_failed("on_tick")
+        self._tick_j = -1
+        if not self._decided and sent_ns:
             self.tick_to_decision.record(time.monotonic_ns() - sent_ns)
         self.decisions += 1
-        if signal != NEUTRAL:
-            self._maybe_order(i, signal, price, sent_ns, tick_seq)
-
-    def _maybe_order(self, i: int, signal: int, price: float, tick_ns: int, tick_seq: int) -> None:
-        side, qty = order_for(signal, self.positions[i], self.quantity)
-        if side == NEUTRAL:
-            return
-        now = time.monotonic_ns()
-        # Never trade on a stale price: the tick's own age (Gateway send time), or for a plain
-        # feed, which carries none, the symbol's state from the last _watch.
-        if self.max_age_ns and (now - tick_ns > self.max_age_ns if tick_ns else self.stale[i]):
-            self.stale_skips += 1
-            if self.stale_skips <= LOGGED_PROBLEMS:
-                log.warning("no %s of %s: its price is stale (%s)", SIDE_NAME[side],
-                            self.symbols[i], f"{(now - tick_ns) / 1e9:.1f}s old" if tick_ns
-                            else f"older than {self.max_age_ns / 1e9:g}s")
-            return
-        self._order_seq += 1
-        order = Order(f"{self._id_prefix}-{self._order_seq}", self.symbols[i], SIDE_NAME[side],
-                      qty, round(price, 2), self.name, tick_ns, tick_seq, now)
-        before = self.positions[i]
-        # Made once: the OrderClient owns it until acked (resent after a reconnect, waiting if
-        # the OrderManager is down), so the position moves now; only a reject restores it.
-        self.positions[i] = signal
-        self.orders += 1
-        self.orders_out.submit(order, before)
 
     # --- news and replies ------------------------------------------------------------------------
     def _on_news(self, frame: memoryview) -> None:
@@ -463,50 +450,72 @@ class StrategyService:
         except ProtocolError as exc:
             self.bad_news += 1
             if self.bad_news <= LOGGED_PROBLEMS:
-                log.warning("skipped news frame %r: %s", bytes(frame[:80]), exc)
+                self.log.warning("skipped news frame %r: %s", bytes(frame[:80]), exc)
             return
         self.news += 1
-        if not self.sentiment:
-            return  # not attached yet: no symbols to apply it to
-        if sym is None:
-            self.sentiment[:] = [value] * len(self.sentiment)
+        if sym is None:   # market-wide: every symbol we trade hears it
+            self.sentiments[:] = [value] * len(self.sentiments)
+            for symbol in self.symbols:
+                self._call("on_news", symbol, value)
             return
-        i = self._sym_index.get(sym)
-        if i is not None:
-            self.sentiment[i] = value
+        j = self._by_bytes.get(sym)
+        if j is not None:
+            self.sentiments[j] = value
+            self._call("on_news", self.symbols[j], value)
 
     def _on_news_lost(self, reason: str | None) -> None:
         if self.news_dialer.closed:
             return  # our own shutdown
-        log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
+        self.log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
 
-    def _on_reply(self, reply: dict, entry: tuple[Order, int] | None) -> None:
-        if entry is None:  # OrderClient filters these out; kept safe for other callers
-            return
-        order, before = entry
+    def _on_reply(self, reply: dict, order: Order) -> None:
+        j = self._index.get(order.symbol)
+        sign = _SIGN.get(order.side, 0)
+        if j is None or not sign:
+            return   # not an order this host made (the OrderClient only passes its own)
+        key = 2 * j + (sign > 0)
+        self._pending[key] = max(0, self._pending[key] - 1)
         if reply.get("type") == "ack":
             now = time.monotonic_ns()
             self.order_to_ack.record(now - order.sent_ns)
             if order.tick_ns:
                 self.tick_to_ack.record(now - order.tick_ns)
-            log.debug("order %s acked as #%s", order.id, reply.get("order_no"))
-            return
-        # Rejected: the position we assumed never happened.
-        if order.symbol in self.symbols:   # (a re-attached book could, in theory, lack it)
-            self.positions[self.symbols.index(order.symbol)] = before
-        log.warning("order %s %s %d %s rejected: %s (position back to %s)", order.id, order.side,
-                    order.qty, order.symbol, reply.get("reason"), POSITION_NAME[before])
+            self.log.debug("order %s acked as #%s", order.id, reply.get("order_no"))
+            self._backoff_next[key] = 0.0
+            if self._backoff_until[key]:
+                self._end_backoff(key, "ended by an ack")
+            no = reply.get("order_no")
+            answer = OrderReply("ack", no if isinstance(no, int) else None)
+        else:
+            # Rejected: the position we assumed never happened; the side waits a while.
+            reason = str(reply.get("reason", ""))[:300]
+            self.positions[j] -= sign * order.qty
+            self.log.warning("order %s %s %d %s rejected: %s (position back to %+d)", order.id,
+                             order.side, order.qty, order.symbol, reason, self.positions[j])
+            self._start_backoff(key, reason)
+            answer = OrderReply("reject", reason=reason)
+        self._call("on_order_reply", order, answer)
 
 
-def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:
-    return runtime.serve("strategy", cfg, lambda r: StrategyService(r, cfg), ready,
+def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False,
+        name: str = "strategy") -> int:
+    """Run the strategy process `name` ("strategy" or "strategy.NAME") until SIGTERM."""
+    return runtime.serve(name, cfg, lambda r: StrategyHost(r, cfg, name), ready,
                          supervised=supervised)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = runtime.cli("strategy", "MA-crossover + sentiment strategy.", ("strategy",), argv,
-                      extra=(("network", "news_port"), ("network", "order_port")))
-    return 0 if cfg is None else run(cfg)
+    cfg = runtime.cli("strategy", "Run the strategy named by strategy.class (default: the "
+                      "built-in MA crossover + sentiment) on the live stack.", ("strategy",),
+                      argv, extra=(("network", "news_port"), ("network", "order_port")))
+    if cfg is None:
+        return 0
+    try:
+        load_strategy(cfg.strategy)   # a typo is one line here, not a failed start-up
+    except config_mod.ConfigError as exc:
+        print(f"python -m processes.strategy: error: {exc}", file=sys.stderr)
+        return 2
+    return run(cfg)
 
 
 if __name__ == "__main__":

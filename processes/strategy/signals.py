@@ -9,11 +9,6 @@ from __future__ import annotations
 BUY = 1
 SELL = -1
 NEUTRAL = 0
-FLAT = 0
-LONG = 1
-SHORT = -1
-SIDE_NAME = {BUY: "BUY", SELL: "SELL"}
-POSITION_NAME = {FLAT: "flat", LONG: "long", SHORT: "short"}
 _SCALE = 1_000_000
 
 
@@ -76,11 +71,12 @@ def combine(trend: int, news: int) -> int:
 
 
 def order_for(signal: int, position: int, quantity: int) -> tuple[int, int]:
-    """(side, qty) that moves `position` to the signal's side, or (NEUTRAL, 0) if already there.
+    """(side, qty) that moves the net `position` (signed quantity) to the signal's target, or
+    (NEUTRAL, 0) when the position is already on the signal's side.
 
-    The position target is +quantity (long) or -quantity (short): from short, a BUY is 2*quantity.
+    The target is +quantity (long) or -quantity (short): from short, a BUY is 2*quantity.
     Holding the side we want sends nothing, which is what makes duplicates impossible.
     """
-    if signal in (NEUTRAL, position):
+    if signal == NEUTRAL or (position > 0 and signal == BUY) or (position < 0 and signal == SELL):
         return NEUTRAL, 0
-    return signal, quantity * abs(signal - position)
+    return signal, abs(signal * quantity - position)

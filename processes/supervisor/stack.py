@@ -1,4 +1,8 @@
-"""Start the four processes in dependency order and stop them all, whatever happens.
+"""Start the processes in dependency order and stop them all, whatever happens.
+
+The order: OrderManager, Gateway, OrderBook, then one Strategy process per strategy of the
+config ("strategy", then "strategy.NAME" per [strategies.NAME]); they stop in reverse, the
+strategies first.
 
 Each child is started only when the one before it reports ready through a pipe (port bound,
 segment created): no sleeps, and ports may be 0 (ephemeral) because each child reports the port it
@@ -28,19 +32,28 @@ log = logging.getLogger("main")
 
 READY_TIMEOUT = 15.0   # seconds a child may take to report ready
 STOP_TIMEOUT = 5.0     # seconds a child may take to exit after SIGTERM before SIGKILL
-ORDER = ("order_manager", "gateway", "orderbook", "strategy")
-# The module whose run() is each process (`python -m processes.<name>` runs its main()).
+ORDER = ("order_manager", "gateway", "orderbook", "strategy")   # with the default config
+# The module whose run() is each process, by config section (`python -m processes.<name>` runs
+# its main()).
 ENTRY = {"gateway": "processes.gateway.service", "orderbook": "processes.orderbook.service",
          "strategy": "processes.strategy.host", "order_manager": "processes.order_manager.service"}
 
 
 def _child(name: str, cfg: config_mod.Config, ready: Any, lock: Any) -> None:
     """Entry point of every child (spawn context): import its module and run it."""
-    module = importlib.import_module(ENTRY[name])
+    section = config_mod.section_of(name)
+    module = importlib.import_module(ENTRY[section])
     kwargs: dict[str, Any] = {"ready": ready, "supervised": True}
-    if name == "orderbook":
+    if section == "orderbook":
         kwargs["lock"] = lock
+    elif section == "strategy":
+        kwargs["name"] = name
     raise SystemExit(module.run(cfg, **kwargs))
+
+
+def process_order(cfg: config_mod.Config) -> tuple[str, ...]:
+    """The stack's process names in start-up order: the feed, then every strategy."""
+    return ORDER[:-1] + tuple(name for name, _ in config_mod.strategy_processes(cfg))
 
 
 class StackError(RuntimeError):
@@ -57,6 +70,7 @@ class Stack:
     def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = copy.deepcopy(cfg)
         self.ctx = mp.get_context("spawn")
+        self.order = process_order(self.cfg)
         self.procs: dict[str, mp.process.BaseProcess] = {}
         self.info: dict[str, dict[str, Any]] = {}
         self.lock = self.ctx.Lock()   # shared by every writer of the price book
@@ -67,13 +81,21 @@ class Stack:
         # the tracker (not the dead process) unlinks its segment when the stack exits.
         from multiprocessing import resource_tracker
         resource_tracker.ensure_running()
-        for name in ORDER:
+        for name in self.order:
             self._start_one(name, stop_fd)
+
+    def config_of(self, name: str) -> config_mod.Config:
+        """The Config a child gets: a strategy process's own [strategy] section; the ports
+        bound so far (network is shared, not copied)."""
+        if config_mod.section_of(name) != "strategy":
+            return self.cfg
+        return dict(config_mod.strategy_processes(self.cfg))[name]
 
     def _start_one(self, name: str, stop_fd: Any = None) -> None:
         reader, writer = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(target=_child, name=name,
-                                args=(name, self.cfg, writer, self.lock), daemon=False)
+                                args=(name, self.config_of(name), writer, self.lock),
+                                daemon=False)
         proc.start()
         writer.close()
         self.procs[name] = proc
@@ -156,7 +178,7 @@ class Stack:
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM downstream first (Strategy) so no order is sent into a closed OrderManager."""
-        for name in reversed(ORDER):
+        for name in reversed(self.order):
             proc = self.procs.get(name)
             if proc is not None and proc.is_alive():
                 proc.terminate()
@@ -244,36 +266,54 @@ class LoopHook(Protocol):
     def close(self) -> None: ...
 
 
-def run_stack(cfg: config_mod.Config, duration: float | None = None,
-              hook: LoopHook | None = None) -> int:
-    """Run until Ctrl+C, SIGTERM or `duration` seconds; 0 only for a clean stop.
+class Supervisor:
+    """Runs one stack until Ctrl+C, SIGTERM or `duration` seconds: start(), loop(), teardown()
+    (or run(), which is all three and never leaves a child running).
 
     A child that dies is logged with its exit code and restarted with backoff
-    (processes.supervisor.supervision); with `supervisor.restart = false`, or once a child has used up
-    `supervisor.max_restarts`, its death stops the stack instead (exit code 1).
+    (processes.supervisor.supervision); with `supervisor.restart = false`, or once a child has
+    used up `supervisor.max_restarts`, its death stops the stack instead (exit code 1).
     """
-    stop_reason: list[str] = []
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop_reason.append(signal.Signals(signum).name)
+    def __init__(self, cfg: config_mod.Config, duration: float | None = None,
+                 hook: LoopHook | None = None) -> None:
+        self.cfg = cfg
+        self.duration = duration
+        self.hook = hook
+        self.stop_reason: list[str] = []
+        self.stack: Stack | None = None
+        self.code = 0
+        self.policy = RestartPolicy(cfg.supervisor, process_order(cfg))
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._old_wakeup = -1
+        self._old_handlers: dict[int, Any] = {}
 
-    old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    stack: Stack | None = None
-    codes: dict[str, int | None] = {}
-    code = 0
-    policy = RestartPolicy(cfg.supervisor, ORDER)
-    try:
-        stack = Stack(cfg)
-        stack.start(stop_fd=wake_r)
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_reason.append(signal.Signals(signum).name)
+
+    def start(self) -> None:
+        """Install the stop signals, then start every child in order (StackError if one fails,
+        StartInterrupted if a stop is requested meanwhile)."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
+        self._old_handlers = {s: signal.signal(s, self._on_signal)
+                              for s in (signal.SIGINT, signal.SIGTERM)}
+        self.stack = Stack(self.cfg)
+        self.stack.start(stop_fd=self._wake_r)
         log.info("stack running%s; Ctrl+C to stop",
-                 f" for {duration:.0f}s" if duration else "")
+                 f" for {self.duration:.0f}s" if self.duration else "")
+
+    def loop(self) -> None:
+        """Supervise until a stop is requested, the duration is over or a death stops it."""
+        stack, policy, hook, wake_r = self.stack, self.policy, self.hook, self._wake_r
+        assert stack is not None and wake_r is not None
+        duration = self.duration
         deadline = None if duration is None else time.monotonic() + duration
         sentinels = stack.sentinels()
-        while not stop_reason:
+        while not self.stop_reason:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if hook is not None:
                 timeout = hook.interval if timeout is None else min(timeout, hook.interval)
@@ -282,52 +322,74 @@ def run_stack(cfg: config_mod.Config, duration: float | None = None,
                 timeout = wait_due if timeout is None else min(timeout, wait_due)
             ready = wait([*sentinels, wake_r, *(hook.waitables() if hook else ())],
                          timeout=timeout)
-            if stop_reason:
+            if self.stop_reason:
                 break
             died = [sentinels[s] for s in ready if s in sentinels]
             if died and not _supervise(stack, policy, died):
-                code = 1
+                self.code = 1
                 break
             if policy.next_due() is not None and not _restart_due(stack, policy, wake_r):
-                code = 1
+                self.code = 1
                 break
             # Wait only on children that are running (a dead one's sentinel stays readable).
             sentinels = {s: n for s, n in stack.sentinels().items()
                          if n not in policy.pending()}
             if hook is not None and (why := hook.poll(stack)):
-                stop_reason.append(why)
+                self.stop_reason.append(why)
                 break
             if deadline is not None and time.monotonic() >= deadline:
-                stop_reason.append("duration elapsed")
-    except StartInterrupted as exc:
-        log.info("stop requested while starting %s", exc)
-    except StackError as exc:
-        log.error("%s", exc)
-        code = 1
-    finally:
+                self.stop_reason.append("duration elapsed")
+
+    def teardown(self) -> int:
+        """Stop every child, print the summary, restore the signal handlers; the exit code
+        (0 only for a clean stop)."""
         # Ignore further Ctrl+C while we stop the children, so a double Ctrl+C cannot orphan them.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if hook is not None:
+        if self.hook is not None:
             try:
-                hook.close()
+                self.hook.close()
             except Exception:   # a broken terminal must not keep the children running
                 log.exception("closing the dashboard failed")
-        log.info("stopping (%s)", ", ".join(stop_reason) or "error")
-        if stack is not None:
-            codes = stack.stop()
-            snaps = stack.snapshots()
+        log.info("stopping (%s)", ", ".join(self.stop_reason) or "error")
+        codes: dict[str, int | None] = {}
+        if self.stack is not None:
+            codes = self.stack.stop()
+            snaps = self.stack.snapshots()
             if snaps:
                 log.info("%s", summary.render(summary.build(snaps)))
-        for s, handler in old_handlers.items():
+        for s, handler in self._old_handlers.items():
             signal.signal(s, handler)
-        signal.set_wakeup_fd(old_wakeup)
-        wake_r.close()
-        wake_w.close()
-    # -SIGINT: a terminal Ctrl+C reaches every child; one still starting up dies of it at once.
-    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM, -signal.SIGINT)}
-    if bad:
-        log.error("children exited badly: %s", bad)
-        code = code or 1
-    log.info("stopped; exit codes %s", codes)
-    return code
+        if self._wake_w is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        code = self.code
+        # -SIGINT: a terminal Ctrl+C reaches every child; one still starting up dies of it.
+        bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM, -signal.SIGINT)}
+        if bad:
+            log.error("children exited badly: %s", bad)
+            code = code or 1
+        log.info("stopped; exit codes %s", codes)
+        return code
+
+    def run(self) -> int:
+        try:
+            self.start()
+            self.loop()
+        except StartInterrupted as exc:
+            log.info("stop requested while starting %s", exc)
+        except StackError as exc:
+            log.error("%s", exc)
+            self.code = 1
+        except BaseException:
+            self.teardown()
+            raise
+        return self.teardown()
+
+
+def run_stack(cfg: config_mod.Config, duration: float | None = None,
+              hook: LoopHook | None = None) -> int:
+    """Run the stack until Ctrl+C, SIGTERM or `duration` seconds; 0 only for a clean stop."""
+    return Supervisor(cfg, duration, hook).run()

@@ -38,10 +38,48 @@ PROBLEMS = (
 )
 
 
+# Per strategy process: (counter, column) of its row in the strategies table.
+STRATEGY_COLUMNS = (("orders", "orders"), ("acks", "acks"), ("rejects", "rejects"),
+                    ("refused", "refused"), ("strategy_errors", "errors"), ("held", "held"))
+
+
+def strategy_processes(snaps: dict[str, Any]) -> list[str]:
+    """The strategy processes among the snapshots: "strategy" first, then "strategy.NAME"."""
+    return sorted((p for p in snaps if p.partition(".")[0] == "strategy"),
+                  key=lambda p: (p != "strategy", p))
+
+
+def expand(rows: tuple[tuple[str, str, str], ...], snaps: dict[str, Any]
+            ) -> list[tuple[str, str, str]]:
+    """A "strategy" row once per strategy process; "strategy.NAME" labels name it."""
+    out = []
+    for proc, key, label in rows:
+        if proc != "strategy":
+            out.append((proc, key, label))
+            continue
+        for name in strategy_processes(snaps) or ["strategy"]:
+            extra = name.partition(".")[2]
+            out.append((name, key, label.replace("Strategy", f"Strategy {extra}", 1)
+                        if extra else label))
+    return out
+
+
+def strategies(snaps: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per strategy process: its process name, client name, class and order counters."""
+    rows = []
+    for proc in strategy_processes(snaps):
+        counters = snaps[proc].get("counters") or {}
+        rows.append({"process": proc, "name": counters.get("name", proc),
+                     "class": counters.get("class", ""),
+                     **{key: counters.get(key) for key, _ in STRATEGY_COLUMNS}})
+    return rows
+
+
 def build(snaps: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Structured summary: flow (count, mean rate), latency percentiles (ns), problem counters."""
+    """Structured summary: flow (count, mean rate), latency percentiles (ns), problem counters,
+    one row per strategy process."""
     flow = []
-    for proc, key, label in FLOW:
+    for proc, key, label in expand(FLOW, snaps):
         snap = snaps.get(proc)
         if snap is None or key not in snap.get("counters", {}):
             continue
@@ -50,16 +88,17 @@ def build(snaps: dict[str, dict[str, Any]]) -> dict[str, Any]:
         flow.append({"process": proc, "counter": key, "label": label, "count": count,
                      "per_s": count / uptime})
     latency = []
-    for proc, key, label in LATENCY:
+    for proc, key, label in expand(LATENCY, snaps):
         hist = snaps.get(proc, {}).get("latency", {}).get(key)
         if not hist or not hist.get("count"):
             continue
         latency.append({"process": proc, "name": key, "label": label,
                         **telemetry.summarize(hist["pairs"], hist.get("max"))})
-    problems = {f"{proc}.{key}": snaps[proc]["counters"][key] for proc, key in PROBLEMS
+    problems = {f"{proc}.{key}": snaps[proc]["counters"][key]
+                for proc, key, _ in expand(tuple((p, k, "") for p, k in PROBLEMS), snaps)
                 if key in snaps.get(proc, {}).get("counters", {})}
     return {"flow": flow, "latency": latency, "problems": problems,
-            "processes": sorted(snaps)}
+            "strategies": strategies(snaps), "processes": sorted(snaps)}
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -75,6 +114,13 @@ def render(summary: dict[str, Any]) -> str:
             lines.append(f"  {row['label']:<48} {row['count']:>9,} {row['p50'] / 1e3:>8.1f}"
                          f" {row['p99'] / 1e3:>8.1f} {row['p99.9'] / 1e3:>8.1f}"
                          f" {row['max'] / 1e3:>9.1f}")
+    if summary.get("strategies"):
+        heads = "".join(f" {col:>8}" for _, col in STRATEGY_COLUMNS)
+        lines.append(f"  {'strategy':<20} {'class':<48}{heads}")
+        for row in summary["strategies"]:
+            cells = "".join(f" {row[key] if row[key] is not None else '-':>8}"
+                            for key, _ in STRATEGY_COLUMNS)
+            lines.append(f"  {row['name']:<20} {row['class']:<48}{cells}")
     if summary["problems"]:
         lines.append("  " + "  ".join(f"{k}={v}" for k, v in summary["problems"].items()))
     if not summary["processes"]:

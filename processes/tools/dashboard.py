@@ -1,8 +1,9 @@
 """The live dashboard's picture: stats snapshots + shared-memory prices -> a rich renderable.
 
 Pure: no file, clock, terminal or process access (the caller passes the time and a pid check), so
-the tests render synthetic snapshots without a terminal, and the monitor (processes.tools.monitor) and
-main.py --dashboard draw the same thing.
+the tests render synthetic snapshots without a terminal, and the monitor
+(processes.tools.monitor) and main.py --dashboard draw the same thing. Every strategy process
+("strategy", "strategy.NAME") gets its own positions column and its own row of order counters.
 
 Inputs:
 - snaps: {process: snapshot} as processes.shared.telemetry.Publisher.snapshot() writes them;
@@ -30,7 +31,6 @@ from processes.supervisor import summary
 
 STALE_INTERVALS = 3.0     # a snapshot older than this many stats intervals marks its process stale
 PROCESSES = ("gateway", "orderbook", "strategy", "order_manager")
-POSITION_TEXT = {1: ("LONG", "green"), -1: ("SHORT", "red"), 0: ("flat", "dim")}
 # (process, counter, label) of the problems row; shown even when zero.
 PROBLEMS = (
     ("orderbook", "gaps", "gaps"), ("orderbook", "seq_resets", "seq resets"),
@@ -40,10 +40,14 @@ PROBLEMS = (
     ("gateway", "conflated", "conflated ticks"), ("gateway", "bad_clients", "feed clients shut"),
     ("strategy", "stale_symbols", "stale symbols"), ("strategy", "stale_skips", "stale skips"),
     ("strategy", "bad_news", "bad news frames"), ("strategy", "bad_replies", "bad replies"),
+    ("strategy", "bad_prices", "bad prices"), ("strategy", "strategy_errors", "strategy errors"),
     ("order_manager", "duplicates", "resent dups"),
     ("order_manager", "bad_clients", "OM clients shut"),
     ("order_manager", "kill_switch", "kill switch"),
 )
+STRATEGY_SHOWN = (("orders", "orders"), ("acks", "acks"), ("rejects", "rejects"),
+                  ("refused", "refused"), ("backoffs", "backoffs"),
+                  ("strategy_errors", "errors"), ("held", "held"))
 LATENCY_SHOWN = ("tick_to_shm", "tick_to_decision", "tick_to_order", "tick_to_ack",
                  "order_to_ack")
 
@@ -116,6 +120,17 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 60:.0f}m"
 
 
+def position_text(pos: Any) -> Text:
+    """A signed net quantity: LONG +10 (green), SHORT -10 (red), flat."""
+    if isinstance(pos, bool) or not isinstance(pos, int):
+        return Text("—", style="dim")
+    if pos > 0:
+        return Text(f"LONG {pos:+,}", style="green")
+    if pos < 0:
+        return Text(f"SHORT {pos:+,}", style="red")
+    return Text("flat", style="dim")
+
+
 def _table(title: str, *columns: tuple[str, str]) -> Table:
     table = Table(title=title, title_justify="left", title_style="bold cyan", box=box.SIMPLE_HEAD,
                   padding=(0, 1), pad_edge=False, expand=False)
@@ -176,8 +191,7 @@ def prices_table(snaps: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Qu
             pos = None
             if sym in syms and len(positions) == len(syms):
                 pos = positions[syms.index(sym)]
-            text, style = POSITION_TEXT.get(pos, ("—", "dim"))  # type: ignore[arg-type]
-            row.append(Text(text, style=style))
+            row.append(position_text(pos))
         table.add_row(*row)
     if prices is None:
         table.caption = "not attached to the price book yet"
@@ -203,7 +217,7 @@ def health_table(snaps: Mapping[str, Mapping[str, Any]], now: float, stats_inter
 
 def flow_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
     table = _table("Flow", ("hop", "left"), ("per s", "right"), ("total", "right"))
-    for proc, key, label in summary.FLOW:
+    for proc, key, label in summary.expand(summary.FLOW, snaps):
         snap = snaps.get(proc)
         if snap is None or key not in (snap.get("counters") or {}):
             continue
@@ -222,7 +236,7 @@ def flow_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
 def latency_rows(snaps: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per hop: window (last interval) and cumulative p50/p99 in ns, via telemetry.summarize."""
     rows = []
-    for proc, key, label in summary.LATENCY:
+    for proc, key, label in summary.expand(summary.LATENCY, snaps):
         if key not in LATENCY_SHOWN:
             continue
         hist = ((snaps.get(proc) or {}).get("latency") or {}).get(key)
@@ -296,11 +310,13 @@ def orders_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
     orders: list[tuple[str, Any, Any]] = []
     for name, counters, rates in strategies(snaps):
         orders += [(f"{name} {key}", counters.get(key), rates.get(key))
-                   for key in ("orders", "acks", "rejects")]
+                   for key in ("orders", "acks", "rejects", "refused")]
     om = snaps.get("order_manager") or {}
     orders += [(f"order_manager {key}", om["counters"][key], (om.get("rates") or {}).get(key))
                for key in ("orders", "rejects") if key in (om.get("counters") or {})]
-    problems = [(label, _counters(snaps, proc)[key]) for proc, key, label in PROBLEMS
+    problems = [(label if proc == "strategy" or "." not in proc
+                 else f"{proc.partition('.')[2]} {label}", _counters(snaps, proc)[key])
+                for proc, key, label in summary.expand(PROBLEMS, snaps)
                 if key in _counters(snaps, proc)]
     for k in range(max(len(orders), len(problems))):
         row: list[RenderableType] = ["", "", ""]
@@ -314,6 +330,20 @@ def orders_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
         else:
             row += ["", ""]
         table.add_row(*row)
+    return table
+
+
+def strategies_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
+    """One row per strategy process: its client name, class and order counters."""
+    table = _table("Strategies", ("strategy", "left"), ("class", "left"),
+                   *((col, "right") for _, col in STRATEGY_SHOWN))
+    for proc in summary.strategy_processes(dict(snaps)):
+        counters = _counters(snaps, proc)
+        table.add_row(str(counters.get("name") or proc), str(counters.get("class") or "—"),
+                      *(_num(counters.get(key)) for key, _ in STRATEGY_SHOWN))
+    if not table.row_count:
+        table.add_row(Text("no strategy snapshot yet", style="dim"), "",
+                      *("" for _ in STRATEGY_SHOWN))
     return table
 
 
@@ -358,5 +388,6 @@ def render(snaps: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Quote] |
     clock = time.strftime("%H:%M:%S", time.localtime(now))
     title = Text.assemble(("tradestack", "bold magenta"), f"  {clock}  ", (source, "dim"),
                           "  ", (footer, "dim"))
-    return Panel(Group(top, middle, bottom), title=title, title_align="left",
+    return Panel(Group(top, middle, bottom, strategies_table(snaps)), title=title,
+                 title_align="left",
                  box=box.ROUNDED, padding=(0, 1), expand=False)

@@ -7,8 +7,9 @@
 It only reads: the processes' stats snapshots (JSON files they publish every stats_interval) and
 the shared-memory price book, attached read-only (seqlock reads never block the writer; no reader
 entry is taken, so the OrderBook does not even know we are there). Nothing it does can slow a
-hot path. The picture itself is processes.tools.dashboard.render (pure); this module is the I/O around
-it: files, shared memory, the terminal, keys and signals.
+hot path. The picture itself is processes.tools.dashboard.render (pure); this module is the I/O
+around it: files, shared memory, the terminal, keys and signals. Every strategy process's snapshot
+(stats/strategy.json, stats/strategy.NAME.json) is shown.
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ class Screen:
 
 
 class DashboardHook:
-    """main.py --dashboard: processes.supervisor.stack.run_stack calls poll() every `interval` seconds and
-    whenever a key arrives; a stop reason it returns stops the stack as Ctrl+C does."""
+    """main.py --dashboard: processes.supervisor.stack.Supervisor calls poll() every `interval`
+    seconds and whenever a key arrives; a stop reason it returns stops the stack as Ctrl+C does."""
 
     def __init__(self, refresh: float, stats_interval: float) -> None:
         self.interval = refresh

@@ -15,8 +15,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -300,48 +298,12 @@ def test_a_stopped_subscriber_stalls_nobody(tmp_path, children, policy, rate):
 
 # --- main.py: supervision and SIGTERM -------------------------------------------------------------
 
-class MainRun:
-    """main.py in its own session, its output collected by a thread so the test can wait on it."""
-
-    def __init__(self, tmp_path: Path, shm: str, *extra: str) -> None:
-        tmp_path.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(tm.main_cmd(tmp_path, shm, *extra), cwd=tmp_path,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match:
-        """The first match of `pattern` in the output lines from index `after` on."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.lines[after:]:
-                if m := re.search(pattern, line):
-                    return m
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in main.py output:\n{self.output[-3000:]}")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        tm.reap(self.proc)
-        self._reader.join(5)
-
-
 @pytest.mark.timeout(120)
 def test_main_restarts_a_killed_child_and_keeps_trading(tmp_path):
     """kill -9 each child of a running main.py in turn: each death is logged with its exit
     code, the child is restarted, and orders flow again before the next kill."""
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
-    run = MainRun(tmp_path, shm, "--set", "strategy.params.short_window=2", "--set",
+    run = tm.MainRun(tmp_path, shm, "--set", "strategy.params.short_window=2", "--set",
                   "strategy.params.long_window=4", "--set", "strategy.params.bullish=50", "--set",
                   "strategy.params.bearish=50", "--set", "supervisor.backoff=0.2")
     orders_path = tmp_path / "orders.jsonl"

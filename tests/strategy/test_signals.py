@@ -6,11 +6,8 @@ import pytest
 
 from processes.strategy.signals import (
     BUY,
-    FLAT,
-    LONG,
     NEUTRAL,
     SELL,
-    SHORT,
     MovingAverageCrossover,
     combine,
     order_for,
@@ -74,9 +71,9 @@ def test_orders_only_when_both_agree(trend, news, out):
 
 
 def test_position_prevents_duplicates():
-    assert order_for(BUY, FLAT, 10) == (BUY, 10)
-    assert order_for(BUY, LONG, 10) == (NEUTRAL, 0)      # already long: no duplicate
-    assert order_for(SELL, LONG, 10) == (SELL, 20)       # long -> short
-    assert order_for(SELL, SHORT, 10) == (NEUTRAL, 0)
-    assert order_for(BUY, SHORT, 10) == (BUY, 20)
-    assert order_for(NEUTRAL, LONG, 10) == (NEUTRAL, 0)
+    assert order_for(BUY, 0, 10) == (BUY, 10)
+    assert order_for(BUY, 10, 10) == (NEUTRAL, 0)        # already long: no duplicate
+    assert order_for(SELL, 10, 10) == (SELL, 20)         # long -> short
+    assert order_for(SELL, -10, 10) == (NEUTRAL, 0)
+    assert order_for(BUY, -10, 10) == (BUY, 20)
+    assert order_for(NEUTRAL, 10, 10) == (NEUTRAL, 0)

@@ -67,7 +67,7 @@ def synthetic(pnl: bool = True) -> dict[str, dict]:
         "strategy": snap("strategy", {"ticks": 4980, "decisions": 4980, "orders": 13,
                                       "acks": 12, "rejects": 1, "reconnects": 0,
                                       "stale_symbols": 1, "stale_skips": 4,
-                                      "symbols": ["AAPL", "MSFT"], "positions": [1, -1],
+                                      "symbols": ["AAPL", "MSFT"], "positions": [10, -10],
                                       "sentiment": [71, None]},
                          pid=1003, rates={"ticks": 997.0},
                          latency_={"tick_to_decision": latency(decision),
@@ -81,6 +81,24 @@ PRICES = {"AAPL": Quote(187.39, 1234, 5_000_000_000), "MSFT": Quote(float("nan")
 
 
 # --- pure rendering ------------------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+def test_every_strategy_process_has_a_positions_column_and_a_row():
+    snaps = synthetic()
+    snaps["strategy"]["counters"].update(name="strat-1", refused=3,
+                                         **{"class": "processes.strategy.builtin:X"})
+    snaps["strategy.news"] = snap("strategy.news", {
+        "name": "news", "class": "examples.sentiment:SentimentOnly", "orders": 7, "acks": 5,
+        "rejects": 2, "refused": 9, "backoffs": 2, "strategy_errors": 0, "held": 1,
+        "symbols": ["AAPL"], "positions": [-20], "sentiment": [5], "unsent": 4}, pid=1005)
+    out = text_of(dashboard.render(snaps, PRICES, now=NOW, stats_interval=1.0))
+    aapl = next(line for line in out.splitlines() if re.search(r"\bAAPL\b.*187\.39", line))
+    assert "LONG +10" in aapl and "SHORT -20" in aapl
+    row = next(line for line in out.splitlines() if "examples.sentiment:SentimentOnly" in line)
+    assert re.search(r"news +examples\.sentiment:SentimentOnly +7 +5 +2 +9 +2 +0 +1", row), row
+    assert re.search(r"strat-1 +processes\.strategy\.builtin:X +13 +12 +1 +3", out)
+    assert re.search(r"news unsent +4", out) and re.search(r"news refused +9", out)
+    assert re.search(r"strategy\.news +1,?005", out), "its own health row"
 
 @pytest.mark.timeout(20)
 def test_render_shows_prices_positions_latency_pnl_and_health():

@@ -1,0 +1,161 @@
+"""The Strategy host's connection to the OrderManager: handshake, orders out, replies matched."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from processes.shared.protocol import (
+    MAX_FRAME,
+    Order,
+    ProtocolError,
+    decode_ack,
+    decode_json,
+    encode_hello,
+    encode_order,
+)
+from reactor import Backoff, Connection, Dialer, Reactor
+
+LOGGED_PROBLEMS = 5  # bad replies and refusals logged one by one; the rest only counted
+
+
+class OrderClient:
+    """Connection to the OrderManager: handshake, orders out, acks and rejects matched to them.
+
+    Delivery: an order is submitted once and stays in `pending` (insertion order = creation
+    order) until the OrderManager acks or rejects it. It is written at once when a session is
+    up (connected and welcomed); otherwise it waits there. After every (re)connect and welcome,
+    ALL pending orders are (re)sent in order with their original ids, so an order is never
+    lost to an OrderManager outage, and the OrderManager's dedup by id means a resend of an order
+    it had already booked is only acked again (same order_no), never booked twice.
+
+    Counters: `unsent` = distinct orders that had to wait because no session was up when they
+    were made; `resent` = orders written again after a reconnect; `refusals` = handshakes the
+    OrderManager refused (bad token or version: logged, and retried with the Dialer's backoff).
+    """
+
+    def __init__(self, reactor: Reactor, host: str, port: int,
+                 on_reply: Callable[[dict, Order], None], client: str = "", token: str = "",
+                 logger: logging.Logger | None = None) -> None:
+        self.on_reply = on_reply
+        self.client = client
+        self.token = token
+        self.log = logger or logging.getLogger("strategy")
+        self.pending: dict[str, Order] = {}   # id -> order, oldest first
+        self.welcomed = False
+        self.acks = 0
+        self.rejects = 0
+        self.bad_replies = 0
+        self.unsent = 0
+        self.resent = 0
+        self.refusals = 0
+        self._last_refusal = ""
+        # overflow="close": an order that does not fit the write buffer must not vanish; the
+        # close makes us reconnect and resend everything pending instead.
+        self.dialer = Dialer(reactor, host, port, on_connect=self._on_connect,
+                             on_disconnect=self._on_disconnect, on_frame=self._on_frame,
+                             backoff=Backoff(), max_frame=MAX_FRAME, overflow="close")
+
+    @property
+    def connected(self) -> bool:
+        return self.dialer.connected and self.welcomed
+
+    def start(self) -> None:
+        self.dialer.start()
+
+    def close(self) -> None:
+        self.dialer.close()
+
+    def submit(self, order: Order) -> bool:
+        """Own `order` until it is acked or rejected; True if it went on the wire right now."""
+        self.pending[order.id] = order
+        self.log.debug("order %s created: %s %d %s @ %.2f", order.id, order.side, order.qty,
+                  order.symbol, order.price)
+        if self.welcomed:
+            conn = self.dialer.connection
+            if conn is not None and conn.send(encode_order(order)):
+                return True
+        self.unsent += 1
+        return False
+
+    def _on_connect(self, conn: Connection) -> None:
+        self.log.info("connected to order manager %s; saying hello as %s", conn.peer, self.client)
+        self.welcomed = False
+        conn.send(encode_hello(self.client, self.token))
+
+    def _on_disconnect(self, reason: str | None) -> None:
+        self.welcomed = False
+        if self.dialer.closed or (reason or "").startswith("refused"):
+            return  # our own shutdown, or a refusal already logged
+        self.log.warning("order manager lost (%s); %d orders unacknowledged, kept for resending; "
+                    "reconnecting", reason or "closed by peer", len(self.pending))
+
+    def _on_welcome(self, reply: dict) -> None:
+        """Session up: resend every pending order, oldest first."""
+        self.welcomed = True
+        self._last_refusal = ""
+        conn = self.dialer.connection
+        if reply.get("kill_switch"):
+            self.log.warning("order manager's kill switch is on: orders will be rejected")
+        self.log.info("welcomed by order manager; resending %d unacknowledged orders",
+                 len(self.pending))
+        now = time.monotonic_ns()
+        for order in list(self.pending.values()):
+            if conn is None or conn.closed:
+                return  # lost again (or overflowed): the next welcome resends the rest
+            order.sent_ns = now  # this attempt's send time: order -> ack measures one try
+            if conn.send(encode_order(order)):
+                self.resent += 1
+
+    def _on_refused(self, reply: dict) -> None:
+        reason = str(reply.get("reason"))[:300]
+        self.refusals += 1
+        if self.refusals <= LOGGED_PROBLEMS or reason != self._last_refusal:
+            self.log.error("order manager REFUSED this strategy: %s; retrying with backoff "
+                      "(%d orders kept)", reason, len(self.pending))
+        self._last_refusal = reason
+        conn = self.dialer.connection
+        if conn is not None:
+            conn.close(f"refused: {reason}")  # the Dialer redials with its backoff
+
+    def _on_frame(self, frame: memoryview) -> None:
+        fast = decode_ack(frame)   # the common case, without the json module
+        if fast is not None:
+            order = self.pending.pop(fast[0], None)
+            if order is None:
+                self._bad_reply(f"ack for an unknown order {fast[0]!r}")
+                return
+            self.acks += 1
+            self.on_reply({"type": "ack", "id": fast[0], "order_no": fast[1]}, order)
+            return
+        try:
+            reply = decode_json(frame)
+        except ProtocolError as exc:
+            self._bad_reply(str(exc))
+            return
+        kind = reply.get("type")
+        if kind == "welcome":
+            self._on_welcome(reply)
+            return
+        if kind == "refused":
+            self._on_refused(reply)
+            return
+        oid = reply.get("id")
+        if not isinstance(oid, str) and oid is not None:
+            self._bad_reply(f"reply id is not a string: {oid!r}")
+            return
+        order = self.pending.pop(oid, None)
+        if order is None:  # not ours, or answered already: counted as a bad reply, not an ack
+            self._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
+            return
+        if kind == "ack":
+            self.acks += 1
+        else:
+            self.rejects += 1
+        self.on_reply(reply, order)
+
+    def _bad_reply(self, reason: str) -> None:
+        self.bad_replies += 1
+        if self.bad_replies <= LOGGED_PROBLEMS:
+            self.log.warning("unreadable reply from order manager: %s", reason)
