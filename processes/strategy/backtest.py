@@ -24,7 +24,6 @@ it (processes.shared.pnl.PnLBook, average cost), marked at each symbol's last pr
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
@@ -33,13 +32,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from processes.shared import config as config_mod
 from processes.shared.market_file import Event, ReplayError, load_events
 from processes.shared.pnl import PnLBook, totals
 from processes.shared.protocol import Order
 from processes.strategy.api import BUY, SELL, OrderReply, Strategy, StrategyConfig, Tick
+from processes.strategy.loader import load_strategy
 
 log = logging.getLogger("backtest")
 
@@ -250,35 +248,6 @@ class Backtest:
                               errors)
 
 
-def _load_strategy(section: config_mod.Strategy, where: str
-                   ) -> tuple[type[Strategy], StrategyConfig]:
-    """processes.strategy.loader.load_strategy when it is there, else a minimal importer."""
-    try:
-        from processes.strategy.loader import load_strategy  # type: ignore[import-not-found]
-    except ImportError:
-        return _import_strategy(section, where)
-    return load_strategy(section, where)
-
-
-def _import_strategy(section: config_mod.Strategy, where: str
-                     ) -> tuple[type[Strategy], StrategyConfig]:
-    """Stand-in for processes.strategy.loader: import "module:Class", check it is a Strategy,
-    build its config from the params (strings from --set are converted)."""
-    module_name, _, cls_name = section.cls.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError) as exc:
-        raise config_mod.ConfigError(f"{where}.class: cannot load {section.cls!r}: {exc}"
-                                     ) from None
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise config_mod.ConfigError(f"{where}.class: {section.cls!r} is not a Strategy")
-    try:
-        params = msgspec.convert(section.params, cls.config_class, strict=False)
-    except (msgspec.ValidationError, ValueError) as exc:
-        raise config_mod.ConfigError(f"{where}.params: {exc}") from None
-    return cls, params
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m processes.strategy.backtest",
@@ -297,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.from_args(args)
         section = cfg.strategy
-        strategy_cls, params = _load_strategy(section, "strategy")
+        strategy_cls, params = load_strategy(section, "strategy")
         symbols = section.symbols or cfg.market.symbols
         events, report = load_events(args.csv, cfg.market.symbols)
     except (config_mod.ConfigError, ReplayError) as exc:

@@ -26,7 +26,8 @@ import sys
 import time
 from typing import Any
 
-from ext import LayoutError, PriceReader, SharedPriceBook, layout
+from ext import PriceReader, SharedPriceBook
+from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import runtime
 from processes.shared.protocol import MAX_FRAME, Order, ProtocolError, parse_news
@@ -99,14 +100,15 @@ class StrategyHost:
         self.backoffs = 0
         self.refusal_lines = 0
         self._started = False
-        self._attach_backoff = Backoff(initial=0.1, maximum=2.0)
-        self._attach_failures = 0         # in a row: only the first of an outage is logged
-        self._attach_timer: Any = None
+        # The book at the name, followed across OrderBook restarts (one identity rule for every
+        # process that reads the book: ext.segment); our reader is hooked onto its attach/detach.
+        self.segment = SegmentWatcher(cfg.market.shm_name, Backoff(initial=0.1, maximum=2.0),
+                                      on_attach=self._adopt, on_detach=self._on_book_lost,
+                                      dead_after=BOOK_DEAD_S)
         self.max_age_ns = int(s.max_price_age * 1e9)
         self.stale_transitions = 0
         self.book_dead = False             # the OrderBook's heartbeat stopped
         self.reattaches = 0
-        self._identity: tuple[int, int] = (0, 0)   # (owner_pid, created_ns) of our segment
         self.tick_to_decision = Recorder("tick_to_decision")  # Gateway send -> on_tick decided
         self.order_to_ack = Recorder("order_to_ack")          # our send -> OrderManager's ack
         self.tick_to_ack = Recorder("tick_to_ack")            # Gateway send -> ack received
@@ -239,7 +241,7 @@ class StrategyHost:
         self._call("on_start", self)
         self.news_dialer.start()
         self.orders_out.start()
-        attached = self._attach()
+        attached = self.segment.poll()
         self.reactor.call_every(WATCH_INTERVAL, self._watch)
         return {"shm_name": self.cfg.market.shm_name, "attached": attached, "name": self.name,
                 "class": self.cfg.strategy.cls, "symbols": ",".join(self.symbols),
@@ -251,7 +253,7 @@ class StrategyHost:
             self._call("on_stop")
         self.news_dialer.close()
         self.orders_out.close()
-        self._detach()
+        self.segment.close()
 
     def recorders(self) -> tuple[Recorder, ...]:
         return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack)
@@ -277,36 +279,13 @@ class StrategyHost:
                 "sentiment": list(self.sentiments)}
 
     # --- the price book: attach, re-attach, staleness (timer, off the hot path) ------------------
-    def _attach(self) -> bool:
-        """Attach to the OrderBook's segment; if it is not there yet, retry with backoff."""
-        self._attach_timer = None
-        if self.book is not None:
-            return True
-        name = self.cfg.market.shm_name
-        try:
-            book = SharedPriceBook(name=name, create=False)
-        except (FileNotFoundError, ValueError, LayoutError) as exc:
-            # Missing, or caught mid-creation (empty file, header not written yet): retry.
-            delay = self._attach_backoff.next()
-            self._attach_failures += 1
-            (self.log.info if self._attach_failures == 1 else self.log.debug)(
-                "segment %s not ready (%s); retrying in %.2fs", name, type(exc).__name__, delay)
-            self._attach_timer = self.reactor.call_later(delay, self._attach)
-            return False
-        self._attach_backoff.reset()
-        self._attach_failures = 0
-        self._adopt(book)
-        return True
-
     def _adopt(self, book: SharedPriceBook) -> None:
         """Use `book`. Our per-symbol state is indexed by our own symbols, so a re-attach keeps
         every position, sentiment and the strategy's own state; only the slot map is new."""
-        again = self._identity != (0, 0)
+        again = self.segment.attaches > 1
         self._slot = [self._index.get(sym, -1) for sym in book.symbols]
         missing = [sym for sym in self.symbols if sym not in book.symbols]
         self.book = book
-        head = book.header()
-        self._identity = (head["owner_pid"], head["created_ns"])
         self.reader = book.reader()
         self.reactor.add_reader(self.reader.fileno(), self.reader.drain)
         self.reactor.add_source(self)
@@ -317,24 +296,24 @@ class StrategyHost:
             self.reattaches += 1
             held = sum(1 for p in self.positions if p)
             self.log.warning("re-attached to %s (OrderBook pid %d): %d symbols, %d positions "
-                             "kept", book.name, head["owner_pid"], len(book.symbols), held)
+                             "kept", book.name, self.segment.owner_pid, len(book.symbols), held)
         else:
             self.log.info("attached to %s: %d symbols, trading %d", book.name,
                           len(book.symbols), len(self.symbols) - len(missing))
 
-    def _detach(self) -> None:
-        """Let go of the segment (reader entry, doorbell, mapping); the state stays."""
-        if self._attach_timer is not None:
-            self._attach_timer.cancel()
-            self._attach_timer = None
+    def _on_book_lost(self, reason: str) -> None:
+        """The watcher lets go of the book (vanished, replaced, or our own close): unhook the
+        reader while the mapping is still there; the state stays for the next book."""
         if self.reader is not None:
             self.reactor.remove_source(self)
             self.reactor.remove_reader(self.reader.fileno())
             self.reader.close()
             self.reader = None
-        if self.book is not None:
-            self.book.close()
-            self.book = None
+        self.book = None
+        if self._started:   # not our own shutdown
+            self.log.warning("price book %s; detaching and re-attaching with backoff "
+                             "(positions kept)", reason)
+            self._set_stale([True] * len(self.stale), "no price book")
 
     def _watch(self) -> None:
         """Every WATCH_INTERVAL: end the backoffs that are over, then: is our segment still the
@@ -350,27 +329,16 @@ class StrategyHost:
         for key, until in enumerate(self._backoff_until):
             if until and now >= until:
                 self._end_backoff(key, "over")
-        if self.book is None:
-            return  # between segments: _attach is retrying
-        name = self.cfg.market.shm_name
-        probe = layout.probe_segment(name)
-        if probe is None or (probe.owner_pid, probe.created_ns) != self._identity:
-            why = "vanished" if probe is None else "was replaced by a new OrderBook"
-            self.log.warning("price book %s %s; detaching and re-attaching with backoff "
-                             "(positions kept)", name, why)
-            self._detach()
-            self._set_stale([True] * len(self.stale), "no price book")
-            self._attach()
-            return
-        silent = (now - probe.heartbeat_ns) / 1e9
-        dead = silent > BOOK_DEAD_S
+        if not self.segment.poll():
+            return  # between segments: the watcher retries with backoff
+        why = self.segment.liveness(now)
+        dead = why is not None
         if dead != self.book_dead:
             self.book_dead = dead
             if dead:
-                self.log.error("OrderBook (pid %d) silent for %.1fs: its prices are stale; not "
-                               "trading until it is back", probe.owner_pid, silent)
+                self.log.error("%s: its prices are stale; not trading until it is back", why)
             else:
-                self.log.warning("OrderBook (pid %d) heartbeat is back", probe.owner_pid)
+                self.log.warning("OrderBook (pid %d) heartbeat is back", self.segment.owner_pid)
         if dead:
             self._set_stale([True] * len(self.stale), "OrderBook silent")
             return

@@ -118,7 +118,7 @@ def test_kill_9_the_gateway_and_restart_it_ticks_flow_again(tmp_path, children):
 
 @pytest.mark.timeout(90)
 def test_kill_9_the_orderbook_stops_trading_until_it_is_back(tmp_path, children):
-    """The Strategy notices the silent OrderBook (heartbeat), trades nothing while its prices
+    """The Strategy notices the dead OrderBook (its pid is gone), trades nothing while its prices
     are stale, re-attaches to the segment of the restarted OrderBook and trades again, with its
     positions kept."""
     cfg = trading_config(tmp_path, **{"strategy.max_price_age": 1.0})
@@ -161,7 +161,8 @@ def test_kill_9_the_orderbook_stops_trading_until_it_is_back(tmp_path, children)
         "an order on a tick the dead OrderBook never wrote"
     assert after["stale_symbols"] == 0 and after["book_dead"] is False
     log_text = (tmp_path / "logs" / "strategy.log").read_text()
-    assert "silent" in log_text and "re-attached to" in log_text and "positions kept" in log_text
+    assert "is dead: its prices are stale" in log_text
+    assert "re-attached to" in log_text and "positions kept" in log_text
     assert "reclaimed segment" in (tmp_path / "logs" / "orderbook.log").read_text()
     result = record_fault(
         "kill9_orderbook", (first - restart_ns) / 1e9,

@@ -15,8 +15,9 @@ from collections import Counter, defaultdict
 
 import pytest
 from mainutil import MainRun, assert_nothing_left, child_pids, main_cmd
-from stackutil import make_config, pid_alive, wait_until
+from stackutil import make_config, wait_until
 
+from ext.layout import pid_alive
 from processes.shared import config
 from processes.supervisor.stack import Stack, process_order
 

@@ -7,7 +7,6 @@ import logging
 import math
 import random
 import time
-import uuid
 from fractions import Fraction
 
 import pytest
@@ -307,18 +306,17 @@ def test_news_reaches_each_traded_symbol_and_market_wide_news_every_one(make_hos
 def test_only_traded_symbols_tick_through_the_shared_book(make_host):
     """The real hot path: the book's reader, the slot map made at attach."""
     host = make_host(**{"strategy.symbols": "MSFT"})
-    book = SharedPriceBook(["AAPL", "MSFT"], name=f"tstest_{uuid.uuid4().hex[:12]}",
-                           create=True)
+    book = SharedPriceBook(["AAPL", "MSFT"], name=host.cfg.market.shm_name, create=True)
     try:
-        host._adopt(book_reader := SharedPriceBook(name=book.name, create=False))
-        assert host._slot == [-1, 0] and book_reader is host.book
+        assert host.segment.poll(), host.segment.status   # attaches: _adopt builds the slot map
+        assert host._slot == [-1, 0] and host.book is host.segment.book
         book.update("AAPL", 10.0, time.monotonic_ns(), 1)
         book.update("MSFT", 20.0, time.monotonic_ns(), 1)
         wait_until(lambda: host.poll() or host.ticks >= 2, 5, what="ticks")
         assert host.strategy.events == [("tick", "MSFT", 20.0, 0)]
         assert host.decisions == 1 and host.tick_to_decision.count == 1
     finally:
-        host._detach()
+        host.segment.close()
         book.close()
         book.unlink()
 

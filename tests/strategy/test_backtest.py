@@ -11,42 +11,11 @@ import pytest
 from processes.shared.market_file import load_events, parse_events
 from processes.strategy import backtest
 from processes.strategy.api import BUY, SELL, OrderReply, Strategy, StrategyConfig, Tick
-from processes.strategy.signals import NEUTRAL, MovingAverageCrossover, combine, sentiment_signal
+from processes.strategy.builtin import MovingAverageSentiment, MovingAverageSentimentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample_prices.csv"
 SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA"]
-
-
-class CrossoverConfig(StrategyConfig):
-    short_window: int = 5
-    long_window: int = 20
-    bullish: int = 60
-    bearish: int = 40
-
-
-class Crossover(Strategy):
-    """The built-in rules (processes.strategy.builtin.MovingAverageSentiment) on the API: MA
-    crossover and sentiment must agree; the position goes to +-quantity on their side.
-    Stands in for the built-in class until processes.strategy.builtin is on this branch."""
-
-    config_class = CrossoverConfig
-
-    def on_start(self, ctx) -> None:
-        super().on_start(ctx)
-        c = self.config
-        self.trends = [MovingAverageCrossover(c.short_window, c.long_window) for _ in ctx.symbols]
-
-    def on_tick(self, symbol: str, price: float, tick: Tick) -> None:
-        c = self.config
-        trend = self.trends[tick.index].update(price)
-        signal = combine(trend, sentiment_signal(self.ctx.sentiment(symbol), c.bullish,
-                                                 c.bearish))
-        if signal == NEUTRAL:
-            return
-        qty = signal * c.quantity - self.ctx.position(symbol)
-        if qty:
-            self.ctx.submit(symbol, BUY if qty > 0 else SELL, abs(qty), price)
 
 
 class Recorder(Strategy):
@@ -165,7 +134,8 @@ def test_submit_refuses_bugs_market_news_fans_out_and_hook_errors_are_counted():
 
 def test_two_runs_give_the_same_orders():
     events, _ = load_events(SAMPLE, SYMBOLS)
-    runs = [backtest.Backtest(Crossover, CrossoverConfig(), SYMBOLS, "strat-1").run(events)
+    runs = [backtest.Backtest(MovingAverageSentiment, MovingAverageSentimentConfig(), SYMBOLS,
+                              "strat-1").run(events)
             for _ in range(2)]
     assert runs[0].orders == runs[1].orders
     assert runs[0].to_json() == runs[1].to_json()
@@ -173,7 +143,8 @@ def test_two_runs_give_the_same_orders():
 
 def test_the_shipped_sample_gives_tens_of_orders_with_the_builtin_rules():
     events, _ = load_events(SAMPLE, SYMBOLS)
-    result = backtest.Backtest(Crossover, CrossoverConfig(), SYMBOLS, "strat-1").run(events)
+    result = backtest.Backtest(MovingAverageSentiment, MovingAverageSentimentConfig(), SYMBOLS,
+                              "strat-1").run(events)
     assert 20 <= len(result.orders) <= 99
     assert {o.symbol for o in result.orders} == set(SYMBOLS)
     assert [o.order_no for o in result.orders] == list(range(1, len(result.orders) + 1))
@@ -183,7 +154,7 @@ def test_the_shipped_sample_gives_tens_of_orders_with_the_builtin_rules():
 
 
 def test_the_command_line(tmp_path, capsys):
-    cls = f"{__name__}:Crossover"
+    cls = "processes.strategy.builtin:MovingAverageSentiment"
     assert backtest.main(["--csv", str(SAMPLE), "--set", f"strategy.class={cls}",
                           "--set", "strategy.params.quantity=5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

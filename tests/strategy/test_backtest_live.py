@@ -12,6 +12,7 @@ from stackutil import make_config, wait_until
 
 from processes.shared.market_file import load_events
 from processes.strategy import backtest
+from processes.strategy.builtin import MovingAverageSentiment, MovingAverageSentimentConfig
 from processes.supervisor.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,16 +21,6 @@ SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA"]
 SPEED = 10.0
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _builtin() -> tuple[type, object]:
-    """The configured built-in strategy; the test file's twin of it until it exists."""
-    try:
-        from processes.strategy.builtin import MovingAverageSentiment  # type: ignore
-    except ImportError:
-        from test_backtest import Crossover, CrossoverConfig
-        return Crossover, CrossoverConfig()
-    return MovingAverageSentiment, MovingAverageSentiment.config_class()
 
 
 def _stats(tmp_path: Path, name: str) -> dict:
@@ -41,8 +32,8 @@ def _stats(tmp_path: Path, name: str) -> dict:
 
 def test_a_live_replay_makes_the_backtests_orders(tmp_path):
     events, report = load_events(SAMPLE, SYMBOLS)
-    cls, params = _builtin()
-    expected = backtest.Backtest(cls, params, SYMBOLS, "strat-1").run(events).orders
+    expected = backtest.Backtest(MovingAverageSentiment, MovingAverageSentimentConfig(), SYMBOLS,
+                                 "strat-1").run(events).orders
     assert len(expected) >= 20
     cfg = make_config(tmp_path, **{"gateway.csv": str(SAMPLE), "gateway.csv_speed": SPEED,
                                    "gateway.csv_loop": False, "logging.stats_interval": 0.2,
