@@ -33,6 +33,7 @@ skipped; the strategy keeps running.
 from __future__ import annotations
 
 import logging
+import math
 from typing import ClassVar, Protocol
 
 import msgspec
@@ -41,6 +42,26 @@ from processes.shared.protocol import Order
 
 BUY = "BUY"
 SELL = "SELL"
+SIGN = {BUY: 1, SELL: -1}   # what a filled order of each side does to the position
+
+
+def check_submit(strategy: str, symbols: tuple[str, ...], index: dict[str, int], symbol: str,
+                 side: str, qty: int, price: float) -> tuple[int, int, float]:
+    """(symbol index, side sign, order price) of a valid Context.submit, else ValueError: the
+    one statement of what a strategy may submit, for the live host and the backtester alike.
+    The order price is the submitted one rounded to the cent, as the OrderManager books it."""
+    j = index.get(symbol)
+    if j is None:
+        raise ValueError(f"submit: {symbol!r} is not traded by {strategy} "
+                         f"(strategy.symbols: {', '.join(symbols)})")
+    sign = SIGN.get(side)
+    if sign is None:
+        raise ValueError(f"submit: side {side!r} is not BUY or SELL")
+    if type(qty) is not int or qty <= 0:
+        raise ValueError(f"submit: qty {qty!r} is not an int > 0")
+    if type(price) not in (int, float) or not 0.0 < price < math.inf:
+        raise ValueError(f"submit: price {price!r} is not a finite number > 0")
+    return j, sign, round(float(price), 2)
 
 
 class StrategyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -36,12 +36,17 @@ from processes.shared import config as config_mod
 from processes.shared.market_file import Event, ReplayError, load_events
 from processes.shared.pnl import PnLBook, totals
 from processes.shared.protocol import Order
-from processes.strategy.api import BUY, SELL, OrderReply, Strategy, StrategyConfig, Tick
+from processes.strategy.api import (
+    OrderReply,
+    Strategy,
+    StrategyConfig,
+    Tick,
+    check_submit,
+)
 from processes.strategy.loader import load_strategy
 
 log = logging.getLogger("backtest")
 
-SIDES = (BUY, SELL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,25 +136,17 @@ class BacktestContext:
         return self._now_ns
 
     def submit(self, symbol: str, side: str, qty: int, price: float) -> str | None:
-        if side not in SIDES:
-            raise ValueError(f"side must be BUY or SELL, got {side!r}")
-        if isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0:
-            raise ValueError(f"qty must be an int > 0, got {qty!r}")
-        if (isinstance(price, bool) or not isinstance(price, (int, float))
-                or not math.isfinite(price) or price <= 0):
-            raise ValueError(f"price must be finite and > 0, got {price!r}")
-        i = self._index.get(symbol)
-        if i is None:
-            raise ValueError(f"symbol {symbol!r} is not one this strategy trades")
+        i, sign, price = check_submit(self.name, self.symbols, self._index, symbol, side, qty,
+                                      price)
         if (symbol, side) in self._in_flight:
             self.refusals += 1
             self.log.debug("refused %s %d %s: a %s order is in flight", side, qty, symbol, side)
             return None
         self._seq += 1
-        order = Order(f"{self.name}-bt-{self._seq}", symbol, side, qty, float(price), self.name,
+        order = Order(f"{self.name}-bt-{self._seq}", symbol, side, qty, price, self.name,
                       self._tick_ns, self._tick_seq, self._now_ns)
         self._in_flight.add((symbol, side))
-        self._positions[i] += qty if side == BUY else -qty
+        self._positions[i] += sign * qty
         self.queued.append(order)
         return order.id
 

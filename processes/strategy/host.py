@@ -32,7 +32,7 @@ from processes.shared import config as config_mod
 from processes.shared import runtime
 from processes.shared.protocol import MAX_FRAME, Order, ProtocolError, parse_news
 from processes.shared.telemetry import Recorder
-from processes.strategy.api import BUY, SELL, OrderReply, Strategy, Tick
+from processes.strategy.api import BUY, SELL, SIGN, OrderReply, Strategy, Tick, check_submit
 from processes.strategy.loader import load_strategy, section_name
 from processes.strategy.order_client import OrderClient
 from reactor import Backoff, Dialer, Reactor
@@ -44,7 +44,6 @@ LOGGED_TRANSITIONS = 100  # stale/fresh and refusal lines logged; then only coun
 REJECT_BACKOFF_S = 1.0      # a symbol and side waits this long after its first reject...
 REJECT_BACKOFF_MAX_S = 30.0  # ...doubling per reject in a row up to this; an ack resets it
 REFUSALS = ("pending", "stale", "backoff")
-_SIGN = {BUY: 1, SELL: -1}
 
 
 class StrategyHost:
@@ -138,17 +137,8 @@ class StrategyHost:
         return None if j is None else self.sentiments[j]
 
     def submit(self, symbol: str, side: str, qty: int, price: float) -> str | None:
-        j = self._index.get(symbol)
-        if j is None:
-            raise ValueError(f"submit: {symbol!r} is not traded by {self.name} "
-                             f"(strategy.symbols: {', '.join(self.symbols)})")
-        sign = _SIGN.get(side)
-        if sign is None:
-            raise ValueError(f"submit: side {side!r} is not BUY or SELL")
-        if not isinstance(qty, int) or isinstance(qty, bool) or qty <= 0:
-            raise ValueError(f"submit: qty {qty!r} is not an int > 0")
-        if not isinstance(price, (int, float)) or not (0.0 < price < math.inf):
-            raise ValueError(f"submit: price {price!r} is not a finite number > 0")
+        j, sign, price = check_submit(self.name, self.symbols, self._index, symbol, side, qty,
+                                      price)
         now = time.monotonic_ns()
         in_tick = self._tick_j >= 0
         if in_tick and not self._decided:
@@ -172,7 +162,7 @@ class StrategyHost:
         self._refusing[key] = None
         tick = self._tick
         self._order_seq += 1
-        order = Order(f"{self._id_prefix}-{self._order_seq}", symbol, side, qty, round(price, 2),
+        order = Order(f"{self._id_prefix}-{self._order_seq}", symbol, side, qty, price,
                       self.name, tick.sent_ns if in_tick else 0, tick.seq if in_tick else 0, now)
         # Made once: the OrderClient owns it until acked (resent after a reconnect, waiting if
         # the OrderManager is down), so the position moves now; only a reject restores it.
@@ -438,7 +428,7 @@ class StrategyHost:
 
     def _on_reply(self, reply: dict, order: Order) -> None:
         j = self._index.get(order.symbol)
-        sign = _SIGN.get(order.side, 0)
+        sign = SIGN.get(order.side, 0)
         if j is None or not sign:
             return   # not an order this host made (the OrderClient only passes its own)
         key = 2 * j + (sign > 0)
