@@ -6,7 +6,7 @@
 
 Micro-benchmarks time an inner loop per round, so one round is one per-call sample (round time /
 calls); process-level benchmarks run once and carry their own HdrHistogram percentiles (measured
-inside the processes, see processes/telemetry.py) in pytest-benchmark's extra_info. Ratios
+inside the processes, see processes/shared/telemetry.py) in pytest-benchmark's extra_info. Ratios
 compare rows measured in the same run, which is what survives a shared, noisy machine.
 """
 
@@ -132,8 +132,8 @@ def machine() -> list[str]:
             "- Method: `pytest bench --benchmark-only` (pytest-benchmark), one session, so every "
             "ratio below compares rows measured minutes apart on the same (shared, noisy) host.",
             "- Per-hop latencies are recorded inside the processes for every event "
-            "(`processes/telemetry.py`: one increment of the sample's HdrHistogram bucket in a "
-            "native counts array, `ext._hist`, ~70 ns) and read from their final stats "
+            "(`processes/shared/telemetry.py`: one increment of the sample's HdrHistogram "
+            "bucket in a native counts array, `ext._hist`, ~70 ns) and read from their final stats "
             "snapshots; percentiles are taken with the hdrhistogram package.",
             "- Clock: CLOCK_MONOTONIC ns, comparable across processes on one host.", ""]
 

@@ -14,8 +14,16 @@ from __future__ import annotations
 
 from collections import deque
 
-from processes.shared.protocol import Order
-from processes.strategy.api import BUY, SELL, Context, OrderReply, Strategy, StrategyConfig, Tick
+from processes.strategy.api import (
+    BUY,
+    SELL,
+    Context,
+    Order,
+    OrderReply,
+    Strategy,
+    StrategyConfig,
+    Tick,
+)
 
 
 class BreakoutConfig(StrategyConfig):

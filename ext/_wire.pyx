@@ -355,8 +355,8 @@ cdef class PriceFeedDecoder:
         return p - base
 
     cdef inline int _tick(self, Py_ssize_t i, Tick *t) except -1:
-        # Gap/reset accounting exactly as processes/orderbook.py (seq == prev is the snapshot
-        # sent on reconnect), written so that nothing overflows at 2**64-1.
+        # Gap/reset accounting (seq == prev is the snapshot sent on reconnect), written so that
+        # nothing overflows at 2**64-1.
         cdef uint64_t seq = t.seq, prev, g
         cdef tsb_payload slot
         if seq:

@@ -119,12 +119,25 @@ class SegmentWatcher:
         self.book = book
         self.identity = (head["owner_pid"], head["created_ns"])
         self.heartbeat_ns = head["heartbeat_ns"]
+        self.attaches += 1
+        if self.on_attach is not None:
+            try:
+                self.on_attach(book)
+            except Exception as exc:
+                # The caller could not use it (every reader entry taken, say): not attached,
+                # and retried with backoff like a missing segment, never half-attached.
+                self.book, self.identity = None, None
+                book.close()
+                delay = self.backoff.next()
+                self._next_try = self.clock() + delay
+                self.failures += 1
+                self.status = f"{self.name} not usable ({exc}); retry in {delay:.1f}s"
+                log.warning("segment %s attached but not usable (%s: %s); retrying in %.2fs",
+                            self.name, type(exc).__name__, exc, delay)
+                return False
         self.backoff.reset()
         self.failures = 0
-        self.attaches += 1
         self.status = f"attached to {self.name} (OrderBook pid {self.owner_pid})"
-        if self.on_attach is not None:
-            self.on_attach(book)
         return True
 
     def detach(self, reason: str = "detached") -> None:

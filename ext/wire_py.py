@@ -6,7 +6,7 @@ purpose, so they have exactly one source: ``FrameTooLong``, and ``parse_price_fr
 reject reasons the compiled decoder asks for on its (cold) reject path. The compiled decoder
 decides acceptance and values with its own C parser; tests check both agree on every input.
 
-Price frame grammar (mirrors processes/protocol.py parse_price, but exact and stricter):
+Price frame grammar (the wire protocol's price frame, exactly as the native decoder reads it):
 ``SYM,PRICE`` or ``SYM,PRICE,SEQ,SENT_NS``. SYM is any non-empty bytes; PRICE is
 ``digits[.digits]`` with at most 15 digits once leading zeros of the integer part are dropped,
 so the mantissa is < 2**53 and 10**decimals is exact: mantissa / 10**decimals as one IEEE
@@ -221,7 +221,7 @@ class PriceFeedDecoder:
             if self.on_reject is not None:
                 self.on_reject(frame, unknown_symbol_reason(sym))
             return
-        if seq:  # as processes/orderbook.py: seq == prev is the snapshot sent on reconnect
+        if seq:  # seq == prev is the snapshot sent on reconnect
             prev = self._last_seq[i]
             if seq > prev + 1 and prev:
                 self._gaps = min(self._gaps + seq - prev - 1, MAX_U64)

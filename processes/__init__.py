@@ -6,7 +6,7 @@
     strategy/       the Strategy API, its process host, the built-in rule and the backtester
     order_manager/  validates, books, journals and acknowledges orders
     supervisor/     main.py's side: start in order, supervise, stop, summarize
-    tools/          operator tools: the live dashboard and the book watcher
+    tools/          operator tools: the live dashboard
 
 Each process package runs alone as `python -m processes.<name>`. `reactor/` and `ext/` sit below
 all of this and never import it.

@@ -9,7 +9,7 @@ Paced: a timer at the next item's due time (never sooner than MIN_PERIOD after t
 due together share one send. After a stall a Schedule that may skip (the synthetic walk) jumps to
 what is due now and sends at most MAX_BATCH; one that may not (a replayed file) sends MAX_BATCH
 per loop turn until it is on time, so no row is lost. Unpaced (rate or speed 0): FAST_BATCH items
-per loop turn while some client has room, idle when none has.
+per loop turn while some client has room; while none has, a look every MIN_PERIOD.
 
 The clock starts when `ready()` first holds (checked at start() and on every wake(), i.e. when a
 client arrives); feeds that must stay in step (a file's prices and news) share one Clock.

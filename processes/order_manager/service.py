@@ -272,7 +272,7 @@ class OrderManager:
         for rec in records:
             key = (rec["client"], rec["id"])
             if key in self.booked:
-                doubled += 1  # written by an OrderManager that did not deduplicate yet
+                doubled += 1  # a log written by hand, or by a tool that does not deduplicate
                 continue
             self.booked[key] = rec["order_no"]
             pkey = (rec["client"], rec["symbol"])

@@ -75,8 +75,6 @@ class OrderBook(Placement):
 
 
 BUILTIN_STRATEGY = "processes.strategy.builtin:MovingAverageSentiment"
-STRATEGY_OWN_KEYS = ("name", "cls", "symbols", "params")   # what a [strategies.NAME] table
-                                                          # does not inherit from [strategy]
 
 
 @dataclass
@@ -162,7 +160,8 @@ def _toml_table(lines: list[str], section: str, values: dict[str, Any]) -> None:
     tables = {k: v for k, v in values.items() if isinstance(v, dict)}
     # Placement keys last, as tradestack.toml lists them.
     keys = sorted((k for k in values if k not in tables), key=lambda k: k in PLACEMENT_KEYS)
-    lines.extend(f"{_TOML_KEYS.get(key, key)} = {_toml_value(values[key])}" for key in keys)
+    lines.extend(f"{_toml_key(_TOML_KEYS.get(key, key))} = {_toml_value(values[key])}"
+                 for key in keys)
     lines.append("")
     for key, sub in tables.items():
         _toml_table(lines, f"{section}.{key}", sub)
@@ -173,6 +172,11 @@ _TOML_KEYS = {"cls": "class"}
 _FIELD_KEYS = {v: k for k, v in _TOML_KEYS.items()}
 
 
+def _toml_key(key: str) -> str:
+    """A bare TOML key, or a quoted one (a strategy's params may be named anything)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -181,7 +185,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     return repr(value)
 
 
@@ -236,14 +241,18 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {kind}")
 
 
-def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
+def _apply(cfg: Config, section: str, key: str, value: Any,
+           extras: dict[str, list[tuple[str, Any]]]) -> None:
     """Set `section.key` (a TOML key or a --set SECTION.KEY); nested keys are
-    strategy.params.X, strategies.NAME.KEY and strategies.NAME.params.X."""
+    strategy.params.X, strategies.NAME.KEY and strategies.NAME.params.X. A [strategies.NAME]
+    key is collected in `extras` and applied once [strategy] is complete (_build_extras)."""
     if section == "strategies":
         name, _, rest = key.partition(".")
         if not rest:
             raise ConfigError(f"strategies.{name}: expected strategies.NAME.KEY")
-        _apply_strategy(_extra_strategy(cfg, name), f"strategies.{name}", rest, value)
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ConfigError(f"strategies.{name}: the name must be 1-64 of A-Z a-z 0-9 _ -")
+        extras.setdefault(name, []).append((rest, value))
         return
     sect = getattr(cfg, section, None)
     if sect is None or not dataclasses.is_dataclass(sect):
@@ -275,27 +284,16 @@ def _apply_strategy(sect: Strategy, section: str, key: str, value: Any) -> None:
         _set_field(sect, section, key, value)
 
 
-def _extra_strategy(cfg: Config, name: str) -> Strategy:
-    """cfg.strategies[name], made on first mention (its inherited keys are filled in later,
-    by _inherit, once [strategy] is complete)."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
-        raise ConfigError(f"strategies.{name}: the name must be 1-64 of A-Z a-z 0-9 _ -")
-    if name not in cfg.strategies:
-        cfg.strategies[name] = Strategy(name=name, cpus=[], idle="", spin_us=-1.0,
-                                        rt_priority=-1, token="\0", max_price_age=-1.0)
-    return cfg.strategies[name]
-
-
-def _inherit(cfg: Config) -> None:
-    """Fill every key a [strategies.NAME] table did not set from [strategy]."""
-    unset = Strategy(name="", cpus=[], idle="", spin_us=-1.0, rt_priority=-1, token="\0",
-                     max_price_age=-1.0)
-    for sect in cfg.strategies.values():
-        for f in fields(Strategy):
-            if f.name in STRATEGY_OWN_KEYS:
-                continue
-            if getattr(sect, f.name) == getattr(unset, f.name):
-                setattr(sect, f.name, copy.deepcopy(getattr(cfg.strategy, f.name)))
+def _build_extras(cfg: Config, extras: dict[str, list[tuple[str, Any]]]) -> None:
+    """cfg.strategies from the collected [strategies.NAME] keys: each starts as a copy of the
+    finished [strategy] (so it inherits every key it does not set) with its own name, the
+    built-in class, every symbol and no params, and then takes its own keys."""
+    for name, items in extras.items():
+        sect = copy.deepcopy(cfg.strategy)
+        sect.name, sect.cls, sect.symbols, sect.params = name, BUILTIN_STRATEGY, [], {}
+        for key, value in items:
+            _apply_strategy(sect, f"strategies.{name}", key, value)
+        cfg.strategies[name] = sect
 
 
 def strategy_processes(cfg: Config) -> list[tuple[str, Config]]:
@@ -316,6 +314,7 @@ def section_of(process: str) -> str:
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file (if any), then `overrides` {"section.key": value}; validated."""
     cfg = Config()
+    extras: dict[str, list[tuple[str, Any]]] = {}
     if path is not None:
         try:
             with open(path, "rb") as fh:
@@ -326,11 +325,11 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
             for key, value in _flatten(section, values):
-                _apply(cfg, section, key, value)
+                _apply(cfg, section, key, value, extras)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        _apply(cfg, section, key, value)
-    _inherit(cfg)
+        _apply(cfg, section, key, value, extras)
+    _build_extras(cfg, extras)
     validate(cfg)
     return cfg
 

@@ -7,7 +7,7 @@ work on the tick path).
 Publishing: every `interval` the process writes one JSON snapshot file (tmp + rename, so readers
 never see half a file) with its counters and each histogram's non-empty buckets, varint-encoded.
 Readers (main.py's exit summary, the monitor, the benchmarks) rebuild HdrHistograms from them and
-take percentiles there: percentile extraction costs ~0.7 ms per histogram, too much for a process
+take percentiles there: percentile extraction walks the whole histogram, too slow for a process
 that must answer the next tick.
 
 Time base: CLOCK_MONOTONIC ns (time.monotonic_ns()), comparable across processes on one host.
@@ -63,8 +63,8 @@ class Recorder:
 
     def snapshot(self, reset_window: bool = True) -> dict[str, Any]:
         """count, max, and the buckets since start ("pairs") and since the last snapshot
-        ("window"), each encoded (see encode_pairs): a JSON list of thousands of pairs took
-        ~20 ms to publish, on the same core as the ticks."""
+        ("window"), each encoded (see encode_pairs): a JSON list of thousands of pairs is
+        slow to publish, on the same core as the ticks."""
         hist = self.hist
         window = encode_pairs(hist.encode(True)) if reset_window else ""
         return {"count": self.count, "max": self.max, "pairs": encode_pairs(hist.encode()),

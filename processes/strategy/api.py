@@ -38,7 +38,10 @@ from typing import ClassVar, Protocol
 
 import msgspec
 
-from processes.shared.protocol import Order
+from processes.shared.protocol import Order  # what on_order_reply is given
+
+__all__ = ["BUY", "SELL", "SIGN", "Context", "Order", "OrderReply", "Strategy",
+           "StrategyConfig", "Tick", "check_submit"]
 
 BUY = "BUY"
 SELL = "SELL"
@@ -61,7 +64,10 @@ def check_submit(strategy: str, symbols: tuple[str, ...], index: dict[str, int],
         raise ValueError(f"submit: qty {qty!r} is not an int > 0")
     if type(price) not in (int, float) or not 0.0 < price < math.inf:
         raise ValueError(f"submit: price {price!r} is not a finite number > 0")
-    return j, sign, round(float(price), 2)
+    cents = round(float(price), 2)
+    if cents <= 0.0:
+        raise ValueError(f"submit: price {price!r} is 0.00 to the cent")
+    return j, sign, cents
 
 
 class StrategyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -206,6 +206,7 @@ class Backtest:
                     call(strategy.on_order_reply, order, OrderReply("ack", order_no))
 
         ctx._now_ns = 0
+        strategy.ctx = ctx   # as the live host does: also for an on_start that skips super()
         call(strategy.on_start, ctx)
         index = ctx._index
         for ev in events:
@@ -215,12 +216,14 @@ class Backtest:
                     continue
                 news += 1
                 ctx._tick_ns = ctx._tick_seq = 0
-                targets = self.symbols if ev.symbol is None else (ev.symbol,)
+                targets = [s for s in (self.symbols if ev.symbol is None else (ev.symbol,))
+                           if s in index]
+                # Every sentiment first, then the hooks, as the live host does: a hook that
+                # reads another symbol's sentiment sees this news already.
                 for sym in targets:
-                    i = index.get(sym)
-                    if i is not None:
-                        ctx._sentiment[i] = ev.sentiment
-                        call(strategy.on_news, sym, ev.sentiment)
+                    ctx._sentiment[index[sym]] = ev.sentiment
+                for sym in targets:
+                    call(strategy.on_news, sym, ev.sentiment)
                 continue
             i = index.get(ev.symbol)
             if i is None:

@@ -152,6 +152,8 @@ class StrategyHost:
         # a plain feed, which carries none, the symbol's state from the last _watch.
         if self.max_age_ns:
             last = self._last_tick_ns[j]
+            if self.prices[j] is None:   # an order from on_start or on_news before any tick
+                return self._refuse(key, "stale", "it has had no valid price yet")
             if now - last > self.max_age_ns if last else self.stale[j]:
                 return self._refuse(key, "stale", f"its price is older than "
                                     f"{self.max_age_ns / 1e9:g}s")

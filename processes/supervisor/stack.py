@@ -388,8 +388,3 @@ class Supervisor:
             raise
         return self.teardown()
 
-
-def run_stack(cfg: config_mod.Config, duration: float | None = None,
-              hook: LoopHook | None = None) -> int:
-    """Run the stack until Ctrl+C, SIGTERM or `duration` seconds; 0 only for a clean stop."""
-    return Supervisor(cfg, duration, hook).run()

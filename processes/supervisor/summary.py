@@ -59,8 +59,7 @@ def expand(rows: tuple[tuple[str, str, str], ...], snaps: dict[str, Any]
             continue
         for name in strategy_processes(snaps) or ["strategy"]:
             extra = name.partition(".")[2]
-            out.append((name, key, label.replace("Strategy", f"Strategy {extra}", 1)
-                        if extra else label))
+            out.append((name, key, f"{label} [{extra}]" if extra else label))
     return out
 
 

@@ -206,3 +206,26 @@ def test_pid_alive_counts_a_zombie_as_dead():
     assert not layout.pid_alive(proc.pid)
     proc.wait()
     assert not layout.pid_alive(0) and not layout.pid_alive(2**40) and layout.pid_alive(os.getpid())
+
+
+def test_a_book_the_caller_cannot_use_is_not_half_attached(rig):
+    """on_attach raising (every reader entry taken, say) leaves the watcher detached, and the
+    next try waits out the backoff."""
+    w = rig.watcher
+    calls = []
+
+    def refuse(book) -> None:
+        calls.append(book.symbols)
+        if len(calls) == 1:
+            raise RuntimeError("no free reader entry")
+
+    w.on_attach = refuse
+    book = create(rig.name)
+    try:
+        assert not w.poll() and not w.attached and w.book is None and w.identity is None
+        assert "not usable" in w.status and w.failures == 1
+        assert not w.poll(), "must wait out the backoff"
+        rig.later()
+        assert w.poll() and w.attached and calls == [("AAPL",), ("AAPL",)]
+    finally:
+        stop(book)

@@ -102,6 +102,15 @@ def test_strategy_tables_round_trip_and_inherit(tmp_path):
     assert config.load(path) == cfg
 
 
+def test_a_strategies_table_keeps_what_it_sets_even_when_it_looks_unset(tmp_path):
+    cfg = config.load(None, {"strategy.cpus": "[1]", "strategy.token": "secret",
+                             "strategies.b.cpus": "[]", "strategies.b.params.my key": 1})
+    assert cfg.strategies["b"].cpus == [] and cfg.strategies["b"].token == "secret"
+    path = tmp_path / "out.toml"
+    path.write_text(cfg.to_toml())   # a params key that is no bare TOML key is quoted
+    assert config.load(path) == cfg
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
     ({"strategies.x y.class": "a:B"}, "strategies.x y"),
     ({"strategies.b.name": "c"}, "strategies.b.name"),

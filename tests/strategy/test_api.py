@@ -207,6 +207,9 @@ def test_position_moves_at_submit_and_a_reject_restores_it_then_backs_off(make_h
     monkeypatch.setattr(host_mod, "REJECT_BACKOFF_S", 0.05)
     host = make_host()
     strat = host.strategy
+    tick(host, "AAPL", 101.0)
+    tick(host, "MSFT", 50.0)
+    strat.events.clear()
     oid = host.submit("AAPL", BUY, 5, 101.234)
     assert oid and host.position("AAPL") == 5
     assert host.orders_out.pending[oid].price == 101.23
@@ -240,6 +243,7 @@ def test_position_moves_at_submit_and_a_reject_restores_it_then_backs_off(make_h
 
 def test_a_same_side_order_in_flight_refuses_the_next_and_logs_once(make_host, caplog):
     host = make_host()
+    tick(host, "AAPL", 100.0)
     caplog.set_level(logging.INFO)
     first = host.submit("AAPL", BUY, 1, 100.0)
     assert all(host.submit("AAPL", BUY, 1, 100.0) is None for _ in range(10))
@@ -259,6 +263,22 @@ def test_a_stale_price_is_refused(make_host):
     assert strat.events[-1] == ("sent", None) and host.refused["stale"] == 1
     tick(host, "AAPL", 100.0)
     assert strat.events[-1][1] is not None
+
+
+def test_no_order_before_the_symbols_first_price(make_host):
+    """An order from on_start or on_news, before any valid tick, has no price to be fresh."""
+    host = make_host(**{"strategy.max_price_age": 1.0})
+    assert host.submit("MSFT", BUY, 1, 100.0) is None and host.refused["stale"] == 1
+    tick(host, "MSFT", 100.0)
+    assert host.submit("MSFT", BUY, 1, 100.0) is not None
+
+
+def test_a_price_that_rounds_to_zero_cents_raises(make_host):
+    host = make_host()
+    tick(host, "AAPL", 1.0)
+    with pytest.raises(ValueError, match="0.00"):
+        host.submit("AAPL", BUY, 1, 0.004)
+    assert host.orders == 0
 
 
 @pytest.mark.parametrize("args", [("AAPL", "buy", 1, 1.0), ("AAPL", BUY, 0, 1.0),
@@ -294,13 +314,14 @@ def test_bad_prices_never_reach_the_strategy(make_host):
 
 
 def test_news_reaches_each_traded_symbol_and_market_wide_news_every_one(make_host):
-    host = make_host(**{"strategy.symbols": "MSFT"})
-    assert host.symbols == ("MSFT",)
+    host = make_host(**{"market.symbols": "AAPL,MSFT,GOOG", "strategy.symbols": "MSFT,GOOG"})
+    assert host.symbols == ("MSFT", "GOOG")
     news(host, "AAPL", 10)                 # not traded
     news(host, "MSFT", 70)
-    news(host, None, 30)
-    assert host.strategy.events == [("news", "MSFT", 70), ("news", "MSFT", 30)]
-    assert host.sentiment("MSFT") == 30
+    news(host, None, 30)                   # market-wide: once per traded symbol
+    assert host.strategy.events == [("news", "MSFT", 70), ("news", "MSFT", 30),
+                                    ("news", "GOOG", 30)]
+    assert host.sentiment("MSFT") == 30 and host.sentiment("GOOG") == 30
 
 
 def test_only_traded_symbols_tick_through_the_shared_book(make_host):
