@@ -74,7 +74,7 @@ def test_two_strategies_at_once_are_separate_clients_with_their_own_files(tmp_pa
     # The exit summary has a row per strategy, and its flow rows name the second one.
     assert re.search(r"strat-1 +processes\.strategy\.builtin:MovingAverageSentiment", out)
     assert re.search(r"sentiment +examples\.sentiment:SentimentOnly", out)
-    assert "Strategy sentiment orders sent" in out
+    assert "Strategy orders sent [sentiment]" in out
     assert_nothing_left(out, shm, "strategy.sentiment")
 
 
