@@ -358,7 +358,7 @@ cdef class PriceFeedDecoder:
         # Gap/reset accounting (seq == prev is the snapshot sent on reconnect), written so that
         # nothing overflows at 2**64-1.
         cdef uint64_t seq = t.seq, prev, g
-        cdef tsb_payload slot
+        cdef int64_t wns
         if seq:
             prev = self._last_seq[i]
             if prev and seq > prev and seq - prev > 1:
@@ -369,14 +369,14 @@ cdef class PriceFeedDecoder:
             elif seq < prev:
                 self.seq_resets += 1
             self._last_seq[i] = seq
-        self.book.write_c(i, t.price, t.sent_ns, seq)
+        # The write returns its own CLOCK_MONOTONIC stamp (write_ns, taken inside the write),
+        # or 0 when it was skipped (the lock stayed held): no read-back of our own slot, which a
+        # foreign process could hold odd, and no second clock read.
+        wns = self.book.write_c(i, t.price, t.sent_ns, seq)
         self.book.publish_c()
-        if t.sent_ns:
+        if t.sent_ns and wns:
             if self._nlat < self.latency_capacity:
-                # The write's own CLOCK_MONOTONIC stamp (write_ns, taken inside the write):
-                # reading our just-written slot back costs a few ns, a second clock read ~20.
-                self.book.read_c(i, &slot)
-                self._lat[self._nlat] = slot.write_ns - t.sent_ns
+                self._lat[self._nlat] = wns - t.sent_ns
                 self._nlat += 1
             else:
                 self.latency_dropped += 1
