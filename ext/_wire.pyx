@@ -285,6 +285,13 @@ cdef class PriceFeedDecoder:
         self.delimiter = delimiter
         self.on_reject = on_reject
 
+    def rebind(self, SharedPriceBook book not None):
+        """Write into `book` from now on (a re-created segment with the same symbols); the
+        gap accounting and counters carry on."""
+        if tuple(book.symbols) != tuple(self.book.symbols):
+            raise ValueError("rebind: the new book has other symbols")
+        self.book = book
+
     def __dealloc__(self):
         free(self._table)
         free(self._last_seq)
