@@ -53,6 +53,19 @@ cdef extern from "<semaphore.h>" nogil:
     int sem_post(sem_t *sem)
 
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int CLOCK_REALTIME
+    int clock_gettime(int clk, timespec *ts)
+
+
+cdef extern from "<semaphore.h>" nogil:
+    int sem_timedwait(sem_t *sem, const timespec *abstime)
+
+
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
     ctypedef unsigned short sa_family_t
@@ -167,12 +180,15 @@ cdef class SharedPriceBook:
     cdef tsb_slot *_slots
     cdef int _ring_fd
     cdef object _readers
+    cdef readonly unsigned long long lock_skips   # writes skipped: the lock stayed held
+    cdef readonly double lock_timeout             # seconds a write waits for the lock
+    cdef bint _lock_stalled                       # the last acquire timed out
     cdef object __weakref__
 
     cdef int _check_slot(self, Py_ssize_t i) except -1
     cdef int _lock_slow(self) except -1
-    cdef int write_c(self, Py_ssize_t i, double price, int64_t sent_ns,
-                     uint64_t tick_seq) except -1
+    cdef int64_t write_c(self, Py_ssize_t i, double price, int64_t sent_ns,
+                         uint64_t tick_seq) except -1
     cdef int read_c(self, Py_ssize_t i, tsb_payload *out) except -1
     cdef int _read_stalled(self, Py_ssize_t i, uint64_t *w) except -1
     cdef int publish_c(self) except -1

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ext.layout import LayoutError as LayoutError
+from ext.layout import ReaderLost as ReaderLost
 
 MAGIC: int
 MAGIC_BYTES: bytes
@@ -42,6 +43,8 @@ class SharedPriceBook:
     created: bool
     reclaimed: bool
     byte_index: dict[bytes, int]
+    lock_skips: int
+    lock_timeout: float
     def __init__(
         self,
         symbols: Sequence[str] | None = None,
@@ -53,6 +56,10 @@ class SharedPriceBook:
     def lock(self) -> Any: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def lock_stalled(self) -> bool: ...
+    def check_segment(self) -> list[str]: ...
+    def mapping_gone(self) -> str | None: ...
     def index(self, symbol: str) -> int: ...
     def update(self, symbol: str, price: float, sent_ns: int = 0, tick_seq: int = 0) -> None: ...
     def write(self, i: int, price: float, sent_ns: int = 0, tick_seq: int = 0) -> None: ...

@@ -20,16 +20,20 @@ from cpython.array cimport array
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EINTR, ETIMEDOUT, errno
 from libc.math cimport NAN
 from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
-from posix.unistd cimport close as c_close
+from posix.unistd cimport close as c_close, getpid as c_getpid
 
 from ext.layout import (
+    LOCK_TIMEOUT_S,
     LayoutError,
+    ReaderLost,
+    expected_header,
     footprint,
+    mapping_gone,
     attach_shm,
     check_symbols,
     create_shm,
@@ -42,7 +46,8 @@ from ext.layout import (
     validate_symbols,
 )
 
-__all__ = ["SharedPriceBook", "PriceReader", "LayoutError", "segment_size", "footprint"]
+__all__ = ["SharedPriceBook", "PriceReader", "LayoutError", "ReaderLost", "segment_size",
+           "footprint"]
 
 # ------------------------------------------------------------------ layout constants
 # Exported so tests can check ext/layout.py (the twin's mirror) against the C structs.
@@ -181,6 +186,7 @@ cdef class SharedPriceBook:
 
     def __init__(self, symbols=None, name=None, bint create=True, lock=None):
         self._readers = weakref.WeakSet()
+        self.lock_timeout = LOCK_TIMEOUT_S
         if lock is not None:
             self._set_lock(lock)
         if create:
@@ -301,21 +307,52 @@ cdef class SharedPriceBook:
         return self._lock
 
     cdef int _lock_slow(self) except -1:
+        # Returns 0 with the lock held, 1 when the write is to be skipped. Why bounded: the
+        # lock is a POSIX semaphore any process that can reach it may hold (a foreign process,
+        # or a writer stopped or killed inside its critical section); an unbounded wait stalls
+        # the feed silently. The writers' critical section is a few stores, so a lock still
+        # held after lock_timeout is not a writer mid-write: the write is skipped and counted
+        # (lock_skips), and until an acquire succeeds again (here, or the owner's
+        # check_segment()) every later write skips at once instead of waiting again, so a held
+        # lock costs the feed one timeout per episode, not one per tick. The slots then stop
+        # advancing, which is how readers see the episode (their prices go stale).
         cdef int rc, err
+        cdef timespec ts
+        cdef long long ns
         if self._lock is None:
             self._set_lock(_spawn_lock())
         if self._sem == NULL:
-            self._acquire()
-            return 0
-        while True:      # contended: block without holding the GIL
+            if self._acquire(True, 0 if self._lock_stalled else self.lock_timeout):
+                self._lock_stalled = False
+                return 0
+            self._lock_stalled = True
+            self.lock_skips += 1
+            return 1
+        if self._lock_stalled:       # the caller's sem_trywait has just failed
+            self.lock_skips += 1
+            return 1
+        clock_gettime(CLOCK_REALTIME, &ts)   # sem_timedwait's clock
+        ns = ts.tv_nsec + <long long>(self.lock_timeout * 1e9)
+        ts.tv_sec += ns // 1000000000
+        ts.tv_nsec = ns % 1000000000
+        while True:      # contended: block without holding the GIL, up to the deadline
             with nogil:
-                rc = sem_wait(self._sem)
+                rc = sem_timedwait(self._sem, &ts)
                 err = errno
             if rc == 0:
                 return 0
+            if err == ETIMEDOUT:
+                self._lock_stalled = True
+                self.lock_skips += 1
+                return 1
             if err != EINTR:
                 raise OSError(err, os.strerror(err))
             PyErr_CheckSignals()
+
+    @property
+    def lock_stalled(self):
+        """True from a timed-out lock acquire until the next successful one."""
+        return self._lock_stalled
 
     # -- hot paths ----------------------------------------------------------------
     cdef int _check_slot(self, Py_ssize_t i) except -1:
@@ -325,14 +362,16 @@ cdef class SharedPriceBook:
             raise IndexError(f"slot {i} out of range 0..{self.nsymbols - 1}")
         return 0
 
-    cdef int write_c(self, Py_ssize_t i, double price, int64_t sent_ns,
-                     uint64_t tick_seq) except -1:
+    cdef int64_t write_c(self, Py_ssize_t i, double price, int64_t sent_ns,
+                         uint64_t tick_seq) except -1:
+        # Returns the write's write_ns stamp, or 0 when the write was skipped (lock held).
         cdef uint64_t w[TSB_PAYLOAD_WORDS]
         cdef tsb_slot *s
         if <size_t>i >= <size_t>self.nsymbols or self._slots == NULL:
             self._check_slot(i)
         if self._sem == NULL or sem_trywait(self._sem) != 0:
-            self._lock_slow()
+            if self._lock_slow():
+                return 0
         s = &self._slots[i]
         w[0] = tsb_f64_bits(price)
         w[1] = <uint64_t>sent_ns
@@ -343,7 +382,7 @@ cdef class SharedPriceBook:
             sem_post(self._sem)
         else:
             self._release()
-        return 0
+        return <int64_t>w[3]
 
     cdef int read_c(self, Py_ssize_t i, tsb_payload *out) except -1:
         cdef uint64_t w[TSB_PAYLOAD_WORDS]
@@ -484,6 +523,104 @@ cdef class SharedPriceBook:
 
     def reader(self):
         return PriceReader(self)
+
+    # -- the owner's checks (heartbeat timer, never per tick) ---------------------------------
+    def check_segment(self):
+        """The owner's repair pass over what it owns; returns what it repaired (list of str).
+
+        Why the owner may simply rewrite: it is the only writer and holds the lock for the slot
+        pass, so a value that differs from what it wrote is corruption, never a write in
+        progress. Header fields are rewritten magic last (release), as on create, so an
+        attacher that reads the repaired magic sees the repaired fields. A reader entry is
+        reset to FREE only when it cannot be a reader's (state or name length out of range):
+        a live reader whose entry is reset finds it not armable and re-attaches. An odd slot
+        seq is made even with its payload kept: readers retry on odd, so nothing they copied
+        while it was odd is used, and a foreign payload is judged by their price checks. The
+        lock is only tried, never waited for: when it is held the slot pass waits for the
+        next heartbeat (and a successful try ends a lock_stalled episode).
+        """
+        cdef tsb_header *h
+        cdef tsb_reader_entry *e
+        cdef tsb_slot *s
+        cdef Py_ssize_t i
+        cdef int k
+        cdef uint32_t state, sleeping = 0, sl
+        cdef uint64_t seq
+        cdef bytes table
+        if self._head == NULL:
+            self._check_slot(0)
+        if not self.created:
+            raise ValueError("check_segment() is the creator's: it rewrites the segment")
+        fixed = []
+        h = &self._head.h
+        want = expected_header(self.nsymbols)
+        got = _header_dict(h)
+        if any(got[f] != v for f, v in want.items()):
+            fixed.append("header (" + ", ".join(f for f, v in want.items() if got[f] != v) + ")")
+            tsb_u64_store_relaxed(&h.magic, 0)
+            h.layout_version = want["layout_version"]
+            h.header_size = want["header_size"]
+            h.slot_size = want["slot_size"]
+            h.nsymbols = want["nsymbols"]
+            h.symtab_offset = want["symtab_offset"]
+            h.slots_offset = want["slots_offset"]
+            h.symbol_width = want["symbol_width"]
+            h.max_readers = want["max_readers"]
+            tsb_u64_store_release(&h.magic, TSB_MAGIC)
+        table = encode_symtab(self.symbols)
+        if PyBytes_FromStringAndSize(self._base + sizeof(tsb_head), len(table)) != table:
+            fixed.append("symbol table")
+            memcpy(self._base + sizeof(tsb_head), <char *>table, len(table))
+        for k in range(TSB_MAX_READERS):
+            e = &self._head.readers[k]
+            state = tsb_u32_load_acquire(&e.state)
+            if state > TSB_STATE_SLEEPING or tsb_u32_load_relaxed(&e.name_len) > TSB_READER_NAME_MAX:
+                fixed.append(f"reader entry {k}")
+                tsb_u32_store_release(&e.name_len, 0)
+                tsb_u32_store_release(&e.pid, 0)
+                tsb_u32_store_seqcst(&e.state, TSB_STATE_FREE)
+            elif state == TSB_STATE_SLEEPING:
+                sleeping += 1
+        # The sleepers hint may overcount for a moment (seqlock.h) but never exceeds the
+        # entries; outside that it is garbage: a lower count loses wake-ups, a higher one costs a
+        # scan per publish. The CAS loses to any concurrent arm/disarm, which is then correct.
+        sl = tsb_u32_load_seqcst(&self._head.c.sleepers)
+        if sl > TSB_MAX_READERS or sl < sleeping:
+            if tsb_u32_cas_seqcst(&self._head.c.sleepers, sl, sleeping):
+                fixed.append("sleepers")
+        if self._sem != NULL:
+            if sem_trywait(self._sem) != 0:
+                return fixed
+        elif not self._lock_try():
+            return fixed
+        self._lock_stalled = False
+        try:
+            for i in range(self.nsymbols):
+                s = &self._slots[i]
+                seq = tsb_u64_load_relaxed(&s.seq)
+                if seq & 1u:
+                    fixed.append(f"slot {i} ({self.symbols[i]}) seq odd")
+                    tsb_u64_store_release(&s.seq, seq + 1)
+        finally:
+            if self._sem != NULL:
+                sem_post(self._sem)
+            else:
+                self._release()
+        return fixed
+
+    def _lock_try(self):
+        if self._lock is None:
+            self._set_lock(_spawn_lock())
+        if self._sem != NULL:
+            return sem_trywait(self._sem) == 0
+        return bool(self._acquire(False))
+
+    def mapping_gone(self):
+        """None while the name still refers to the segment this handle maps, else why not
+        (unlinked, or replaced by another file)."""
+        if self._closed:
+            raise ValueError(f"price book {self.name!r} is closed")
+        return mapping_gone(self._shm, self.name)
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -698,7 +835,7 @@ cdef class PriceReader:
         r = tsb_arm(&self._entry.state, &self.book._head.c.sleepers,
                     &self.book._head.c.publish_seq, self._last_pub)
         if r < 0:
-            raise RuntimeError("reader entry is no longer owned by this PriceReader")
+            raise ReaderLost("reader entry is no longer owned by this PriceReader")
         return r == 1
 
     def disarm(self):
@@ -728,6 +865,10 @@ cdef class PriceReader:
         cdef tsb_reader_entry *e = self._entry
         self._entry = NULL
         if e == NULL or self.book is None or self.book._head == NULL:
+            return
+        # Only an entry still ours (by pid) is freed: one that was overwritten and reset by
+        # the owner (check_segment) may belong to another reader by now.
+        if tsb_u32_load_acquire(&e.pid) != <uint32_t>c_getpid():
             return
         tsb_disarm(&e.state, &self.book._head.c.sleepers)
         tsb_u32_store_release(&e.name_len, 0)

@@ -285,6 +285,13 @@ cdef class PriceFeedDecoder:
         self.delimiter = delimiter
         self.on_reject = on_reject
 
+    def rebind(self, SharedPriceBook book not None):
+        """Write into `book` from now on (a re-created segment with the same symbols); the
+        gap accounting and counters carry on."""
+        if tuple(book.symbols) != tuple(self.book.symbols):
+            raise ValueError("rebind: the new book has other symbols")
+        self.book = book
+
     def __dealloc__(self):
         free(self._table)
         free(self._last_seq)
@@ -358,7 +365,7 @@ cdef class PriceFeedDecoder:
         # Gap/reset accounting (seq == prev is the snapshot sent on reconnect), written so that
         # nothing overflows at 2**64-1.
         cdef uint64_t seq = t.seq, prev, g
-        cdef tsb_payload slot
+        cdef int64_t wns
         if seq:
             prev = self._last_seq[i]
             if prev and seq > prev and seq - prev > 1:
@@ -369,14 +376,14 @@ cdef class PriceFeedDecoder:
             elif seq < prev:
                 self.seq_resets += 1
             self._last_seq[i] = seq
-        self.book.write_c(i, t.price, t.sent_ns, seq)
+        # The write returns its own CLOCK_MONOTONIC stamp (write_ns, taken inside the write),
+        # or 0 when it was skipped (the lock stayed held): no read-back of our own slot, which a
+        # foreign process could hold odd, and no second clock read.
+        wns = self.book.write_c(i, t.price, t.sent_ns, seq)
         self.book.publish_c()
-        if t.sent_ns:
+        if t.sent_ns and wns:
             if self._nlat < self.latency_capacity:
-                # The write's own CLOCK_MONOTONIC stamp (write_ns, taken inside the write):
-                # reading our just-written slot back costs a few ns, a second clock read ~20.
-                self.book.read_c(i, &slot)
-                self._lat[self._nlat] = slot.write_ns - t.sent_ns
+                self._lat[self._nlat] = wns - t.sent_ns
                 self._nlat += 1
             else:
                 self.latency_dropped += 1

@@ -42,6 +42,9 @@ HEADER_SIZE = READERS_OFFSET + MAX_READERS * READER_ENTRY_SIZE  # == symtab_offs
 SYMTAB_OFFSET = HEADER_SIZE
 
 STATE_FREE, STATE_AWAKE, STATE_SLEEPING = 0, 1, 2
+# Seconds a write waits for the writers' lock before it is skipped (the critical section is a
+# few stores: a lock held this long is held by something that is not writing).
+LOCK_TIMEOUT_S = 0.01
 STATE_NAMES = {STATE_FREE: "FREE", STATE_AWAKE: "AWAKE", STATE_SLEEPING: "SLEEPING"}
 
 # Header line 0, little-endian, no implicit padding ("<").
@@ -132,6 +135,21 @@ def footprint(nsymbols: int) -> dict[str, int]:
 # --------------------------------------------------------------------------- validation
 class LayoutError(Exception):
     """The segment is not a price book this code can read (says which field mismatched)."""
+
+
+class ReaderLost(RuntimeError):
+    """A PriceReader's entry in the segment is no longer its own (overwritten or reset): the
+    reader is stale and re-attaches (ext.segment.SegmentWatcher)."""
+
+
+def expected_header(nsymbols: int) -> dict[str, int]:
+    """The immutable header line 0 fields of a book for `nsymbols` symbols."""
+    return {
+        "magic": MAGIC, "layout_version": LAYOUT_VERSION, "header_size": HEADER_SIZE,
+        "slot_size": SLOT_SIZE, "nsymbols": nsymbols, "symtab_offset": SYMTAB_OFFSET,
+        "slots_offset": slots_offset(nsymbols), "symbol_width": SYMBOL_WIDTH,
+        "max_readers": MAX_READERS,
+    }
 
 
 def validate_symbols(symbols: Iterable[str] | None) -> tuple[str, ...]:
@@ -300,6 +318,7 @@ class SegmentProbe(NamedTuple):
     heartbeat_ns: int      # CLOCK_MONOTONIC of the owner's last heartbeat()
     why: str               # "valid", or what is wrong
     initialising: bool     # empty or magic still 0: maybe a creator mid-way
+    symbols: tuple[str, ...] = ()   # the symbol table, when valid
 
 
 def probe_segment(name: str) -> SegmentProbe | None:
@@ -320,12 +339,37 @@ def probe_segment(name: str) -> SegmentProbe | None:
         h = decode_header_bytes(bytes(shm.buf[:CACHE_LINE]))
         ids = (h["owner_pid"], h["created_ns"], h["heartbeat_ns"])
         try:
-            validate_header(h, shm.size)
+            n = validate_header(h, shm.size)
+            raw = bytes(shm.buf[SYMTAB_OFFSET : SYMTAB_OFFSET + n * SYMBOL_WIDTH])
+            symbols = decode_symtab(raw, n)
         except LayoutError as exc:
             return SegmentProbe(False, *ids, str(exc), h["magic"] == 0)
-        return SegmentProbe(True, *ids, "valid", False)
+        return SegmentProbe(True, *ids, "valid", False, symbols)
     finally:
         shm.close()
+
+
+def mapping_gone(shm: SharedMemory, name: str) -> str | None:
+    """None while `name` still refers to the file `shm` maps, else why not.
+
+    The creator compares inodes: its own file is open (it holds the fd), so tmpfs cannot hand
+    that inode number to another file meanwhile, and a different inode at the name is another
+    file. st_nlink 0 says the file was unlinked even if something new is already at the name.
+    """
+    own = os.fstat(shm._fd)  # type: ignore[attr-defined]
+    if own.st_nlink == 0:
+        return f"{name} was unlinked"
+    try:
+        fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0)
+    except FileNotFoundError:
+        return f"{name} was unlinked"
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
+        return f"{name} was replaced by another file"
+    return None
 
 
 def pid_stopped(pid: int) -> bool:

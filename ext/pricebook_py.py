@@ -41,6 +41,7 @@ from ext.layout import (
     HEADER_SIZE,
     HEADER_STRUCT,
     LAYOUT_VERSION,
+    LOCK_TIMEOUT_S,
     MAGIC,
     MAGIC_BYTES,
     MAX_READERS,
@@ -57,13 +58,16 @@ from ext.layout import (
     SYMBOL_WIDTH,
     SYMTAB_OFFSET,
     LayoutError,
+    ReaderLost,
     attach_shm,
     check_symbols,
     create_shm,
     decode_header_bytes,
     decode_symtab,
     encode_symtab,
+    expected_header,
     footprint,
+    mapping_gone,
     pid_alive,
     segment_size,
     slots_offset,
@@ -78,6 +82,7 @@ __all__ = [
     "SharedPriceBook",
     "PriceReader",
     "LayoutError",
+    "ReaderLost",
     "segment_size",
     "footprint",
     "slots_offset",
@@ -148,6 +153,9 @@ class SharedPriceBook:
         self._ring_sock: socket.socket | None = None
         self._readers: weakref.WeakSet[PriceReader] = weakref.WeakSet()
         self._lock = lock
+        self.lock_skips = 0
+        self.lock_timeout = LOCK_TIMEOUT_S
+        self._lock_stalled = False
         self.created = False
         self.reclaimed = False
         self._shm = None
@@ -245,6 +253,21 @@ class SharedPriceBook:
             self._lock = _spawn_lock()
         return self._lock
 
+    def _acquire(self) -> bool:
+        """The writers' lock, bounded (see the compiled twin's _lock_slow for why); False means
+        the caller skips its write (counted in lock_skips)."""
+        if self.lock.acquire(True, 0 if self._lock_stalled else self.lock_timeout):
+            self._lock_stalled = False
+            return True
+        self._lock_stalled = True
+        self.lock_skips += 1
+        return False
+
+    @property
+    def lock_stalled(self) -> bool:
+        """True from a timed-out lock acquire until the next successful one."""
+        return self._lock_stalled
+
     # -- hot paths (slow here) ----------------------------------------------------------
     def write(self, i: int, price: float, sent_ns: int = 0, tick_seq: int = 0) -> None:
         """Seqlock-write slot i under the writer lock (write_ns = now). Does not publish."""
@@ -254,19 +277,19 @@ class SharedPriceBook:
         # touches the slot: a store that raises half way would leave the slot torn (or odd).
         if not (-(1 << 63) <= sent_ns < (1 << 63) and 0 <= tick_seq < (1 << 64)):
             raise OverflowError("sent_ns must fit int64 and tick_seq uint64")
-        lock = self.lock
-        lock.acquire()
+        if not self._acquire():
+            return
         try:
             u64 = self._u64
-            s = u64[w]
-            u64[w] = s + 1
+            s = u64[w] | 1  # odd even if a foreign odd value is there (seqlock.h)
+            u64[w] = s
             self._f64[w + 1] = price
             self._i64[w + 2] = sent_ns
             u64[w + 3] = tick_seq
             self._i64[w + 4] = time.monotonic_ns()
-            u64[w] = s + 2
+            u64[w] = s + 1
         finally:
-            lock.release()
+            self.lock.release()
 
     def update(self, symbol: str, price: float, sent_ns: int = 0, tick_seq: int = 0) -> None:
         """write() the symbol's slot and publish() it (one-tick batch)."""
@@ -277,8 +300,12 @@ class SharedPriceBook:
         """End a batch: bump publish_seq and ring sleeping readers; returns rings sent."""
         self._check()
         u32 = self._u32
-        with self.lock:  # non-atomic RMW; the release is the StoreLoad fence (module doc)
+        if not self._acquire():  # a held lock skips the publish too (never blocks the feed)
+            return 0
+        try:  # non-atomic RMW; the release is the StoreLoad fence (module doc)
             u32[_PUB_W32] = (u32[_PUB_W32] + 1) & _U32
+        finally:
+            self.lock.release()
         rings = 0
         for k in range(MAX_READERS):  # no trusting the sleepers hint (module doc)
             sw = _entry_w32(k, "state")
@@ -372,6 +399,67 @@ class SharedPriceBook:
 
     def reader(self) -> PriceReader:
         return PriceReader(self)
+
+    # -- the owner's checks (heartbeat timer, never per tick) -----------------------------
+    def check_segment(self) -> list[str]:
+        """The owner's repair pass over what it owns; returns what it repaired (the compiled
+        twin's docstring says why each repair is safe)."""
+        self._check()
+        if not self.created:
+            raise ValueError("check_segment() is the creator's: it rewrites the segment")
+        fixed: list[str] = []
+        u8, u32, u64 = self._u8, self._u32, self._u64
+        want = expected_header(self.nsymbols)
+        got = decode_header_bytes(bytes(u8[:CACHE_LINE]))
+        bad = [f for f, v in want.items() if got[f] != v]
+        if bad:
+            fixed.append("header (" + ", ".join(bad) + ")")
+            u64[0] = 0
+            HEADER_STRUCT.pack_into(
+                u8, 0, 0, LAYOUT_VERSION, HEADER_SIZE, SLOT_SIZE, self.nsymbols, SYMTAB_OFFSET,
+                slots_offset(self.nsymbols), SYMBOL_WIDTH, MAX_READERS, got["owner_pid"],
+                got["created_ns"], got["heartbeat_ns"],
+            )
+            u64[0] = MAGIC  # last (TSO: stores become visible in order)
+        table = encode_symtab(self.symbols)
+        if bytes(u8[SYMTAB_OFFSET : SYMTAB_OFFSET + len(table)]) != table:
+            fixed.append("symbol table")
+            u8[SYMTAB_OFFSET : SYMTAB_OFFSET + len(table)] = table
+        sleeping = 0
+        for k in range(MAX_READERS):
+            sw = _entry_w32(k, "state")
+            state = u32[sw]
+            if state > STATE_SLEEPING or u32[_entry_w32(k, "name_len")] > READER_NAME_MAX:
+                fixed.append(f"reader entry {k}")
+                u32[_entry_w32(k, "name_len")] = 0
+                u32[_entry_w32(k, "pid")] = 0
+                _full_fence()
+                u32[sw] = STATE_FREE
+            elif state == STATE_SLEEPING:
+                sleeping += 1
+        sl = u32[_SLEEPERS_W32]
+        if sl > MAX_READERS or sl < sleeping:
+            fixed.append("sleepers")
+            u32[_SLEEPERS_W32] = sleeping
+        if not self.lock.acquire(False):
+            return fixed
+        self._lock_stalled = False
+        try:
+            w = self._slot_w64
+            for i in range(self.nsymbols):
+                seq = u64[w + 8 * i]
+                if seq & 1:
+                    fixed.append(f"slot {i} ({self.symbols[i]}) seq odd")
+                    u64[w + 8 * i] = seq + 1
+        finally:
+            self.lock.release()
+        return fixed
+
+    def mapping_gone(self) -> str | None:
+        """None while the name still refers to the segment this handle maps, else why not
+        (unlinked, or replaced by another file)."""
+        self._check()
+        return mapping_gone(self._shm, self.name)
 
     # -- lifecycle ------------------------------------------------------------------
     @property
@@ -554,7 +642,7 @@ class PriceReader:
             u32[self._state_w] = STATE_SLEEPING
             u32[_SLEEPERS_W32] = (u32[_SLEEPERS_W32] + 1) & _U32
         elif st != STATE_SLEEPING:
-            raise RuntimeError("reader entry is no longer owned by this PriceReader")
+            raise ReaderLost("reader entry is no longer owned by this PriceReader")
         _full_fence()
         if u32[_PUB_W32] == self._last_pub:
             return True
@@ -583,6 +671,8 @@ class PriceReader:
         if book is None or book._closed or self.entry_index < 0:
             return
         u32 = book._u32
+        if u32[_entry_w32(self.entry_index, "pid")] != os.getpid():
+            return  # overwritten and reset by the owner: maybe another reader's by now
         self._disarm_entry(self._state_w)
         u32[_entry_w32(self.entry_index, "name_len")] = 0
         u32[_entry_w32(self.entry_index, "pid")] = 0  # before FREE: reclaimers skip pid 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ext import SharedPriceBook, layout
@@ -32,6 +32,54 @@ log = logging.getLogger("tradestack.shm")
 
 # An OrderBook stamps its heartbeat every 0.5 s: four missed stamps mean it is dead or hung.
 DEAD_AFTER_S = 2.0
+# An implausible-price episode this long with no plausible price re-anchors the band on the
+# latest price: a market that really moved by more than the band is traded again.
+BAND_REANCHOR_S = 2.0
+
+
+class PriceBand:
+    """Prices more than `max_jump` (a fraction: 0.5 = +-50 %) away from a symbol's last
+    accepted price are implausible: refused, counted per symbol, and logged once when an
+    episode starts and once when it ends. 0 = off. Not for a hot path (the Strategy host
+    inlines the same rule); the OrderManager's marks go through it."""
+
+    def __init__(self, max_jump: float, logger: logging.Logger = log, what: str = "price",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_jump = max_jump
+        self.log = logger
+        self.what = what
+        self.clock = clock
+        self.last: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.episodes = 0
+        self._since: dict[str, float] = {}   # symbol -> start of its open episode
+
+    def accept(self, symbol: str, price: float) -> bool:
+        if not 0.0 < price < math.inf:
+            return False
+        ref = self.last.get(symbol)
+        jump = self.max_jump
+        if jump and ref is not None and not ref * (1 - jump) <= price <= ref * (1 + jump):
+            self.counts[symbol] = self.counts.get(symbol, 0) + 1
+            start = self._since.get(symbol)
+            now = self.clock()
+            if start is None:
+                self._since[symbol] = now
+                self.episodes += 1
+                self.log.warning("implausible %s %s %r (last accepted %r, band +-%g%%); not "
+                                 "used until a plausible one", self.what, symbol, price, ref,
+                                 jump * 100)
+                return False
+            if now - start < BAND_REANCHOR_S:
+                return False
+            self.log.warning("%s %s stayed out of the band for %.1fs: re-anchored on %r",
+                             self.what, symbol, now - start, price)
+        elif symbol in self._since:
+            self.log.warning("plausible %s %s again: %r (%d implausible so far)", self.what,
+                             symbol, price, self.counts.get(symbol, 0))
+        self._since.pop(symbol, None)
+        self.last[symbol] = price
+        return True
 
 
 class BackoffPolicy(Protocol):
@@ -59,13 +107,19 @@ class SegmentWatcher:
                  clock: Callable[[], float] = time.monotonic,
                  on_attach: Callable[[Any], None] | None = None,
                  on_detach: Callable[[str], None] | None = None,
-                 dead_after: float = DEAD_AFTER_S) -> None:
+                 dead_after: float = DEAD_AFTER_S,
+                 symbols: Sequence[str] | None = None,
+                 max_jump: float = 0.0) -> None:
         self.name = layout.validate_name(name)
         self.backoff = backoff
         self.clock = clock
         self.on_attach = on_attach
         self.on_detach = on_detach
         self.dead_after = dead_after
+        # The symbols the segment must have (None: any): a symbol table that differs is
+        # corrupted, and attaching to it would map prices to the wrong symbols.
+        self.symbols = None if symbols is None else tuple(symbols)
+        self.band = PriceBand(max_jump, what="mark")
         self.book: Any = None          # the SharedPriceBook while attached
         self.identity: tuple[int, int] | None = None   # (owner_pid, created_ns)
         self.heartbeat_ns = 0          # the owner's last heartbeat, as of the last poll
@@ -90,6 +144,12 @@ class SegmentWatcher:
                 self.detach(f"{self.name} vanished")
             elif (probe.owner_pid, probe.created_ns) != self.identity:
                 self.detach(f"{self.name} was replaced by a new OrderBook")
+            elif not probe.valid:
+                # Corrupted in place (header or symbol table): stale until its owner repairs
+                # it; attaching fails validation until then and is retried with backoff.
+                self.detach(f"{self.name} is inconsistent ({probe.why})")
+            elif probe.symbols != self.book.symbols:
+                self.detach(f"{self.name}'s symbol table changed")
             else:
                 self.heartbeat_ns = probe.heartbeat_ns
                 return True
@@ -105,7 +165,7 @@ class SegmentWatcher:
         if self.clock() < self._next_try:
             return False
         try:
-            book = SharedPriceBook(name=self.name, create=False)
+            book = SharedPriceBook(name=self.name, create=False, symbols=self.symbols)
         except (FileNotFoundError, ValueError, LayoutError, OSError) as exc:
             # Missing, or caught mid-creation (empty file, header not written yet).
             delay = self.backoff.next()
@@ -188,6 +248,8 @@ class SegmentWatcher:
         try:
             out = {}
             for i, sym in enumerate(book.symbols):
+                if book.seq(i) & 1:
+                    continue   # mid-write, or left odd: never wait on it (the owner repairs it)
                 price, _sent_ns, tick_seq, write_ns = book.read_slot(i)
                 out[sym] = (price, tick_seq, write_ns)
             return out
@@ -196,6 +258,8 @@ class SegmentWatcher:
             return None
 
     def prices(self) -> dict[str, float]:
-        """{symbol: latest price} of the symbols written so far; {} while not attached."""
+        """{symbol: latest price} of the symbols written so far; {} while not attached. A price
+        that is not finite and positive, or outside the band (max_jump), is left out."""
         quotes = self.quotes() or {}
-        return {sym: q[0] for sym, q in quotes.items() if math.isfinite(q[0]) and q[0] > 0}
+        accept = self.band.accept
+        return {sym: q[0] for sym, q in quotes.items() if accept(sym, q[0])}

@@ -11,16 +11,27 @@
  * ------------------------------------------------------------------ seqlock (one slot)
  * Writer (already serialised against other writers by the book lock):
  *
- *   s = load_relaxed(seq)            relaxed: only writers store seq and we hold the lock,
+ *   s = load_relaxed(seq) | 1        relaxed: only writers store seq and we hold the lock,
  *                                    whose acquire made the previous writer's s+2 visible.
- *   store_relaxed(seq, s + 1)        odd: "write in progress".
+ *                                    The `| 1` is the odd value (s + 1 for an even s).
+ *   store_relaxed(seq, s)            odd: "write in progress".
  *   fence(RELEASE)                   (F_w) orders the odd store before every data store that
  *                                    follows. x86-TSO never reorders store->store, so this is
  *                                    only a compiler barrier there; on ARM it is a `dmb ish`,
  *                                    without which a reader could see the new data while still
  *                                    reading the old even seq on both sides of its copy.
  *   store_relaxed(data words...)     atomic (no UB) but unordered among themselves.
- *   store_release(seq, s + 2)        even again; release orders all data stores before it.
+ *   store_release(seq, s + 1)        even again; release orders all data stores before it.
+ *
+ * Why the writer never waits on a slot it finds odd: it holds the lock, so no legitimate write
+ * is in progress; an odd seq it loads was left by a writer killed mid-write or by a foreign
+ * process scribbling on the segment. Waiting for it to turn even would wait forever. Taking
+ * s | 1 as its own odd value keeps every reader guarantee: a reader that loaded the foreign odd
+ * value retries (odd); one that loaded an older even value E sees s2 != E because seq has been
+ * odd since; and the closing s + 1 is an even value no reader has seen paired with other data,
+ * because seq only ever grows through it (the foreign odd value is < s + 1). The argument below
+ * needs only "odd store, F_w, data, even release store", which this still is. For an even seq it
+ * is the same arithmetic as always (s | 1 == s + 1), and it is branch-free.
  *
  * Reader:
  *
@@ -130,13 +141,13 @@ TSB_INLINE int tsb_u32_cas_seqcst(uint32_t *p, uint32_t expected, uint32_t desir
 
 /* Caller holds the writer lock. `words` are the n payload words that follow seq. */
 TSB_INLINE void tsb_seq_write(uint64_t *seq, uint64_t *words, const uint64_t *src, unsigned n) {
-    uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
-    __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
+    uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED) | 1u;   /* odd; see the top of file */
+    __atomic_store_n(seq, s, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);                 /* F_w */
 #pragma GCC unroll 8
     for (unsigned k = 0; k < n; k++)
         __atomic_store_n(&words[k], src[k], __ATOMIC_RELAXED);
-    __atomic_store_n(seq, s + 2, __ATOMIC_RELEASE);
+    __atomic_store_n(seq, s + 1, __ATOMIC_RELEASE);
 }
 
 /* One attempt. Returns 1 and the (even) version in *ver if dst holds a consistent copy. */
@@ -185,15 +196,15 @@ TSB_INLINE void tsb_unchecked_read(const uint64_t *words, uint64_t *dst, unsigne
  * hold the slot odd for a long time and show the reader still never returns a torn copy. */
 static inline void tsb_seq_write_slow(uint64_t *seq, uint64_t *words, const uint64_t *src,
                                       unsigned n, unsigned spins) {
-    uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED);
-    __atomic_store_n(seq, s + 1, __ATOMIC_RELAXED);
+    uint64_t s = __atomic_load_n(seq, __ATOMIC_RELAXED) | 1u;
+    __atomic_store_n(seq, s, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     for (unsigned k = 0; k < n; k++) {
         __atomic_store_n(&words[k], src[k], __ATOMIC_RELAXED);
         for (unsigned j = 0; j < spins; j++)
             tsb_cpu_relax();
     }
-    __atomic_store_n(seq, s + 2, __ATOMIC_RELEASE);
+    __atomic_store_n(seq, s + 1, __ATOMIC_RELEASE);
 }
 
 /* ---- doorbell: see the Dekker argument at the top of the file ---- */

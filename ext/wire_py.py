@@ -178,6 +178,13 @@ class PriceFeedDecoder:
         self._frames = self._ticks = self._malformed = self._unknown = self._empty = 0
         self._gaps = self._seq_resets = self._latency_dropped = 0
 
+    def rebind(self, book: Any) -> None:
+        """Write into `book` from now on (a re-created segment with the same symbols); the
+        gap accounting and counters carry on."""
+        if tuple(book.symbols) != tuple(self._book.symbols):
+            raise ValueError("rebind: the new book has other symbols")
+        self._book = book
+
     def feed(self, buf: bytes | bytearray | memoryview, start: int, end: int) -> int:
         """Process the complete frames in buf[start:end]; return the offset past the last one.
 

@@ -226,7 +226,9 @@ class OrderManager:
         # Fills at the order price, marked to the latest shared-memory price (off the hot path:
         # marks are read when stats are published).
         self.pnl = PnLBook()
-        self.marks = SegmentWatcher(cfg.market.shm_name, Backoff(initial=0.1, maximum=2.0))
+        self.marks = SegmentWatcher(cfg.market.shm_name, Backoff(initial=0.1, maximum=2.0),
+                                    symbols=cfg.market.symbols,
+                                    max_jump=cfg.strategy.max_price_jump)
         # "Received Order ..." lines wait here and are printed a moment later, once the event
         # that booked them is done: on a shared core the client must get its ack first.
         self._lines: list[tuple[int, str, int, str, float]] = []

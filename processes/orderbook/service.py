@@ -45,6 +45,12 @@ class OrderBookService:
         self._gaps_reported = 0
         self._gaps_by_symbol: list[int] = []
         self._gap_logged_at = float("-inf")
+        self.repairs = 0           # corrupted parts of our segment rewritten (check_segment)
+        self.recreated = 0         # segments re-created after ours was unlinked or replaced
+        self._repairing = False    # a corruption episode is on (logged at start and end)
+        self._lock_skips_seen = 0
+        self._lock_episode = False
+        self._recreate_failed = False
 
     def start(self) -> dict[str, Any]:
         m, net = self.cfg.market, self.cfg.network
@@ -55,7 +61,7 @@ class OrderBookService:
         # of a recv() in one native call (ext.PriceFeedDecoder), no Python call per frame.
         self.decoder = PriceFeedDecoder(self.book, max_frame=MAX_PRICE_FRAME,
                                         on_reject=self._reject)
-        self.reactor.call_every(HEARTBEAT_INTERVAL, self.book.heartbeat)
+        self.reactor.call_every(HEARTBEAT_INTERVAL, self._heartbeat)
         self.reactor.call_every(telemetry.FOLD_INTERVAL, self._drain_latencies)
         self._gaps_by_symbol = [0] * self.book.nsymbols
         self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_gaps)
@@ -91,8 +97,80 @@ class OrderBookService:
                 "unknown": d.unknown if d else 0, "empty": d.empty if d else 0,
                 "gaps": d.gaps if d else 0, "seq_resets": d.seq_resets if d else 0,
                 "latency_unrecorded": d.latency_dropped if d else 0,
+                "lock_skips": self.book.lock_skips if self.book else 0,
+                "repairs": self.repairs, "recreated": self.recreated,
                 "connected": bool(self.dialer and self.dialer.connected),
                 "reconnects": self.dialer.reconnects if self.dialer else 0}
+
+    # --- the segment we own: heartbeat, repair, re-create (timer, never per tick) ----------------
+    def _heartbeat(self) -> None:
+        """Every HEARTBEAT_INTERVAL: stamp the heartbeat, then check what we own.
+
+        Anything that can open the name can scribble on the segment, unlink it (a tracked
+        SharedMemory attach makes Python's resource tracker unlink it at exit) or hold the
+        writers' semaphore. The checks are cheap (a header line, the symbol table, 16 reader
+        entries, one seq word per symbol) and each kind of trouble is one episode: logged when
+        it starts and when it ends, counted in stats, never a line per heartbeat.
+        """
+        book = self.book
+        assert book is not None
+        gone = book.mapping_gone()
+        if gone is not None:
+            self._recreate(gone)
+            return
+        book.heartbeat()
+        fixed = book.check_segment()
+        if fixed:
+            self.repairs += len(fixed)
+            if not self._repairing:
+                log.warning("segment %s was corrupted; rewrote %s", book.name, ", ".join(fixed))
+            self._repairing = True
+        elif self._repairing:
+            self._repairing = False
+            log.warning("segment %s is consistent again (%d repairs so far)", book.name,
+                        self.repairs)
+        self._check_lock(book)
+
+    def _check_lock(self, book: SharedPriceBook) -> None:
+        """A lock episode starts with the first skipped write and ends when an acquire
+        succeeds again (a write, or check_segment's try)."""
+        skips = book.lock_skips
+        if not self._lock_episode:
+            if skips > self._lock_skips_seen:
+                self._lock_episode = True
+                log.error("the writers' lock of %s is held by another process (holder unknown:"
+                          " a POSIX semaphore does not record one); skipping writes, prices go "
+                          "stale", book.name)
+            else:
+                self._lock_skips_seen = skips
+        elif not book.lock_stalled:
+            self._lock_episode = False
+            log.warning("the writers' lock of %s is free again; %d writes were skipped",
+                        book.name, skips - self._lock_skips_seen)
+            self._lock_skips_seen = skips
+
+    def _recreate(self, why: str) -> None:
+        """Our segment is no longer at the name: create a new one there and write into it, so
+        readers (which follow the name: ext.segment) re-attach. The old mapping is closed, not
+        unlinked: the name is no longer its."""
+        old = self.book
+        assert old is not None and self.decoder is not None
+        m = self.cfg.market
+        try:
+            new = SharedPriceBook(m.symbols, name=m.shm_name, create=True, lock=self.lock)
+        except (FileExistsError, OSError) as exc:
+            if not self._recreate_failed:
+                log.error("segment %s: %s, and it cannot be re-created (%s); retrying every "
+                          "heartbeat", m.shm_name, why, exc)
+            self._recreate_failed = True
+            return
+        self._recreate_failed = False
+        self.decoder.rebind(new)
+        self.book = new
+        self._lock_skips_seen = 0
+        old.close()
+        self.recreated += 1
+        log.warning("segment %s: %s; re-created it (readers re-attach)", new.name, why)
 
     # --- feed ------------------------------------------------------------------------------------
     def _on_connect(self, conn: Connection) -> None:

@@ -86,6 +86,8 @@ class Strategy(Placement):
                                                           # strategy's own config class
     token: str = ""             # sent in the hello to the OrderManager; TRADESTACK_TOKEN overrides
     max_price_age: float = 2.0  # seconds; no order on an older price (0 = no limit)
+    max_price_jump: float = 0.5  # fraction; a price further than this from the symbol's last
+                                 # accepted one is implausible: not used (0 = off)
 
 
 @dataclass
@@ -422,6 +424,9 @@ def _validate_strategy(s: Strategy, section: str, symbols: list[str], names: set
     if not (math.isfinite(s.max_price_age) and s.max_price_age >= 0):
         raise ConfigError(f"{section}.max_price_age: must be a finite number of seconds >= 0 "
                           "(0 = no limit)")
+    if not (math.isfinite(s.max_price_jump) and s.max_price_jump >= 0):
+        raise ConfigError(f"{section}.max_price_jump: must be a finite fraction >= 0 "
+                          "(0.5 = +-50 % of the last accepted price; 0 = off)")
     if len(s.token) > MAX_TOKEN:
         raise ConfigError(f"{section}.token: at most {MAX_TOKEN} characters")
 

@@ -27,7 +27,8 @@ import time
 from typing import Any
 
 from ext import PriceReader, SharedPriceBook
-from ext.segment import SegmentWatcher
+from ext.layout import ReaderLost
+from ext.segment import BAND_REANCHOR_S, SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import runtime
 from processes.shared.protocol import MAX_FRAME, Order, ProtocolError, parse_news
@@ -94,6 +95,16 @@ class StrategyHost:
         self.news = 0
         self.bad_news = 0
         self.bad_prices = 0
+        # The implausibility band (strategy.max_price_jump): the per-tick test is one chained
+        # comparison against bounds the watch timer refreshes around the last accepted price;
+        # (0, inf) until then, which is also the finite-and-positive test.
+        self.max_jump = s.max_price_jump
+        self._lo = [0.0] * n
+        self._hi = [math.inf] * n
+        self.implausible = [0] * n          # per symbol
+        self._jump_since = [0] * n          # monotonic ns an episode started; 0 = none
+        self._jump_seen = [0] * n           # implausible[j] as of the last watch
+        self._reader_lost = False
         self.strategy_errors = 0
         self.refused = dict.fromkeys(REFUSALS, 0)
         self.backoffs = 0
@@ -103,7 +114,7 @@ class StrategyHost:
         # process that reads the book: ext.segment); our reader is hooked onto its attach/detach.
         self.segment = SegmentWatcher(cfg.market.shm_name, Backoff(initial=0.1, maximum=2.0),
                                       on_attach=self._adopt, on_detach=self._on_book_lost,
-                                      dead_after=BOOK_DEAD_S)
+                                      dead_after=BOOK_DEAD_S, symbols=cfg.market.symbols)
         self.max_age_ns = int(s.max_price_age * 1e9)
         self.stale_transitions = 0
         self.book_dead = False             # the OrderBook's heartbeat stopped
@@ -259,7 +270,8 @@ class StrategyHost:
                 "refused": sum(self.refused.values()),
                 **{f"refused_{k}": v for k, v in self.refused.items()},
                 "backoffs": self.backoffs, "strategy_errors": self.strategy_errors,
-                "bad_prices": self.bad_prices, "unsent": out.unsent,
+                "bad_prices": self.bad_prices, "implausible_prices": sum(self.implausible),
+                "implausible": list(self.implausible), "unsent": out.unsent,
                 "pending": len(out.pending), "resent": out.resent,
                 "om_refusals": out.refusals, "held": held,
                 "reconnects": self.news_dialer.reconnects + out.dialer.reconnects,
@@ -321,6 +333,10 @@ class StrategyHost:
         for key, until in enumerate(self._backoff_until):
             if until and now >= until:
                 self._end_backoff(key, "over")
+        self._watch_band()
+        if self._reader_lost:
+            self._reader_lost = False
+            self.segment.detach("our reader entry was overwritten")
         if not self.segment.poll():
             return  # between segments: the watcher retries with backoff
         why = self.segment.liveness(now)
@@ -338,10 +354,54 @@ class StrategyHost:
         stale = list(self.stale)
         for i, j in enumerate(self._slot):
             if j < 0 or book.seq(i) & 1:
-                continue  # not traded, or mid-write (or its writer died mid-write): keep it
-            write_ns = book.read_slot(i)[3]
+                continue  # not traded, or mid-write (or left odd): keep it, never wait on it
+            try:
+                write_ns = book.read_slot(i)[3]
+            except TimeoutError:   # went odd just now and stayed so: its owner repairs it
+                continue
             stale[j] = bool(max_age) and (not write_ns or now - write_ns > max_age)
         self._set_stale(stale, f"older than {max_age / 1e9:g}s")
+
+    def _watch_band(self) -> None:
+        """Refresh each symbol's band around its last accepted price, and end the episodes
+        with no implausible price since the last watch (one line at the start, one at the end)."""
+        jump = self.max_jump
+        if not jump:
+            return
+        lo, hi = self._lo, self._hi
+        for j, p in enumerate(self.prices):
+            if p is not None:
+                lo[j], hi[j] = p * (1 - jump), p * (1 + jump)
+            if self._jump_since[j] and self.implausible[j] == self._jump_seen[j]:
+                self._jump_since[j] = 0
+                self._refusal_line("prices of %s are plausible again (%d implausible so far)",
+                                   self.symbols[j], self.implausible[j], level=logging.INFO)
+            self._jump_seen[j] = self.implausible[j]
+
+    def _out_of_band(self, j: int, price: float) -> bool:
+        """A tick outside (lo, hi): True if it is used after all (the band re-anchors on it).
+        Not finite and positive: bad_prices. Otherwise implausible, counted per symbol; an
+        episode that lasts BAND_REANCHOR_S re-anchors, so a real move larger than the band
+        is traded again."""
+        if not 0.0 < price < math.inf:   # NaN, inf, 0 or negative never reach the strategy
+            self.bad_prices += 1
+            return False
+        self.implausible[j] += 1
+        now = time.monotonic_ns()
+        if not self._jump_since[j]:
+            self._jump_since[j] = now
+            self._refusal_line("implausible price of %s: %r (last accepted %r, band +-%g%%); "
+                               "not used", self.symbols[j], price, self.prices[j],
+                               self.max_jump * 100)
+            return False
+        if now - self._jump_since[j] < BAND_REANCHOR_S * 1e9:
+            return False
+        self._jump_since[j] = 0
+        self._refusal_line("price of %s out of the band for %gs: re-anchored on %r",
+                           self.symbols[j], BAND_REANCHOR_S, price)
+        jump = self.max_jump
+        self._lo[j], self._hi[j] = price * (1 - jump), price * (1 + jump)
+        return True
 
     def _set_stale(self, stale: list[bool], why: str) -> None:
         went = [s for s, old, new in zip(self.symbols, self.stale, stale) if new and not old]
@@ -377,14 +437,20 @@ class StrategyHost:
         return True
 
     def arm(self) -> bool:
-        return self.reader.arm()
+        try:
+            return self.reader.arm()
+        except ReaderLost:
+            # Our entry was overwritten: the reader is stale. Re-attaching here would change
+            # the reactor's sources while it arms them; the watch timer (which bounds this
+            # wait) detaches and re-attaches instead.
+            self._reader_lost = True
+            return True
 
     def disarm(self) -> None:
         self.reader.disarm()
 
     def _on_tick(self, j: int, price: float, sent_ns: int, tick_seq: int) -> None:
-        if not 0.0 < price < math.inf:   # NaN, inf, 0 or negative never reach the strategy
-            self.bad_prices += 1
+        if not self._lo[j] < price < self._hi[j] and not self._out_of_band(j, price):
             return
         self.prices[j] = price
         self._last_tick_ns[j] = sent_ns

@@ -449,18 +449,28 @@ def test_cross_implementation(creator, attacher, book_name):
 
 
 @pytest.mark.timeout(30)
-def test_writer_lock_is_honoured(book_impl, book_name):
-    """write() must block while another holder owns the lock (C fast path included)."""
+def test_writer_lock_is_honoured_and_bounded(book_impl, book_name):
+    """write() never writes while another holder owns the lock (C fast path included), and
+    never blocks the feed: past lock_timeout the write is skipped and counted, later writes
+    skip at once until an acquire succeeds again."""
     with book_impl.SharedPriceBook(SYMS, name=book_name) as book:
         lock = book.lock
+        book.write(0, 4.0, 1, 1)
+        seq = book.seq(0)
         lock.acquire()
-        t = threading.Thread(target=book.write, args=(0, 5.0, 1, 1))
-        t.start()
-        time.sleep(0.2)
-        assert t.is_alive() and book.seq(0) == 0  # blocked (and not holding the GIL)
+        t0 = time.monotonic()
+        book.write(0, 5.0, 1, 2)
+        waited = time.monotonic() - t0
+        assert book.seq(0) == seq and book.lock_skips == 1 and book.lock_stalled
+        assert waited >= book.lock_timeout * 0.9
+        t0 = time.monotonic()
+        book.write(0, 5.0, 1, 3)
+        assert book.lock_skips == 2 and time.monotonic() - t0 < book.lock_timeout
+        assert book.check_segment() == [] and book.lock_stalled   # tried, not waited for
         lock.release()
-        t.join(10)
-        assert not t.is_alive() and book.read_slot(0)[:3] == (5.0, 1, 1)
+        assert book.check_segment() == [] and not book.lock_stalled
+        book.write(0, 5.0, 1, 4)
+        assert book.read_slot(0)[:3] == (5.0, 1, 4) and book.lock_skips == 2
         with lock:  # still usable from Python after the C fast path used it
             pass
 
