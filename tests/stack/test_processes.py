@@ -429,9 +429,11 @@ def test_strategy_reattaches_to_a_replaced_segment_and_keeps_its_positions(tmp_p
         log_path = tmp_path / "logs" / "strategy.log"
         wait_until(lambda: "re-attached to" in log_path.read_text(), 10, what="re-attach")
         assert order_after(1.5) is None, "a second BUY: the position was lost"
-        book.update("AAPL", 10.0, time.monotonic_ns(), 0)   # prices flow through the new book
+        # Prices flow through the new book, from near the last one (a jump past
+        # strategy.max_price_jump would be refused as implausible).
+        price[0] = round(price[0], 2)
+        book.update("AAPL", price[0], time.monotonic_ns(), 0)
         venue.say("AAPL", 10)
-        price[0] = 10.0
 
         def falling() -> dict | None:
             for _ in range(300):
