@@ -221,6 +221,11 @@ class OrderManager:
         self.tick_to_order = Recorder("tick_to_order")   # Gateway send -> order received here
         self.send_to_order = Recorder("send_to_order")   # Strategy send -> received (one hop)
         self.order_to_ack_sent = Recorder("om_ack")      # received -> ack handed to the kernel
+        # The phases of om_ack, each from the same receive time: decoded, then validated and
+        # risk-checked, then the order-log write(2) returned.
+        self.order_decoded = Recorder("om_decoded")
+        self.order_checked = Recorder("om_checked")
+        self.order_journaled = Recorder("om_journaled")
         # Fills at the order price, marked to the latest shared-memory price (off the hot path:
         # marks are read when stats are published).
         self.pnl = PnLBook()
@@ -254,7 +259,8 @@ class OrderManager:
         self.marks.close()
 
     def recorders(self) -> tuple[Recorder, ...]:
-        return (self.tick_to_order, self.send_to_order, self.order_to_ack_sent)
+        return (self.tick_to_order, self.send_to_order, self.order_decoded, self.order_checked,
+                self.order_journaled, self.order_to_ack_sent)
 
     def stats(self) -> dict[str, Any]:
         return {"orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
@@ -358,13 +364,15 @@ class OrderManager:
 
     # --- orders (hot path) -----------------------------------------------------------------------
     def _on_order(self, sess: Session, frame: memoryview) -> None:
-        received_ns = time.monotonic_ns()
+        now = time.monotonic_ns
+        received_ns = now()
         conn = sess.conn
         try:
             order = decode_order(frame, self.symbols)
         except ProtocolError as exc:
             self._malformed(sess, exc.id, str(exc))
             return
+        self.order_decoded.record(now() - received_ns)
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
         key = (client, order.id)
@@ -384,11 +392,13 @@ class OrderManager:
             self._reject_rule(conn, order.id, *broken)
             return
         order_no = self.order_no + 1
+        self.order_checked.record(now() - received_ns)
         if not self._write(order, order_no, received_ns, conn):
             return
+        self.order_journaled.record(now() - received_ns)
         self.order_no = order_no
         conn.send(encode_ack(order.id, order_no))
-        self.order_to_ack_sent.record(time.monotonic_ns() - received_ns)
+        self.order_to_ack_sent.record(now() - received_ns)
         self.booked[key] = order_no
         self.positions[pkey] = after
         if self.max_order_rate:

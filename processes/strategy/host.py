@@ -250,7 +250,9 @@ class StrategyHost:
         self.segment.close()
 
     def recorders(self) -> tuple[Recorder, ...]:
-        return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack)
+        out = self.orders_out
+        return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack, out.submit_to_sent,
+                out.reply_handled)
 
     def stats(self) -> dict[str, Any]:
         held = sum(1 for p in self.positions if p)

@@ -18,6 +18,7 @@ from processes.shared.protocol import (
     encode_hello,
     encode_order,
 )
+from processes.shared.telemetry import Recorder
 from reactor import Backoff, Connection, Dialer, Reactor
 
 LOGGED_PROBLEMS = 5  # bad replies and refusals logged one by one; the rest only counted
@@ -56,6 +57,8 @@ class OrderClient:
         self.resent = 0
         self.refusals = 0
         self._last_refusal = ""
+        self.submit_to_sent = Recorder("submit_to_sent")   # submit() -> send() returned
+        self.reply_handled = Recorder("reply_handled")     # reply read -> on_reply returned
         # overflow="close": an order that does not fit the write buffer must not vanish; the
         # close makes us reconnect and resend everything pending instead.
         self.dialer = Dialer(reactor, host, port, on_connect=self._on_connect,
@@ -74,12 +77,15 @@ class OrderClient:
 
     def submit(self, order: Order) -> bool:
         """Own `order` until it is acked or rejected; True if it went on the wire right now."""
+        start = time.monotonic_ns()
         self.pending[order.id] = order
         sent = False
         if self.welcomed:
             conn = self.dialer.connection
             sent = conn is not None and conn.send(encode_order(order))
-        if not sent:
+        if sent:
+            self.submit_to_sent.record(time.monotonic_ns() - start)
+        else:
             self.unsent += 1
         if self.trace:  # after the send: a debug line never delays an order
             self.log.debug("order %s created: %s %d %s @ %.2f", order.id, order.side, order.qty,
@@ -127,6 +133,7 @@ class OrderClient:
             conn.close(f"refused: {reason}")  # the Dialer redials with its backoff
 
     def _on_frame(self, frame: memoryview) -> None:
+        start = time.monotonic_ns()
         try:
             reply = decode_reply(frame)
         except ProtocolError as exc:
@@ -144,6 +151,7 @@ class OrderClient:
             else:
                 self.rejects += 1
             self.on_reply(reply, order)
+            self.reply_handled.record(time.monotonic_ns() - start)
         elif cls is Welcome:
             self._on_welcome(reply)
         else:
