@@ -1,7 +1,7 @@
 """Orders: the cost of our wire format, and the order -> ack round trip over loopback TCP.
 
-Codec: ours (encode_order, then decode_json + validate_order on the frame without its delimiter,
-as the OrderManager sees it) vs the obvious baseline (json of dataclasses.asdict, Order(**d)) and
+Codec: ours (encode_order, then decode_order on the frame without its delimiter, as the
+OrderManager sees it) vs the obvious baseline (json of msgspec.structs.asdict, Order(**d)) and
 pickle. Round trip: one client, one order in flight, against the real OrderManager process vs a
 blocking echo server (the loopback floor), in alternating blocks; both TCP_NODELAY, both after
 the hello handshake. Run:
@@ -10,13 +10,13 @@ the hello handshake. Run:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from bench.harness import (
@@ -30,14 +30,15 @@ from bench.harness import (
     usable_cpus,
 )
 from processes.shared.config import effective_token
-from processes.shared.protocol import Order, decode_json, encode_hello, encode_order, validate_order
+from processes.shared.protocol import Order, decode_order, encode_hello, encode_order
 
 INNER = 1000        # codec calls per round
 RTT_SECONDS = 5.0   # per server, full run
 WARMUP = 200        # round trips per server not recorded (connection, caches, first log writes)
 BLOCK = 250         # round trips per server before switching to the other
-ORDER = Order("strat-1-42", "AAPL", "BUY", 10, 171.23, "strat-1", 1_700_000_000_123_456_789,
-              4242, 1_700_000_000_123_999_999)
+ORDER = Order(id="strat-1-42", symbol="AAPL", side="BUY", qty=10, price=171.23,
+              client="strat-1", tick_ns=1_700_000_000_123_456_789, tick_seq=4242,
+              sent_ns=1_700_000_000_123_999_999)
 SYMBOLS = frozenset({"AAPL", "MSFT", "GOOG", "AMZN", "TSLA"})
 HELLO = encode_hello("bench", effective_token(""))   # TRADESTACK_TOKEN, if the OM requires one
 
@@ -63,9 +64,9 @@ def _codec(benchmark: Any, roundtrip: Callable[[Order], Order]) -> None:
 
 @pytest.mark.timeout(120)
 def test_codec_ours(benchmark) -> None:
-    """encode_order -> frame; decode_json + validate_order on the frame minus its delimiter."""
+    """encode_order -> frame; decode_order on the frame minus its delimiter."""
     def roundtrip(order: Order) -> Order:
-        return validate_order(decode_json(encode_order(order)[:-1]), SYMBOLS)
+        return decode_order(encode_order(order)[:-1], SYMBOLS)
 
     _codec(benchmark, roundtrip)
 
@@ -74,7 +75,7 @@ def test_codec_ours(benchmark) -> None:
 def test_codec_baseline_json(benchmark) -> None:
     """json.dumps(asdict(order)) / Order(**json.loads(...)): no framing, no validation."""
     def roundtrip(order: Order) -> Order:
-        return Order(**json.loads(json.dumps(dataclasses.asdict(order)).encode()))
+        return Order(**json.loads(json.dumps(msgspec.structs.asdict(order)).encode()))
 
     _codec(benchmark, roundtrip)
 
@@ -118,8 +119,9 @@ class Peer:
         """`count` round trips: send one order, block until its reply, check it (untimed)."""
         now, sock, rec = time.monotonic_ns, self.sock, self.hist.record
         for i in range(self.sent, self.sent + count):
-            frame = encode_order(Order(f"rtt-{i}", "AAPL", "BUY" if i % 2 else "SELL",
-                                       1 + i % 9, 100.0 + i % 50, "bench", sent_ns=now()))
+            frame = encode_order(Order(id=f"rtt-{i}", symbol="AAPL",
+                                       side="BUY" if i % 2 else "SELL", qty=1 + i % 9,
+                                       price=100.0 + i % 50, client="bench", sent_ns=now()))
             start = now()
             sock.sendall(frame)
             reply = self.recv_frame()

@@ -23,9 +23,7 @@ the last order_no, and the booked ids and net positions are rebuilt from it.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -33,6 +31,8 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import IO, Any
+
+import msgspec
 
 from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
@@ -42,17 +42,16 @@ from processes.shared.protocol import (
     MAX_FRAME,
     PROTOCOL_VERSION,
     SIDES,
+    IdEcho,
     Order,
     ProtocolError,
-    decode_json,
+    decode_hello,
     decode_order,
     encode_ack,
     encode_order,
     encode_refused,
     encode_reject,
     encode_welcome,
-    validate_hello,
-    validate_order,
 )
 from processes.shared.telemetry import Recorder
 from reactor import Backoff, Connection, Reactor, Server
@@ -68,7 +67,6 @@ KILL_SWITCH_REASON = "kill switch on"
 RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
 LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
-IdEcho = str | int | float | bool | None   # a JSON scalar id, echoed in a reject
 
 
 class OrderLogError(RuntimeError):
@@ -136,10 +134,7 @@ class OrderLog:
         partial line off, then raise."""
         if self._file is None:
             return
-        if isinstance(record, bytes):
-            line = record + b"\n"
-        else:
-            line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (record if isinstance(record, bytes) else msgspec.json.encode(record)) + b"\n"
         try:
             written = os.write(self._fd, line)
             while written < len(line):  # regular files write all at once, barring errors
@@ -163,7 +158,10 @@ class OrderLog:
 
 def parse_record(raw: bytes) -> dict[str, Any]:
     """One order-log line -> its record; ValueError names what is wrong."""
-    rec = json.loads(raw)
+    try:
+        rec = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
     if not isinstance(rec, dict):
         raise ValueError("not a JSON object")
     order_no, oid, client = rec.get("order_no"), rec.get("id"), rec.get("client", "")
@@ -223,6 +221,11 @@ class OrderManager:
         self.tick_to_order = Recorder("tick_to_order")   # Gateway send -> order received here
         self.send_to_order = Recorder("send_to_order")   # Strategy send -> received (one hop)
         self.order_to_ack_sent = Recorder("om_ack")      # received -> ack handed to the kernel
+        # The phases of om_ack, each from the same receive time: decoded, then validated and
+        # risk-checked, then the order-log write(2) returned.
+        self.order_decoded = Recorder("om_decoded")
+        self.order_checked = Recorder("om_checked")
+        self.order_journaled = Recorder("om_journaled")
         # Fills at the order price, marked to the latest shared-memory price (off the hot path:
         # marks are read when stats are published).
         self.pnl = PnLBook()
@@ -258,7 +261,8 @@ class OrderManager:
         self.marks.close()
 
     def recorders(self) -> tuple[Recorder, ...]:
-        return (self.tick_to_order, self.send_to_order, self.order_to_ack_sent)
+        return (self.tick_to_order, self.send_to_order, self.order_decoded, self.order_checked,
+                self.order_journaled, self.order_to_ack_sent)
 
     def stats(self) -> dict[str, Any]:
         return {"orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
@@ -319,7 +323,7 @@ class OrderManager:
     def _on_hello(self, sess: Session, frame: memoryview) -> None:
         """The first frame: a hello with our version, a good name and the token, or refused."""
         try:
-            hello = validate_hello(decode_json(frame))
+            hello = decode_hello(frame)
         except ProtocolError as exc:
             self._refuse(sess, str(exc))
             return
@@ -362,20 +366,15 @@ class OrderManager:
 
     # --- orders (hot path) -----------------------------------------------------------------------
     def _on_order(self, sess: Session, frame: memoryview) -> None:
-        received_ns = time.monotonic_ns()
+        now = time.monotonic_ns
+        received_ns = now()
         conn = sess.conn
-        order = decode_order(frame, self.symbols)   # our own clients' frames: no json module
-        if order is None:
-            try:
-                obj = decode_json(frame)
-            except ProtocolError as exc:
-                self._malformed(sess, None, str(exc))
-                return
-            try:
-                order = validate_order(obj, self.symbols)
-            except ProtocolError as exc:
-                self._malformed(sess, _echo_id(obj.get("id")), str(exc))
-                return
+        try:
+            order = decode_order(frame, self.symbols)
+        except ProtocolError as exc:
+            self._malformed(sess, exc.id, str(exc))
+            return
+        self.order_decoded.record(now() - received_ns)
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
         key = (client, order.id)
@@ -395,11 +394,13 @@ class OrderManager:
             self._reject_rule(conn, order.id, *broken)
             return
         order_no = self.order_no + 1
+        self.order_checked.record(now() - received_ns)
         if not self._write(order, order_no, received_ns, conn):
             return
+        self.order_journaled.record(now() - received_ns)
         self.order_no = order_no
         conn.send(encode_ack(order.id, order_no))
-        self.order_to_ack_sent.record(time.monotonic_ns() - received_ns)
+        self.order_to_ack_sent.record(now() - received_ns)
         self.booked[key] = order_no
         self.positions[pkey] = after
         if self.max_order_rate:
@@ -455,11 +456,10 @@ class OrderManager:
         """The order-log line, before the ack. If the log cannot be written, nothing can be
         booked safely: reject, and turn the kill switch on until an operator has looked."""
         try:
-            # The order's own frame is already its JSON (encode_order: no json module for our
-            # clients' plain names); the record wraps it with our fields, in the same key order
-            # as {"order_no", "received_ns", "peer", **order.to_json()}.
+            # The order's own frame is already its JSON; the record wraps it with our fields, in
+            # the same key order as {"order_no", "received_ns", "peer", **order.to_json()}.
             self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,%s}' % (
-                order_no, received_ns, json.dumps(conn.peer).encode(), encode_order(order)[1:-2]))
+                order_no, received_ns, _peer_json(conn), encode_order(order)[1:-2]))
         except OSError as exc:
             log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
                       exc, order.id)
@@ -493,15 +493,9 @@ class OrderManager:
             log.warning("more rejects follow; only counted from now on (see the stats line)")
 
 
-def _echo_id(oid: Any) -> IdEcho:
-    """The id of a rejected frame as the client sent it, if it is a JSON scalar: a client
-    matches the reject to its order by that value, whatever its type. Objects and arrays are
-    not echoed (they would let a client make our replies arbitrarily large)."""
-    if isinstance(oid, str | int | bool) or oid is None:
-        return oid
-    if isinstance(oid, float) and math.isfinite(oid):
-        return oid
-    return None
+def _peer_json(conn: Connection) -> bytes:
+    """The connection's peer as JSON text."""
+    return msgspec.json.encode(conn.peer)
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:

@@ -31,12 +31,14 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
                       "strategy": ([1], "spin"), "order_manager": ([0], "block")},
     "strategy-hybrid": {p: ([0], "hybrid" if p == "strategy" else "block") for p in PROCESSES},
     # SCHED_FIFO priorities (the third field) rank the processes on a shared core: the Strategy
-    # first (a tick is decided the moment it lands), then the feed in pipeline order (a woken
-    # OrderBook preempts the Gateway that just sent to it), the OrderManager last: booking an
-    # order is cold Python, and ranked above the feed it would hold ticks back and set the
-    # tick -> decision tail. Background load cannot delay any hop.
+    # first (a tick is decided the moment it lands), the OrderManager just below it, then the
+    # feed in pipeline order (a woken OrderBook preempts the Gateway that just sent to it).
+    # The OrderManager runs the moment the Strategy blocks after sending an order, so the order
+    # never waits behind the feed's next tick (bench/compare_ranks.py). Above the Strategy it
+    # would preempt it inside send() and book the whole order there, delaying the rest of the
+    # Strategy's tick without making the ack earlier. Background load cannot delay any hop.
     "one-core-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
-                    "strategy": ([0], "block", 40), "order_manager": ([0], "block", 10)},
+                    "strategy": ([0], "block", 40), "order_manager": ([0], "block", 35)},
     # The feed half (G, OB) and the order half (S, OM) each on a core of its own, real-time.
     "spread-rt": {"gateway": ([0], "block", 20), "orderbook": ([0], "block", 30),
                   "strategy": ([1], "block", 40), "order_manager": ([1], "block", 10)},

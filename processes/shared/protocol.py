@@ -6,10 +6,10 @@ can act on; callers count and skip. Builders return complete frames, delimiter i
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 MESSAGE_DELIMITER = b"*"
 PROTOCOL_VERSION = 1
@@ -20,11 +20,18 @@ MAX_U64 = (1 << 64) - 1
 MAX_I64 = (1 << 63) - 1
 
 _COMMA = b","
-_NEEDS_ESCAPE = frozenset('"\\*')   # JSON specials, and the frame delimiter
 
 
 class ProtocolError(ValueError):
-    """A frame that cannot be understood; str(exc) is the reason."""
+    """A frame that cannot be understood; str(exc) is the reason.
+
+    `id` is the rejected order's id as the client sent it when it is a JSON scalar (a client
+    matches the reject to its order by that value, whatever its type), else None.
+    """
+
+    def __init__(self, reason: str, id: str | int | float | bool | None = None) -> None:  # noqa: A002
+        super().__init__(reason)
+        self.id = id
 
 
 # --- news: SENTIMENT*  or  SYMBOL,SENTIMENT* -----------------------------------------------------
@@ -50,100 +57,119 @@ def format_news(symbol: bytes | None, sentiment: int) -> bytes:
     return b"%s,%d*" % (symbol, sentiment)
 
 
-# --- orders and replies: one JSON object per frame ----------------------------------------------
+# --- orders and replies: one JSON object per frame, one codec (msgspec) ------------------------
+# Each message is a typed msgspec Struct: the decoder checks JSON types and required fields in C,
+# our range rules follow in Python. Fields are declared in wire order, so a frame is exactly what
+# the earlier codecs wrote (tags first: {"type":"ack",...}); a frame the typed decoder declines is
+# decoded again untyped and checked rule by rule: it is accepted there if valid in another shape
+# (extra keys), else the first rule it breaks is named. Replies accept unknown fields, so an
+# OrderManager may add one without breaking older clients.
+IdEcho = str | int | float | bool | None   # a JSON scalar id, echoed in a reject
 
-@dataclass(slots=True)
-class Order:
+
+# Order and Hello refuse unknown fields: the typed decoder skips an unknown field's value without
+# checking it is valid UTF-8 or a finite number, so a frame with extra keys is left to the
+# rule-by-rule path, which reads all of it.
+class Order(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: str
+    client: str = ""
     symbol: str
     side: str
     qty: int
     price: float
-    client: str = ""
     tick_ns: int = 0   # Gateway send time of the tick that triggered it (CLOCK_MONOTONIC)
     tick_seq: int = 0
     sent_ns: int = 0   # Strategy send time
 
     def to_json(self) -> dict:
-        return {"id": self.id, "client": self.client, "symbol": self.symbol, "side": self.side,
-                "qty": self.qty, "price": self.price, "tick_ns": self.tick_ns,
-                "tick_seq": self.tick_seq, "sent_ns": self.sent_ns}
+        return msgspec.structs.asdict(self)
 
 
-def _frame_json(obj: dict) -> bytes:
-    # '*' can only appear inside JSON strings, where \u002a is an equivalent escape: the frame never
-    # contains the delimiter, whatever a client names itself.
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).replace(
-        "*", "\\u002a").encode() + MESSAGE_DELIMITER
+class Ack(msgspec.Struct, tag="ack", tag_field="type"):
+    id: str
+    order_no: int
 
 
-# --- fast paths for the order round trip ---------------------------------------------------------
-# Every order crosses encode_order -> decode_order -> encode_ack -> decode_ack, on a path where a
-# Python process has just woken with cold caches and each microsecond of warm work costs several.
-# Our own frames have plain ids and names, so they are formatted and matched without the json
-# module; the regexes accept exactly the frames the formatters make (fixed key order, no
-# whitespace, no escapes), for which json.loads would return the same values. Anything else
-# (another client's spelling, escapes, extra keys) takes the full JSON path, same result.
-_PLAIN = r"[A-Za-z0-9_.:-]{1,128}"
-_UINT = r"(?:0|[1-9][0-9]{0,19})"
-_ORDER_RE = re.compile(
-    rb'\{"id":"(%s)","client":"(%s|)","symbol":"(%s)","side":"(BUY|SELL)","qty":(%s),'
-    rb'"price":((?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,15})?),"tick_ns":(%s),"tick_seq":(%s),'
-    rb'"sent_ns":(%s)\}' % (_PLAIN.encode(), _PLAIN.encode(), _PLAIN.encode(), _UINT.encode(),
-                           _UINT.encode(), _UINT.encode(), _UINT.encode()))
-_ACK_RE = re.compile(rb'\{"type":"ack","id":"(%s)","order_no":(%s)\}' % (_PLAIN.encode(),
-                                                                         _UINT.encode()))
-_PLAIN_RE = re.compile(_PLAIN)
+class Reject(msgspec.Struct, tag="reject", tag_field="type"):
+    id: IdEcho
+    reason: str
 
 
-def _plain(text: str) -> bool:
-    return _PLAIN_RE.fullmatch(text) is not None
+class Hello(msgspec.Struct, kw_only=True, tag="hello", tag_field="type",
+            forbid_unknown_fields=True):
+    version: int
+    client: str
+    token: str = ""
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="type"):
+    version: int
+    client: str
+    kill_switch: bool = False
+
+
+class Refused(msgspec.Struct, tag="refused", tag_field="type"):
+    reason: str
+
+
+Reply = Ack | Reject | Welcome | Refused
+
+_encode = msgspec.json.Encoder().encode
+_decode_any = msgspec.json.Decoder().decode
+_decode_order = msgspec.json.Decoder(Order).decode
+_decode_hello = msgspec.json.Decoder(Hello).decode
+_decode_reply = msgspec.json.Decoder(Reply).decode
+_STAR, _STAR_ESCAPED = b"*", b"\\u002a"
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError)   # ValidationError is a DecodeError
+
+
+def _frame(msg: msgspec.Struct) -> bytes:
+    # '*' can only appear inside JSON strings (keys and numbers never contain it), where \u002a
+    # is an equivalent escape: the frame never contains the delimiter, whatever a client names
+    # itself. replace() finds nothing in our own frames and then returns them as they are.
+    return _encode(msg).replace(_STAR, _STAR_ESCAPED) + MESSAGE_DELIMITER
 
 
 def encode_order(order: Order) -> bytes:
-    if (_plain(order.id) and (not order.client or _plain(order.client)) and _plain(order.symbol)
-            and order.side in SIDES and type(order.qty) is int and type(order.price) is float
-            and math.isfinite(order.price)):
-        return b'{"id":"%s","client":"%s","symbol":"%s","side":"%s","qty":%d,"price":%s,' \
-               b'"tick_ns":%d,"tick_seq":%d,"sent_ns":%d}*' % (
-                   order.id.encode(), order.client.encode(), order.symbol.encode(),
-                   order.side.encode(), order.qty, repr(order.price).encode(), order.tick_ns,
-                   order.tick_seq, order.sent_ns)
-    return _frame_json(order.to_json())
-
-
-def decode_order(frame: memoryview | bytes, symbols: frozenset[str] | set[str]) -> Order | None:
-    """An Order from one of our own order frames, or None: then use decode_json +
-    validate_order, which give the same Order for every frame this accepts."""
-    m = _ORDER_RE.fullmatch(frame)
-    if m is None:
-        return None
-    oid, client, symbol, side, qty, price, tick_ns, tick_seq, sent_ns = m.groups()
-    sym = symbol.decode()
-    q, p = int(qty), float(price)
-    t, k, n = int(tick_ns), int(tick_seq), int(sent_ns)
-    if (sym not in symbols or q <= 0 or q > MAX_I64 or not 0.0 < p <= MAX_PRICE
-            or t > MAX_U64 or k > MAX_U64 or n > MAX_U64):
-        return None  # let the full path produce the reject reason
-    return Order(oid.decode(), sym, side.decode(), q, p, client.decode(), t, k, n)
-
-
-def decode_ack(frame: memoryview | bytes) -> tuple[str, int] | None:
-    """(id, order_no) of an ack frame as encode_ack makes it, else None (use decode_json)."""
-    m = _ACK_RE.fullmatch(frame)
-    return None if m is None else (m.group(1).decode(), int(m.group(2)))
+    return _frame(order)
 
 
 def decode_json(frame: memoryview | bytes) -> dict:
+    """The JSON object of a frame, untyped (what json.loads returns, for every frame it reads
+    that is strict JSON: NaN, Infinity and numbers beyond a double are malformed here)."""
     try:
-        obj = json.loads(bytes(frame))
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError, UnicodeDecodeError and int-digit limits;
+        obj = _decode_any(frame)
+    except _DECODE_ERRORS as exc:
         # RecursionError is what deeply nested brackets ("[[[[...") raise.
         raise ProtocolError(f"malformed JSON: {type(exc).__name__}: {str(exc)[:100]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("expected a JSON object")
     return obj
+
+
+def decode_order(frame: memoryview | bytes, symbols: frozenset[str] | set[str]) -> Order:
+    """The Order of one order frame; ProtocolError names the first rule it breaks and carries
+    the id to echo. Always the result of validate_order(decode_json(frame)), faster."""
+    try:
+        order = _decode_order(frame)
+    except _DECODE_ERRORS:
+        order = None
+    if order is not None and _order_in_range(order, symbols):
+        return order
+    obj = decode_json(frame)
+    try:
+        return validate_order(obj, symbols)
+    except ProtocolError as exc:
+        exc.id = echo_id(obj.get("id"))
+        raise
+
+
+def _order_in_range(o: Order, symbols: frozenset[str] | set[str]) -> bool:
+    """The rules of validate_order that the types do not state."""
+    return (0 < len(o.id) <= 128 and o.symbol in symbols and (o.side == "BUY" or o.side == "SELL")
+            and 0 < o.qty <= MAX_I64 and 0.0 < o.price <= MAX_PRICE and len(o.client) <= 128
+            and 0 <= o.tick_ns <= MAX_U64 and 0 <= o.tick_seq <= MAX_U64
+            and 0 <= o.sent_ns <= MAX_U64)
 
 
 def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
@@ -176,20 +202,35 @@ def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
     if not isinstance(client, str) or len(client) > 128 or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_U64 for v in ints):
         raise ProtocolError("bad client, tick_ns, tick_seq or sent_ns field")
-    return Order(oid, symbol, side, qty, price, client, *ints)
+    return Order(id=oid, client=client, symbol=symbol, side=side, qty=qty, price=price,
+                 tick_ns=ints[0], tick_seq=ints[1], sent_ns=ints[2])
+
+
+def echo_id(oid: object) -> IdEcho:
+    """The id of a rejected frame as the client sent it, if it is a JSON scalar. Objects and
+    arrays are not echoed (they would let a client make our replies arbitrarily large)."""
+    if isinstance(oid, str | int | bool) or oid is None:
+        return oid
+    if isinstance(oid, float) and math.isfinite(oid):
+        return oid
+    return None
 
 
 def encode_ack(order_id: str, order_no: int) -> bytes:
-    # The ack is on every order's critical path: a plain id (our own ids always are) needs no
-    # JSON escaping, so skip json.dumps; anything else goes through it.
-    if order_id.isascii() and order_id.isprintable() and not _NEEDS_ESCAPE.intersection(order_id):
-        return b'{"type":"ack","id":"%s","order_no":%d}*' % (order_id.encode(), order_no)
-    return _frame_json({"type": "ack", "id": order_id, "order_no": order_no})
+    return _frame(Ack(order_id, order_no))
 
 
-def encode_reject(order_id: str | int | float | bool | None, reason: str) -> bytes:
+def encode_reject(order_id: IdEcho, reason: str) -> bytes:
     """A reject echoing the id as the client sent it (any JSON scalar; None if it had none)."""
-    return _frame_json({"type": "reject", "id": order_id, "reason": reason})
+    return _frame(Reject(order_id, reason))
+
+
+def decode_reply(frame: memoryview | bytes) -> Reply:
+    """An Ack, Reject, Welcome or Refused; ProtocolError for anything else."""
+    try:
+        return _decode_reply(frame)
+    except _DECODE_ERRORS as exc:
+        raise ProtocolError(f"bad reply: {type(exc).__name__}: {str(exc)[:100]}") from None
 
 
 # --- order-session handshake: hello -> welcome | refused ----------------------------------------
@@ -201,15 +242,21 @@ CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the same rule as strategy.n
 MAX_TOKEN = 256
 
 
-@dataclass(slots=True)
-class Hello:
-    client: str
-    token: str
-    version: int
-
-
 def encode_hello(client: str, token: str = "", version: int = PROTOCOL_VERSION) -> bytes:
-    return _frame_json({"type": "hello", "version": version, "client": client, "token": token})
+    return _frame(Hello(version=version, client=client, token=token))
+
+
+def decode_hello(frame: memoryview | bytes) -> Hello:
+    """The Hello of a first frame; ProtocolError names what is wrong. Always the result of
+    validate_hello(decode_json(frame))."""
+    try:
+        hello = _decode_hello(frame)
+    except _DECODE_ERRORS:
+        hello = None
+    if (hello is not None and CLIENT_NAME.fullmatch(hello.client)
+            and len(hello.token) <= MAX_TOKEN):
+        return hello
+    return validate_hello(decode_json(frame))
 
 
 def validate_hello(obj: dict) -> Hello:
@@ -226,13 +273,12 @@ def validate_hello(obj: dict) -> Hello:
     token = obj.get("token", "")
     if not isinstance(token, str) or len(token) > MAX_TOKEN:
         raise ProtocolError("hello: token must be a string of at most 256 characters")
-    return Hello(client, token, version)
+    return Hello(version=version, client=client, token=token)
 
 
 def encode_welcome(client: str, kill_switch: bool = False) -> bytes:
-    return _frame_json({"type": "welcome", "version": PROTOCOL_VERSION, "client": client,
-                        "kill_switch": kill_switch})
+    return _frame(Welcome(PROTOCOL_VERSION, client, kill_switch))
 
 
 def encode_refused(reason: str) -> bytes:
-    return _frame_json({"type": "refused", "reason": reason})
+    return _frame(Refused(reason))

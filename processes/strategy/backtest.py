@@ -143,8 +143,9 @@ class BacktestContext:
             self.log.debug("refused %s %d %s: a %s order is in flight", side, qty, symbol, side)
             return None
         self._seq += 1
-        order = Order(f"{self.name}-bt-{self._seq}", symbol, side, qty, price, self.name,
-                      self._tick_ns, self._tick_seq, self._now_ns)
+        order = Order(id=f"{self.name}-bt-{self._seq}", client=self.name, symbol=symbol,
+                      side=side, qty=qty, price=price, tick_ns=self._tick_ns,
+                      tick_seq=self._tick_seq, sent_ns=self._now_ns)
         self._in_flight.add((symbol, side))
         self._positions[i] += sign * qty
         self.queued.append(order)

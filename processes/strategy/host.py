@@ -31,7 +31,7 @@ from ext.layout import ReaderLost
 from ext.segment import BAND_REANCHOR_S, SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import runtime
-from processes.shared.protocol import MAX_FRAME, Order, ProtocolError, parse_news
+from processes.shared.protocol import MAX_FRAME, Ack, Order, ProtocolError, Reject, parse_news
 from processes.shared.telemetry import Recorder
 from processes.strategy.api import BUY, SELL, SIGN, OrderReply, Strategy, Tick, check_submit
 from processes.strategy.loader import load_strategy, section_name
@@ -175,8 +175,10 @@ class StrategyHost:
         self._refusing[key] = None
         tick = self._tick
         self._order_seq += 1
-        order = Order(f"{self._id_prefix}-{self._order_seq}", symbol, side, qty, price,
-                      self.name, tick.sent_ns if in_tick else 0, tick.seq if in_tick else 0, now)
+        order = Order(id=f"{self._id_prefix}-{self._order_seq}", client=self.name,
+                      symbol=symbol, side=side, qty=qty, price=price,
+                      tick_ns=tick.sent_ns if in_tick else 0,
+                      tick_seq=tick.seq if in_tick else 0, sent_ns=now)
         # Made once: the OrderClient owns it until acked (resent after a reconnect, waiting if
         # the OrderManager is down), so the position moves now; only a reject restores it.
         self.positions[j] += sign * qty
@@ -259,7 +261,9 @@ class StrategyHost:
         self.segment.close()
 
     def recorders(self) -> tuple[Recorder, ...]:
-        return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack)
+        out = self.orders_out
+        return (self.tick_to_decision, self.order_to_ack, self.tick_to_ack, out.submit_to_sent,
+                out.reply_handled)
 
     def stats(self) -> dict[str, Any]:
         held = sum(1 for p in self.positions if p)
@@ -494,27 +498,25 @@ class StrategyHost:
             return  # our own shutdown
         self.log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
 
-    def _on_reply(self, reply: dict, order: Order) -> None:
+    def _on_reply(self, reply: Ack | Reject, order: Order) -> None:
         j = self._index.get(order.symbol)
         sign = SIGN.get(order.side, 0)
         if j is None or not sign:
             return   # not an order this host made (the OrderClient only passes its own)
         key = 2 * j + (sign > 0)
         self._pending[key] = max(0, self._pending[key] - 1)
-        if reply.get("type") == "ack":
+        if type(reply) is Ack:
             now = time.monotonic_ns()
             self.order_to_ack.record(now - order.sent_ns)
             if order.tick_ns:
                 self.tick_to_ack.record(now - order.tick_ns)
-            self.log.debug("order %s acked as #%s", order.id, reply.get("order_no"))
             self._backoff_next[key] = 0.0
             if self._backoff_until[key]:
                 self._end_backoff(key, "ended by an ack")
-            no = reply.get("order_no")
-            answer = OrderReply("ack", no if isinstance(no, int) else None)
+            answer = OrderReply("ack", reply.order_no)
         else:
             # Rejected: the position we assumed never happened; the side waits a while.
-            reason = str(reply.get("reason", ""))[:300]
+            reason = reply.reason[:300]
             self.positions[j] -= sign * order.qty
             self.log.warning("order %s %s %d %s rejected: %s (position back to %+d)", order.id,
                              order.side, order.qty, order.symbol, reason, self.positions[j])

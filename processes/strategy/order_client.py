@@ -8,13 +8,17 @@ from collections.abc import Callable
 
 from processes.shared.protocol import (
     MAX_FRAME,
+    Ack,
     Order,
     ProtocolError,
-    decode_ack,
-    decode_json,
+    Refused,
+    Reject,
+    Welcome,
+    decode_reply,
     encode_hello,
     encode_order,
 )
+from processes.shared.telemetry import Recorder
 from reactor import Backoff, Connection, Dialer, Reactor
 
 LOGGED_PROBLEMS = 5  # bad replies and refusals logged one by one; the rest only counted
@@ -36,12 +40,14 @@ class OrderClient:
     """
 
     def __init__(self, reactor: Reactor, host: str, port: int,
-                 on_reply: Callable[[dict, Order], None], client: str = "", token: str = "",
+                 on_reply: Callable[[Ack | Reject, Order], None], client: str = "", token: str = "",
                  logger: logging.Logger | None = None) -> None:
         self.on_reply = on_reply
         self.client = client
         self.token = token
         self.log = logger or logging.getLogger("strategy")
+        # Read once: Logger.debug costs a call and a level check per order even when disabled.
+        self.trace = self.log.isEnabledFor(logging.DEBUG)
         self.pending: dict[str, Order] = {}   # id -> order, oldest first
         self.welcomed = False
         self.acks = 0
@@ -51,6 +57,8 @@ class OrderClient:
         self.resent = 0
         self.refusals = 0
         self._last_refusal = ""
+        self.submit_to_sent = Recorder("submit_to_sent")   # submit() -> send() returned
+        self.reply_handled = Recorder("reply_handled")     # reply read -> on_reply returned
         # overflow="close": an order that does not fit the write buffer must not vanish; the
         # close makes us reconnect and resend everything pending instead.
         self.dialer = Dialer(reactor, host, port, on_connect=self._on_connect,
@@ -69,15 +77,20 @@ class OrderClient:
 
     def submit(self, order: Order) -> bool:
         """Own `order` until it is acked or rejected; True if it went on the wire right now."""
+        start = time.monotonic_ns()
         self.pending[order.id] = order
-        self.log.debug("order %s created: %s %d %s @ %.2f", order.id, order.side, order.qty,
-                  order.symbol, order.price)
+        sent = False
         if self.welcomed:
             conn = self.dialer.connection
-            if conn is not None and conn.send(encode_order(order)):
-                return True
-        self.unsent += 1
-        return False
+            sent = conn is not None and conn.send(encode_order(order))
+        if sent:
+            self.submit_to_sent.record(time.monotonic_ns() - start)
+        else:
+            self.unsent += 1
+        if self.trace:  # after the send: a debug line never delays an order
+            self.log.debug("order %s created: %s %d %s @ %.2f", order.id, order.side, order.qty,
+                           order.symbol, order.price)
+        return sent
 
     def _on_connect(self, conn: Connection) -> None:
         self.log.info("connected to order manager %s; saying hello as %s", conn.peer, self.client)
@@ -91,12 +104,12 @@ class OrderClient:
         self.log.warning("order manager lost (%s); %d orders unacknowledged, kept for resending; "
                     "reconnecting", reason or "closed by peer", len(self.pending))
 
-    def _on_welcome(self, reply: dict) -> None:
+    def _on_welcome(self, reply: Welcome) -> None:
         """Session up: resend every pending order, oldest first."""
         self.welcomed = True
         self._last_refusal = ""
         conn = self.dialer.connection
-        if reply.get("kill_switch"):
+        if reply.kill_switch:
             self.log.warning("order manager's kill switch is on: orders will be rejected")
         self.log.info("welcomed by order manager; resending %d unacknowledged orders",
                  len(self.pending))
@@ -108,8 +121,8 @@ class OrderClient:
             if conn.send(encode_order(order)):
                 self.resent += 1
 
-    def _on_refused(self, reply: dict) -> None:
-        reason = str(reply.get("reason"))[:300]
+    def _on_refused(self, reply: Refused) -> None:
+        reason = reply.reason[:300]
         self.refusals += 1
         if self.refusals <= LOGGED_PROBLEMS or reason != self._last_refusal:
             self.log.error("order manager REFUSED this strategy: %s; retrying with backoff "
@@ -120,40 +133,29 @@ class OrderClient:
             conn.close(f"refused: {reason}")  # the Dialer redials with its backoff
 
     def _on_frame(self, frame: memoryview) -> None:
-        fast = decode_ack(frame)   # the common case, without the json module
-        if fast is not None:
-            order = self.pending.pop(fast[0], None)
-            if order is None:
-                self._bad_reply(f"ack for an unknown order {fast[0]!r}")
-                return
-            self.acks += 1
-            self.on_reply({"type": "ack", "id": fast[0], "order_no": fast[1]}, order)
-            return
+        start = time.monotonic_ns()
         try:
-            reply = decode_json(frame)
+            reply = decode_reply(frame)
         except ProtocolError as exc:
             self._bad_reply(str(exc))
             return
-        kind = reply.get("type")
-        if kind == "welcome":
+        cls = type(reply)
+        if cls is Ack or cls is Reject:
+            oid = reply.id
+            order = self.pending.pop(oid, None) if type(oid) is str else None
+            if order is None:  # not ours, or answered already: a bad reply, not an ack
+                self._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
+                return
+            if cls is Ack:
+                self.acks += 1
+            else:
+                self.rejects += 1
+            self.on_reply(reply, order)
+            self.reply_handled.record(time.monotonic_ns() - start)
+        elif cls is Welcome:
             self._on_welcome(reply)
-            return
-        if kind == "refused":
-            self._on_refused(reply)
-            return
-        oid = reply.get("id")
-        if not isinstance(oid, str) and oid is not None:
-            self._bad_reply(f"reply id is not a string: {oid!r}")
-            return
-        order = self.pending.pop(oid, None)
-        if order is None:  # not ours, or answered already: counted as a bad reply, not an ack
-            self._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
-            return
-        if kind == "ack":
-            self.acks += 1
         else:
-            self.rejects += 1
-        self.on_reply(reply, order)
+            self._on_refused(reply)
 
     def _bad_reply(self, reason: str) -> None:
         self.bad_replies += 1

@@ -26,8 +26,13 @@ LATENCY = (
     ("strategy", "tick_to_decision", "tick -> decision (Strategy)"),
     ("order_manager", "send_to_order", "order send -> received (one TCP hop)"),
     ("order_manager", "tick_to_order", "tick -> order received (OrderManager)"),
+    ("order_manager", "om_decoded", "  order read -> decoded (OrderManager)"),
+    ("order_manager", "om_checked", "  order read -> validated + risk (OrderManager)"),
+    ("order_manager", "om_journaled", "  order read -> order log written (OrderManager)"),
     ("order_manager", "om_ack", "order read -> ack sent (OrderManager)"),
+    ("strategy", "submit_to_sent", "order submit -> send() returned (Strategy)"),
     ("strategy", "order_to_ack", "order send -> ack (round trip)"),
+    ("strategy", "reply_handled", "ack read -> on_order_reply done (Strategy)"),
     ("strategy", "tick_to_ack", "tick -> ack (Strategy)"),
 )
 # (process, counter) of problems worth a line even when zero.

@@ -87,7 +87,8 @@ class OMClient:
 
 def order(oid: str, symbol: str = "AAPL", side: str = "BUY", qty: int = 10,
           price: float = 100.0, client: str = "c1") -> bytes:
-    return encode_order(Order(oid, symbol, side, qty, price, client))
+    return encode_order(Order(id=oid, symbol=symbol, side=side, qty=qty, price=price,
+                              client=client))
 
 
 def booked(tmp_path: Path) -> list[dict]:
@@ -165,7 +166,8 @@ def test_bad_hellos_say_why(obj, reason):
 def test_hello_round_trips():
     frame = encode_hello("strat-1", "to*ken")
     assert b"*" not in frame[:-1]          # '*' in the token is escaped, never a delimiter
-    assert validate_hello(json.loads(frame[:-1])) == Hello("strat-1", "to*ken", PROTOCOL_VERSION)
+    assert validate_hello(json.loads(frame[:-1])) == Hello(
+        version=PROTOCOL_VERSION, client="strat-1", token="to*ken")
 
 
 @pytest.mark.parametrize("key, value", [

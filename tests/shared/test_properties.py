@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -161,26 +162,105 @@ def test_validate_order_any_dict(obj):
     assert protocol.validate_order(protocol.decode_json(frame[:-1]), SYMBOLS) == order
 
 
+def _refuse(text: str) -> float:
+    raise ValueError(f"not strict JSON: {text}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"beyond a double: {text}")
+    return value
+
+
+def _no_surrogates(obj: object) -> None:
+    if isinstance(obj, str):
+        obj.encode("utf-8")   # UnicodeEncodeError (a ValueError) for a lone surrogate
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _no_surrogates(k)
+            _no_surrogates(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _no_surrogates(v)
+
+
+def _json_or_none(frame: bytes) -> object:
+    """json.loads as strict JSON reads it (UTF-8; no NaN, Infinity, numbers beyond a double or
+    lone surrogates), or None: the reference every decoder here is checked against."""
+    try:
+        obj = json.loads(frame.decode("utf-8"), parse_constant=_refuse, parse_float=_finite)
+        _no_surrogates(obj)
+    except (ValueError, RecursionError):
+        return None
+    return obj
+
+
 @FAST
 @given(st.binary(max_size=300)
        | order_like.map(lambda d: json.dumps(d, separators=(",", ":")).encode()))
-def test_order_fast_path_never_disagrees_with_json(frame):
-    """For ANY bytes the regex fast path either declines (None) or gives exactly the Order
-    that decode_json + validate_order give (test_protocol checks it on our own orders)."""
-    fast = protocol.decode_order(frame, SYMBOLS)
-    if fast is None:
-        return
-    assert fast == protocol.validate_order(protocol.decode_json(frame), SYMBOLS)
+def test_decode_order_is_validate_order_of_json_loads(frame):
+    """For ANY bytes decode_order (the typed decoder, then the rule by rule path) either gives
+    exactly the Order that json.loads + validate_order give, or raises the reason that
+    validate_order gives; the id it echoes is the id as sent, if a scalar."""
+    reference = _json_or_none(frame)
+    try:
+        order = protocol.decode_order(frame, SYMBOLS)
+    except ProtocolError as exc:
+        if not isinstance(reference, dict):
+            assert exc.id is None
+            return
+        try:
+            protocol.validate_order(reference, SYMBOLS)
+        except ProtocolError as ref:
+            assert str(exc) == str(ref)
+            want = reference.get("id")
+            assert exc.id == protocol.echo_id(want) and type(exc.id) is type(
+                protocol.echo_id(want))
+            return
+        raise AssertionError(f"rejected ({exc}) what validate_order accepts") from None
+    assert isinstance(reference, dict)
+    assert order == protocol.validate_order(reference, SYMBOLS)
 
 
 @FAST
-@given(st.binary(max_size=120))
-def test_ack_fast_path_never_disagrees_with_json(frame):
-    fast = protocol.decode_ack(frame)
-    if fast is None:
+@given(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_decode_json_agrees_with_json_loads(frame):
+    """decode_json accepts exactly the JSON objects strict json.loads reads, as the same object."""
+    reference = _json_or_none(frame)
+    try:
+        obj = protocol.decode_json(frame)
+    except ProtocolError:
+        assert not isinstance(reference, dict)
         return
-    obj = protocol.decode_json(frame)
-    assert obj == {"type": "ack", "id": fast[0], "order_no": fast[1]}
+    assert obj == reference
+
+
+@pytest.mark.parametrize("frame", [b'{"price":NaN}', b'{"price":Infinity}', b'{"price":1e400}',
+                                   b'{"id":"\\ud800"}', b'\xef\xbb\xbf{}'])
+def test_what_strict_json_refuses_is_malformed(frame):
+    with pytest.raises(ProtocolError, match="malformed JSON"):
+        protocol.decode_order(frame, SYMBOLS)
+
+
+@FAST
+@given(st.binary(max_size=120)
+       | st.fixed_dictionaries({"type": st.sampled_from(["ack", "reject", "welcome", "refused"])},
+                               optional={"id": json_values, "order_no": json_values,
+                                         "reason": json_values, "version": json_values,
+                                         "client": json_values, "kill_switch": json_values})
+       .map(lambda d: json.dumps(d).encode()))
+def test_decode_reply_any_bytes(frame):
+    try:
+        reply = protocol.decode_reply(frame)
+    except ProtocolError as exc:
+        assert str(exc)
+        return
+    obj = json.loads(frame.decode("utf-8", "replace"))   # unknown fields are not read
+    assert obj["type"] == type(reply).__name__.lower()
+    for key, value in msgspec.structs.asdict(reply).items():
+        assert key in obj or key == "kill_switch"   # the one optional field
+        assert value == obj.get(key, False) and type(value) is type(obj.get(key, False))
 
 
 @FAST
@@ -201,5 +281,24 @@ def test_validate_hello_any_dict(obj):
 def test_hello_round_trip(client, token, version):
     frame = protocol.encode_hello(client, token, version)
     assert frame.count(b"*") == 1 and frame.endswith(b"*")
-    hello = protocol.validate_hello(protocol.decode_json(frame[:-1]))
+    hello = protocol.decode_hello(frame[:-1])
     assert (hello.client, hello.token, hello.version) == (client, token, version)
+    assert hello == protocol.validate_hello(json.loads(frame[:-1]))
+
+
+@FAST
+@given(hello_like.map(lambda d: json.dumps(d).encode()) | st.binary(max_size=100))
+def test_decode_hello_is_validate_hello_of_json_loads(frame):
+    reference = _json_or_none(frame)
+    try:
+        hello = protocol.decode_hello(frame)
+    except ProtocolError as exc:
+        if isinstance(reference, dict):
+            try:
+                protocol.validate_hello(reference)
+            except ProtocolError as ref:
+                assert str(exc) == str(ref)
+                return
+            raise AssertionError(f"refused ({exc}) what validate_hello accepts") from None
+        return
+    assert hello == protocol.validate_hello(reference)

@@ -231,7 +231,8 @@ def test_order_manager_survives_extreme_but_valid_timestamps(tmp_path, children)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(encode_hello("c1"))
         sock.sendall(b"".join(protocol.encode_order(protocol.Order(
-            f"x-{i}", "AAPL", "BUY", 1, 100.0, "c1", tick, i, sent))
+            id=f"x-{i}", symbol="AAPL", side="BUY", qty=1, price=100.0, client="c1",
+            tick_ns=tick, tick_seq=i, sent_ns=sent))
             for i, (tick, sent) in enumerate([(top, top), (top, 1), (1, top), (0, 0)])))
         replies = [json.loads(f) for f in recv_frames(sock, 5)]
     assert [r["type"] for r in replies] == ["welcome"] + ["ack"] * 4
@@ -335,7 +336,8 @@ def test_fuzz_the_order_manager(tmp_path, children):
             if k % 10 == 0:                                     # a well-behaved client, meanwhile
                 t0 = time.monotonic()
                 good.sendall(protocol.encode_order(protocol.Order(
-                    f"good-{k}", "AAPL", "BUY", 1, 100.0, "good")))
+                    id=f"good-{k}", symbol="AAPL", side="BUY", qty=1, price=100.0,
+                    client="good")))
                 reply = json.loads(recv_frames(good, 1)[0])
                 good_waits.append(time.monotonic() - t0)
                 assert reply == {"type": "ack", "id": f"good-{k}", "order_no": reply["order_no"]}

@@ -196,16 +196,17 @@ def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
 
 
 def _order(i: int, symbol: str = "AAPL", **kw) -> bytes:
-    return encode_order(OrderMsg(f"cli-{i}", symbol, "BUY" if i % 2 else "SELL", 10, 100.0 + i,
-                                 **kw))
+    return encode_order(OrderMsg(id=f"cli-{i}", symbol=symbol, side="BUY" if i % 2 else "SELL",
+                                 qty=10, price=100.0 + i, **kw))
 
 
 def _client_proc(port: int, name: str, count: int, result_q) -> None:
     """A Strategy stand-in: sends `count` orders plus bad ones, reads every reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(encode_hello(name))   # the handshake; orders may follow at once
-        frames = [encode_order(OrderMsg(f"{name}-{i}", "AAPL", "BUY", 1 + i % 5, 100.5,
-                                        client=name)) for i in range(count)]
+        frames = [encode_order(OrderMsg(id=f"{name}-{i}", symbol="AAPL", side="BUY",
+                                        qty=1 + i % 5, price=100.5, client=name))
+                  for i in range(count)]
         first, second = b"".join(frames[: count // 2]), b"".join(frames[count // 2:])
         bad = b'{"id":"bad-1","symbol":"NOPE","side":"BUY","qty":1,"price":1}*not json*'
         cut = len(second) // 2 + 7  # split the stream inside a frame on purpose

@@ -14,6 +14,7 @@ from stackutil import make_config, wait_until
 
 from ext import SharedPriceBook
 from processes.shared import config
+from processes.shared.protocol import Ack, Reject
 from processes.strategy import host as host_mod
 from processes.strategy.api import BUY, SELL, OrderReply, Strategy, StrategyConfig
 from processes.strategy.builtin import MovingAverageSentiment, MovingAverageSentimentConfig
@@ -91,8 +92,7 @@ def news(host: StrategyHost, symbol: str | None, value: int) -> None:
 
 def reply(host: StrategyHost, order_id: str, kind: str, reason: str = "kill switch") -> None:
     order = host.orders_out.pending.pop(order_id)
-    msg = {"type": kind, "id": order_id, "order_no": 1} if kind == "ack" else \
-        {"type": "reject", "id": order_id, "reason": reason}
+    msg = Ack(order_id, 1) if kind == "ack" else Reject(order_id, reason)
     host._on_reply(msg, order)
 
 

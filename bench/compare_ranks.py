@@ -1,0 +1,96 @@
+"""Placement alternatives for one checkout, interleaved in one window, every hop and phase.
+
+    python bench/compare_ranks.py [--rounds 3] [--seconds 10] [--variant NAME=KEY=VALUE,...]
+
+Each round runs main.py once per variant (bench_e2e's trading configuration, as
+compare_trees.py) and reports p50 / p99 / p99.9 per recorder over each variant's runs, merged.
+The default variants rank the OrderManager lowest (the default layout), just below the Strategy,
+and above it, plus the warm reference `--layout om-spin-rt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.compare_trees import TRADING, strategy_params  # noqa: E402
+from processes.shared import telemetry  # noqa: E402
+
+VARIANTS = {"default": [], "om-below-strategy": ["--set", "order_manager.rt_priority=35"],
+            "om-above-strategy": ["--set", "order_manager.rt_priority=45"],
+            "om-spin-rt": ["--layout", "om-spin-rt"]}
+
+
+def run_once(extra: list[str], seconds: float, work: Path) -> dict[str, dict[str, Any]]:
+    logs = work / "logs"
+    cmd = [sys.executable, "main.py", "--duration", str(seconds), "--price-port", "0",
+           "--news-port", "0", "--order-port", "0",
+           "--shm-name", f"tsbench_{uuid.uuid4().hex[:12]}", "--log-dir", str(logs),
+           "--order-log", str(work / "orders.jsonl"), "--tick-rate", "1000",
+           "--news-rate", "200", "--log-level", "WARNING", *extra]
+    for item in (*TRADING, *strategy_params(ROOT)):
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"main.py exited {done.returncode}:\n{done.stdout[-3000:]}")
+    return telemetry.read_all(logs / "stats")
+
+
+def merged(snaps: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """(process, recorder) -> percentiles in us over every run, merged."""
+    hists: dict[str, list[dict[str, Any]]] = {}
+    for snap in snaps:
+        for proc, s in snap.items():
+            for name, h in s.get("latency", {}).items():
+                if h.get("count"):
+                    hists.setdefault(f"{proc.partition('.')[0]}.{name}", []).append(h)
+    out = {}
+    for key, hs in sorted(hists.items()):
+        total = telemetry.histogram(hs[0]["pairs"])
+        for h in hs[1:]:
+            total.add(telemetry.histogram(h["pairs"]))
+        top = max(h["max"] for h in hs)
+        out[key] = {"count": float(total.get_total_count()),
+                    **{f"p{q:g}": min(total.get_value_at_percentile(q), top) / 1e3
+                       for q in (50.0, 99.0, 99.9)}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args(argv)
+    runs: dict[str, list] = {v: [] for v in args.only}
+    with tempfile.TemporaryDirectory(prefix="tsranks_") as tmp:
+        for k in range(args.rounds):
+            for name in args.only:
+                work = Path(tmp) / f"{name}{k}"
+                work.mkdir()
+                runs[name].append(run_once(VARIANTS[name], args.seconds, work))
+                print(f"round {k + 1}/{args.rounds}: {name} done", file=sys.stderr, flush=True)
+    print(f"{args.rounds} rounds x {args.seconds:g} s per variant, interleaved; "
+          "us (p50 / p99 / p99.9)")
+    results = {name: merged(r) for name, r in runs.items()}
+    keys = sorted({k for r in results.values() for k in r})
+    print(f"{'recorder':<32}" + "".join(f"{n:>26}" for n in args.only))
+    for key in keys:
+        cells = []
+        for name in args.only:
+            row = results[name].get(key)
+            cells.append(f"{row['p50']:.1f} / {row['p99']:.0f} / {row['p99.9']:.0f}"
+                         if row else "-")
+        print(f"{key:<32}" + "".join(f"{c:>26}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
