@@ -1,7 +1,10 @@
 """OrderManager: TCP server for Strategy clients; validates, numbers, acknowledges and books orders.
 
-A session starts with a handshake: the client's first frame must be a hello (protocol version,
-client name, token); the answer is a welcome, or a refused frame and a close. Then, per order:
+A session starts with a handshake: the client's first frame is a hello (protocol version, client
+name, token); the answer is a welcome, or a refused frame and a close. With no token configured
+a first frame that is not a hello is an implicit hello: the frame is taken as the first order,
+booked under a name made from the peer ("peer-127.0.0.1-54321"; dedup is per connection then,
+because a reconnect has a new port). Then, per order:
 
 1. dedup: an id this client already booked (this run or, read back from the order log, an
    earlier one) is acked again with the SAME order_no and nothing else happens, so a Strategy
@@ -51,6 +54,7 @@ from processes.shared.protocol import (
     encode_refused,
     encode_reject,
     encode_welcome,
+    not_an_order_reason,
     validate_hello,
     validate_order,
 )
@@ -315,9 +319,23 @@ class OrderManager:
             self._on_hello(sess, frame)
 
     def _on_hello(self, sess: Session, frame: memoryview) -> None:
-        """The first frame: a hello with our version, a good name and the token, or refused."""
+        """The first frame: a hello with our version, a good name and the token, or refused.
+
+        Without a token anything else is an implicit hello (see the module docstring): a client
+        written from the frame format alone can trade, and its first frame is answered as an
+        order (ack or reject), never by a refusal it would not understand.
+        """
         try:
-            hello = validate_hello(decode_json(frame))
+            obj: dict | None = decode_json(frame)
+        except ProtocolError as exc:
+            obj, error = None, str(exc)
+        if not self.token and (obj is None or obj.get("type") != "hello"):
+            self._implicit_hello(sess, frame)
+            return
+        try:
+            if obj is None:
+                raise ProtocolError(error)
+            hello = validate_hello(obj)
         except ProtocolError as exc:
             self._refuse(sess, str(exc))
             return
@@ -333,6 +351,12 @@ class OrderManager:
         sess.conn.send(encode_welcome(hello.client, self.kill_switch))
         log.info("order client %s is %s (protocol %d)", sess.conn.peer, hello.client,
                  hello.version)
+
+    def _implicit_hello(self, sess: Session, frame: memoryview) -> None:
+        sess.client = "peer-" + sess.conn.peer.replace(":", "-").replace("[", "").replace("]", "")
+        sess.welcomed = True
+        log.info("order client %s sent no hello: booked as %s", sess.conn.peer, sess.client)
+        self._on_order(sess, frame)
 
     def _refuse(self, sess: Session, reason: str) -> None:
         """Say why, stop listening to this client, and close it shortly after.
@@ -367,7 +391,7 @@ class OrderManager:
             try:
                 obj = decode_json(frame)
             except ProtocolError as exc:
-                self._malformed(sess, None, str(exc))
+                self._malformed(sess, None, not_an_order_reason(frame, str(exc)))
                 return
             try:
                 order = validate_order(obj, self.symbols)

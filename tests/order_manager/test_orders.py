@@ -227,6 +227,27 @@ def test_no_token_configured_means_none_required(oms):
     assert oms.client(hello=None).hello("c1", "anything")["type"] == "welcome"
 
 
+def test_without_a_token_an_order_first_is_an_implicit_hello(oms, tmp_path):
+    oms.start()
+    cli = oms.client(hello=None)
+    cli.send(order("i-1", client="ignored"), order("i-1"))
+    assert [(r["type"], r["order_no"]) for r in cli.replies(2)] == [("ack", 1), ("ack", 1)]
+    csv = oms.client(hello=None)            # a client written from the frame format alone
+    csv.send(b"BUY,AAPL,10,173.2*", b'{"id": "j-1", "symbol": "AAPL", "side": "BUY", '
+             b'"qty": 10, "price": 173.2}*')
+    reject, ack = csv.replies(2)
+    assert reject["type"] == "reject" and reject["id"] is None
+    assert "is not JSON" in reject["reason"] and "one JSON object per frame" in reject["reason"]
+    assert all(k in reject["reason"] for k in ('"id"', '"symbol"', '"side"', '"qty"', '"price"'))
+    assert "Extra data" not in reject["reason"]
+    assert ack == {"type": "ack", "id": "j-1", "order_no": 2}
+    ports = [c.sock.getsockname()[1] for c in (cli, csv)]
+    oms.children[0].stop()
+    assert [(r["id"], r["client"]) for r in booked(tmp_path)] == [
+        ("i-1", f"peer-127.0.0.1-{ports[0]}"), ("j-1", f"peer-127.0.0.1-{ports[1]}")]
+    assert "sent no hello: booked as peer-127.0.0.1-" in om_log(tmp_path)
+
+
 def test_a_client_sending_only_garbage_is_disconnected(oms, tmp_path):
     oms.start(**{"order_manager.max_bad_frames": 20})
     cli = oms.client()
