@@ -93,6 +93,8 @@ class StrategyHost:
         self.orders = 0
         self.news = 0
         self.bad_news = 0
+        self.unknown_news = 0   # news for a symbol this strategy does not trade: not news to us
+        self._unknown_news_logged: set[bytes] = set()
         self.bad_prices = 0
         self.strategy_errors = 0
         self.refused = dict.fromkeys(REFUSALS, 0)
@@ -263,7 +265,8 @@ class StrategyHost:
                 "pending": len(out.pending), "resent": out.resent,
                 "om_refusals": out.refusals, "held": held,
                 "reconnects": self.news_dialer.reconnects + out.dialer.reconnects,
-                "bad_news": self.bad_news, "bad_replies": out.bad_replies,
+                "bad_news": self.bad_news, "unknown_news": self.unknown_news,
+                "bad_replies": out.bad_replies,
                 "stale_symbols": sum(self.stale), "stale_skips": self.refused["stale"],
                 "book_dead": self.book_dead, "attached": self.book is not None,
                 "reattaches": self.reattaches,
@@ -411,6 +414,14 @@ class StrategyHost:
             self.bad_news += 1
             if self.bad_news <= LOGGED_PROBLEMS:
                 self.log.warning("skipped news frame %r: %s", bytes(frame[:80]), exc)
+            return
+        if sym is not None and sym not in self._by_bytes:
+            self.unknown_news += 1
+            if (sym not in self._unknown_news_logged
+                    and len(self._unknown_news_logged) < LOGGED_PROBLEMS):
+                self._unknown_news_logged.add(sym)   # once per symbol: a feed repeats itself
+                self.log.warning("news for %r, a symbol we do not trade, skipped (counted in "
+                                 "unknown_news)", bytes(sym[:40]))
             return
         self.news += 1
         if sym is None:   # market-wide: every symbol we trade hears it

@@ -98,7 +98,7 @@ def test_gateway_closes_a_client_that_sends_anything(tmp_path, children):
 
 BAD_PRICE_FRAMES = [b"AAPL,abc,2,1", b"AAPL,nan,2,1", b"AAPL,inf,2,1", b"AAPL,-5,2,1",
                     b"AAPL,0,2,1", b"AAPL,0.00,2,1", b"AAPL,1e3,2,1", b"AAPL,2000000000,2,1",
-                    b"AAPL,1.5,2", b"AAPL", b",1.5", b"AAPL,1.5,-1,5", b"AAPL,1.5,x,5",
+                    b"AAPL", b",1.5", b"AAPL,1.5,-1,5", b"AAPL,1.5,x,5",
                     b"AAPL,1.5,1,99999999999999999999999", b"AAPL, 1.5"]
 
 
@@ -196,7 +196,8 @@ def test_strategy_skips_bad_news_and_bad_replies_and_survives_oversized_frames(t
     try:
         start(children, "strategy", cfg)
         news_conn, order_conn = news.accept(), handshake()
-        news_conn.sendall(b"".join(f + b"*" for f in bad_news) + b"AAPL,70*55*")
+        # News for a symbol we do not trade is not good news: counted apart, logged once.
+        news_conn.sendall(b"".join(f + b"*" for f in bad_news) + b"AAPL,70*55*NEWS,57*NEWS,58*")
         order_conn.sendall(b"".join(f + b"*" for f in bad_replies))
         news_conn.sendall(b"9" * 5000 + b"*")           # over the 4096-byte frame limit
         assert closed_by_peer(news_conn)
@@ -215,6 +216,9 @@ def test_strategy_skips_bad_news_and_bad_replies_and_survives_oversized_frames(t
         book.unlink()
     got = final_counters(tmp_path, "strategy")
     assert got["bad_news"] == len(bad_news) and got["news"] == 3
+    assert got["unknown_news"] == 2
+    strategy_log = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert strategy_log.count("news for b'NEWS', a symbol we do not trade") == 1
     assert got["bad_replies"] == len(bad_replies)
     assert got["acks"] == 0 and got["rejects"] == 0
     assert got["reconnects"] == 2
