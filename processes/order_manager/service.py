@@ -20,7 +20,12 @@ because a reconnect has a new port). Then, per order:
    slower I/O, still follows the ack.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
-the last order_no, and the booked ids and net positions are rebuilt from it.
+the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
+current session only. Every record names its session; a session is one `python main.py` (or one
+standalone start): a new run starts a new one, so yesterday's fills are not today's positions.
+The session is, in this order: TRADESTACK_SESSION (set by main.py for its children, so an
+OrderManager the supervisor restarts continues its session, dedup and all), else with
+order_manager.resume (main.py --resume) the log's last session, else a new one.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from processes.shared.protocol import (
     validate_hello,
     validate_order,
 )
+from processes.shared.session import choose_session
 from processes.shared.telemetry import Recorder
 from reactor import Backoff, Connection, Reactor, Server
 
@@ -180,6 +186,9 @@ def parse_record(raw: bytes) -> dict[str, Any]:
             qty, bool) or not isinstance(qty, int) or qty <= 0:
         raise ValueError("bad symbol, side or qty")
     rec["client"] = client
+    if not isinstance(rec.get("session", ""), str):
+        raise ValueError("bad session")
+    rec["session"] = rec.get("session", "")
     return rec
 
 
@@ -212,6 +221,9 @@ class OrderManager:
         self.kill_switch = om.kill_switch
         self.server: Server | None = None
         self.order_log = OrderLog(Path(om.order_log), om.fsync)
+        self.resume = om.resume
+        self.session = ""      # chosen in start(), from the environment or the log
+        self._session_json = b'""'
         self.order_no = 0      # the last number given (continues the order log's)
         self.booked: dict[tuple[str, str], int] = {}     # (client, id) -> order_no
         self.positions: dict[tuple[str, str], int] = {}  # (client, symbol) -> net qty
@@ -238,6 +250,8 @@ class OrderManager:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
+        self.session = choose_session(self.order_log.path, self.resume)
+        self._session_json = json.dumps(self.session).encode()
         self._replay(self.order_log.open())
         net = self.cfg.network
         # overflow="close": a client that stops reading acks is closed, never silently
@@ -249,6 +263,7 @@ class OrderManager:
             log.error("KILL SWITCH ON at start (order_manager.kill_switch): every new order is "
                       "rejected until SIGUSR1")
         return {"order_port": self.server.port, "order_log": str(self.order_log.path),
+                "session": self.session,
                 "replayed": self.replayed, "next_order_no": self.order_no + 1,
                 "token_required": bool(self.token), "kill_switch": self.kill_switch}
 
@@ -263,7 +278,8 @@ class OrderManager:
         return (self.tick_to_order, self.send_to_order, self.order_to_ack_sent)
 
     def stats(self) -> dict[str, Any]:
-        return {"orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
+        return {"session": self.session,
+                "orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
                 "rejects": self.rejects, "duplicates": self.duplicates, "refused": self.refused,
                 "bad_clients": self.bad_clients, "kill_switch": self.kill_switch,
                 **{f"rejects_{rule}": n for rule, n in self.rule_rejects.items()},
@@ -271,8 +287,14 @@ class OrderManager:
                 **self.pnl.stats(self.marks.prices())}
 
     def _replay(self, records: list[dict[str, Any]]) -> None:
-        """Rebuild numbering, booked ids and positions from the order log."""
+        """Rebuild numbering (from every record: order numbers stay unique in the file) and
+        booked ids, positions and PnL (from this session's records) from the order log."""
         doubled = 0
+        if records:
+            self.order_no = max(rec["order_no"] for rec in records)
+        earlier = len(records)
+        records = [rec for rec in records if rec["session"] == self.session]
+        earlier -= len(records)
         for rec in records:
             key = (rec["client"], rec["id"])
             if key in self.booked:
@@ -286,9 +308,15 @@ class OrderManager:
             self.order_no = max(self.order_no, rec["order_no"])
         self.replayed = len(records)
         if records:
-            log.info("order log %s: %d orders read back, numbering continues at %d; "
-                     "%d positions rebuilt", self.order_log.path, len(records),
+            log.info("order log %s: %d orders of session %s read back, numbering continues at "
+                     "%d; %d positions rebuilt", self.order_log.path, len(records), self.session,
                      self.order_no + 1, len(self.positions))
+        else:
+            log.info("order log %s: new session %s, numbering continues at %d",
+                     self.order_log.path, self.session, self.order_no + 1)
+        if earlier:
+            log.info("order log %s: %d orders of earlier sessions left out (main.py --resume "
+                     "continues the last session)", self.order_log.path, earlier)
         if doubled:
             log.warning("order log %s books %d ids more than once; the first booking counts",
                         self.order_log.path, doubled)
@@ -479,9 +507,10 @@ class OrderManager:
         try:
             # The order's own frame is already its JSON (encode_order: no json module for our
             # clients' plain names); the record wraps it with our fields, in the same key order
-            # as {"order_no", "received_ns", "peer", **order.to_json()}.
-            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,%s}' % (
-                order_no, received_ns, json.dumps(conn.peer).encode(), encode_order(order)[1:-2]))
+            # as {"order_no", "received_ns", "peer", "session", **order.to_json()}.
+            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,"session":%s,%s}' % (
+                order_no, received_ns, json.dumps(conn.peer).encode(), self._session_json,
+                encode_order(order)[1:-2]))
         except OSError as exc:
             log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
                       exc, order.id)
@@ -533,7 +562,8 @@ def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = runtime.cli("order_manager", "Order server: validates, acknowledges and logs orders.",
-                      ("order_manager",), argv, extra=(("network", "order_port"),))
+                      ("order_manager",), argv,
+                      extra=(("network", "order_port"), ("order_manager", "resume")))
     return 0 if cfg is None else run(cfg)
 
 

@@ -20,10 +20,12 @@ import signal
 import socket
 import time
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any, Protocol
 
 from ext import layout
 from processes.shared import config as config_mod
+from processes.shared import session as session_mod
 from processes.shared import telemetry
 from processes.supervisor import summary
 from processes.supervisor.supervision import RestartPolicy
@@ -74,6 +76,10 @@ class Stack:
         self.procs: dict[str, mp.process.BaseProcess] = {}
         self.info: dict[str, dict[str, Any]] = {}
         self.lock = self.ctx.Lock()   # shared by every writer of the price book
+        # One session per stack (see processes.shared.session): every child, and every restart
+        # of one, gets it, so a restarted OrderManager continues this run's positions and ids.
+        om = self.cfg.order_manager
+        self.session = session_mod.choose_session(Path(om.order_log), om.resume, inherit=False)
 
     def start(self, stop_fd: Any = None) -> None:
         """Start every child in order; `stop_fd` becoming readable aborts the start-up."""
@@ -96,7 +102,15 @@ class Stack:
         proc = self.ctx.Process(target=_child, name=name,
                                 args=(name, self.config_of(name), writer, self.lock),
                                 daemon=False)
-        proc.start()
+        previous = os.environ.get(session_mod.SESSION_ENV)
+        os.environ[session_mod.SESSION_ENV] = self.session   # inherited by this child only
+        try:
+            proc.start()
+        finally:
+            if previous is None:
+                del os.environ[session_mod.SESSION_ENV]
+            else:
+                os.environ[session_mod.SESSION_ENV] = previous
         writer.close()
         self.procs[name] = proc
         watch = [reader, proc.sentinel] + ([stop_fd] if stop_fd is not None else [])

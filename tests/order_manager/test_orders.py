@@ -309,6 +309,35 @@ def test_the_order_log_is_read_back_after_a_restart(oms, tmp_path):
     assert (stats["replayed"], stats["orders"], stats["duplicates"]) == (3, 2, 1)
 
 
+def test_each_start_is_a_new_session_unless_resumed(oms, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRADESTACK_SESSION")        # standalone starts, no supervisor
+    oms.start(**{"order_manager.max_position": 10})
+    cli = oms.client()
+    cli.send(order("s-1"))
+    assert cli.replies(1)[0]["order_no"] == 1
+    oms.children[-1].stop()
+    # A new run: yesterday's position and ids are not today's; numbers stay unique in the file.
+    info = oms.start(**{"order_manager.max_position": 10}).info
+    assert info["replayed"] == 0 and info["next_order_no"] == 2
+    cli = oms.client()
+    cli.send(order("s-1"))                          # not a duplicate, and max_position allows it
+    assert cli.replies(1)[0] == {"type": "ack", "id": "s-1", "order_no": 2}
+    oms.children[-1].stop()
+    second = final_stats(tmp_path)
+    assert second["pnl"]["c1"]["AAPL"]["position"] == 10      # this session's fills only
+    # --resume (order_manager.resume): the last session goes on, dedup and positions intact.
+    info = oms.start(**{"order_manager.max_position": 10, "order_manager.resume": True}).info
+    assert info["session"] == second["session"] and info["replayed"] == 1
+    cli = oms.client()
+    cli.send(order("s-1"), order("s-2"))
+    dup, over = cli.replies(2)
+    assert dup["order_no"] == 2 and over["type"] == "reject" and "max_position" in over["reason"]
+    oms.children[-1].stop()
+    sessions = [r["session"] for r in booked(tmp_path)]
+    assert len(sessions) == 2 and sessions[0] != sessions[1] and all(sessions)
+    assert "1 orders of earlier sessions left out" in om_log(tmp_path)
+
+
 def test_a_corrupt_line_inside_the_order_log_stops_the_start(oms, tmp_path):
     lines = [json.dumps({"order_no": 1, "id": "x-1", "client": "c1", "symbol": "AAPL",
                          "side": "BUY", "qty": 1, "price": 1.0}), "not json",

@@ -50,6 +50,38 @@ def test_main_duration_trades_and_exits_clean(tmp_path, impl):
     assert_nothing_left(out, shm)
 
 
+@pytest.mark.timeout(90)
+def test_each_main_run_is_a_new_session_unless_resumed(tmp_path):
+    """PnL and positions are one run's: a second main.py starts a new session; --resume goes
+    on with the last one (the dashboard's PnL is the OrderManager's, rebuilt per session)."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+
+    def run(*extra: str) -> dict:
+        proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "3", *extra), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=40)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        snap = json.loads((tmp_path / "logs" / "stats" / "order_manager.json").read_text())
+        return snap["counters"]
+
+    def records() -> list[dict]:
+        return [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+
+    first = run()
+    n1 = len(records())
+    second = run()
+    assert first["session"] != second["session"] and second["replayed"] == 0
+    assert [r["session"] for r in records()[:n1]] == [first["session"]] * n1
+    assert all(r["session"] == second["session"] for r in records()[n1:])
+    n2 = len(records()) - n1
+    assert second["orders"] == n2 and n1 and n2
+    third = run("--resume")
+    assert third["session"] == second["session"] and third["replayed"] == n2
+    numbers = [r["order_no"] for r in records()]
+    assert numbers == list(range(1, len(numbers) + 1))    # unique across sessions
+    total = sum(abs(p["position"]) for sym in third["pnl"].values() for p in sym.values())
+    assert total <= 5 * 20, "positions of one session only (at most 2 x qty per symbol)"
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, False),
                                         (signal.SIGINT, True)],
