@@ -88,6 +88,7 @@ class StrategyHost:
         self._tick = Tick()
         self._tick_j = -1                  # the symbol of the on_tick running now, else -1
         self._decided = False              # tick_to_decision recorded for the running on_tick
+        self._live_ns = 1 << 63            # when the reader went live: older ticks are no sample
         self.ticks = 0
         self.decisions = 0
         self.orders = 0
@@ -145,7 +146,7 @@ class StrategyHost:
         in_tick = self._tick_j >= 0
         if in_tick and not self._decided:
             self._decided = True
-            if self._tick.sent_ns:
+            if self._tick.sent_ns >= self._live_ns:
                 self.tick_to_decision.record(now - self._tick.sent_ns)
         key = 2 * j + (sign > 0)
         if self._pending[key]:
@@ -282,6 +283,10 @@ class StrategyHost:
         missing = [sym for sym in self.symbols if sym not in book.symbols]
         self.book = book
         self.reader = book.reader()
+        # A tick sent before our reader was live (a CSV replayed at speed before we attached,
+        # the book's last values at a re-attach) waited for us, not for the pipeline: its age at
+        # our decision is not a tick -> decision latency.
+        self._live_ns = time.monotonic_ns()
         self.reactor.add_reader(self.reader.fileno(), self.reader.drain)
         self.reactor.add_source(self)
         if missing:
@@ -402,7 +407,7 @@ class StrategyHost:
         except Exception:
             self._hook_failed("on_tick")
         self._tick_j = -1
-        if not self._decided and sent_ns:
+        if not self._decided and sent_ns >= self._live_ns:
             self.tick_to_decision.record(time.monotonic_ns() - sent_ns)
         self.decisions += 1
 

@@ -224,6 +224,43 @@ def test_strategy_skips_bad_news_and_bad_replies_and_survives_oversized_frames(t
     assert got["reconnects"] == 2
 
 
+@pytest.mark.timeout(30)
+def test_ticks_sent_before_the_strategy_attached_are_no_latency_samples(tmp_path, children):
+    """A CSV replayed at speed before the Strategy attached (or ticks queued in a socket) reach
+    it with old stamps: decided on, but not tick -> decision samples."""
+    news, orders = FakeServer(), FakeServer()
+    cfg = make_config(tmp_path, **{"network.news_port": news.port,
+                                   "network.order_port": orders.port,
+                                   "logging.stats_interval": 0.05})
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    snapshot = tmp_path / "logs" / "stats" / "strategy.json"
+
+    def counters() -> dict:
+        snap = telemetry.read_snapshot(snapshot)
+        return snap["counters"] if snap else {}
+
+    try:
+        before_ns = time.monotonic_ns()
+        start(children, "strategy", cfg)
+        wait_until(lambda: counters().get("attached"), 10, what="the Strategy to attach")
+        sym = cfg.market.symbols[0]
+        book.update(sym, 100.0, before_ns, 1)           # sent before the reader was live
+        book.publish()
+        wait_until(lambda: counters().get("decisions", 0) >= 1, 10, what="the old tick")
+        book.update(sym, 100.5, time.monotonic_ns(), 2)
+        book.publish()
+        wait_until(lambda: counters().get("decisions", 0) >= 2, 10, what="the fresh tick")
+        assert children[0].stop() == 0
+    finally:
+        news.close()
+        orders.close()
+        book.close()
+        book.unlink()
+    snap = telemetry.read_snapshot(snapshot)
+    assert snap["final"] and snap["counters"]["decisions"] == 2
+    assert snap["latency"]["tick_to_decision"]["count"] == 1
+
+
 # --- the OrderManager ----------------------------------------------------------------------------
 
 @pytest.mark.timeout(30)
