@@ -40,7 +40,7 @@ options:
   --csv PATH           replay this price file instead of the random walk (gateway.csv)
   --csv-speed X        its pace multiple (gateway.csv_speed; 0 = as fast as clients drain)
   --workdir DIR        where the generated config and logs go (default: a new directory
-                       ${TMPDIR:-/tmp}/tradestack-demo.XXXXXX, kept after the run; the
+                       tradestack-demo.XXXXXX under $TMPDIR or /tmp, kept after the run; the
                        first line the demo prints names it)
   --attach / --no-attach   watch the tmux window here (default: when run in a terminal)
   --play FILE          show a recording made with --record, frame by frame, and exit

@@ -58,6 +58,26 @@ def process_order(cfg: config_mod.Config) -> tuple[str, ...]:
     return ORDER[:-1] + tuple(name for name, _ in config_mod.strategy_processes(cfg))
 
 
+def describe_exit(code: int | None) -> str:
+    """How a child stopped, in words: "exit 0", "exit 1", "stopped by SIGTERM", "killed by
+    SIGKILL" (multiprocessing reports a signal as a negative exit code, which reads as noise)."""
+    if code is None:
+        return "still running"
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"killed by signal {-code}"
+    verb = "stopped" if sig in (signal.SIGTERM, signal.SIGINT) else "killed"
+    return f"{verb} by {sig.name}"
+
+
+def describe_exits(codes: dict[str, int | None]) -> str:
+    """"gateway exit 0, orderbook stopped by SIGTERM, ..." for a log line."""
+    return ", ".join(f"{name} {describe_exit(code)}" for name, code in codes.items()) or "none"
+
+
 class StackError(RuntimeError):
     """A child failed to start or died."""
 
@@ -383,9 +403,9 @@ class Supervisor:
         # -SIGINT: a terminal Ctrl+C reaches every child; one still starting up dies of it.
         bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM, -signal.SIGINT)}
         if bad:
-            log.error("children exited badly: %s", bad)
+            log.error("children exited badly: %s", describe_exits(bad))
             code = code or 1
-        log.info("stopped; exit codes %s", codes)
+        log.info("stopped: %s", describe_exits(codes))
         return code
 
     def run(self) -> int:
