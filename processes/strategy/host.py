@@ -88,7 +88,8 @@ class StrategyHost:
         self._tick = Tick()
         self._tick_j = -1                  # the symbol of the on_tick running now, else -1
         self._decided = False              # tick_to_decision recorded for the running on_tick
-        self._live_ns = 1 << 63            # when the reader went live: older ticks are no sample
+        self._live_ns = 0                  # when the reader went live: older ticks are no sample
+        self.early_ticks = 0               # decided on, sent before that: not latency samples
         self.ticks = 0
         self.decisions = 0
         self.orders = 0
@@ -146,7 +147,7 @@ class StrategyHost:
         in_tick = self._tick_j >= 0
         if in_tick and not self._decided:
             self._decided = True
-            if self._tick.sent_ns >= self._live_ns:
+            if self._tick.sent_ns and self._tick.sent_ns >= self._live_ns:
                 self.tick_to_decision.record(now - self._tick.sent_ns)
         key = 2 * j + (sign > 0)
         if self._pending[key]:
@@ -258,6 +259,7 @@ class StrategyHost:
         out = self.orders_out
         return {"name": self.name, "class": self.cfg.strategy.cls,
                 "ticks": self.ticks, "decisions": self.decisions, "news": self.news,
+                "early_ticks": self.early_ticks,
                 "orders": self.orders, "acks": out.acks, "rejects": out.rejects,
                 "refused": sum(self.refused.values()),
                 **{f"refused_{k}": v for k, v in self.refused.items()},
@@ -407,7 +409,9 @@ class StrategyHost:
         except Exception:
             self._hook_failed("on_tick")
         self._tick_j = -1
-        if not self._decided and sent_ns >= self._live_ns:
+        if sent_ns and sent_ns < self._live_ns:
+            self.early_ticks += 1
+        elif not self._decided and sent_ns:
             self.tick_to_decision.record(time.monotonic_ns() - sent_ns)
         self.decisions += 1
 

@@ -258,6 +258,7 @@ def test_ticks_sent_before_the_strategy_attached_are_no_latency_samples(tmp_path
         book.unlink()
     snap = telemetry.read_snapshot(snapshot)
     assert snap["final"] and snap["counters"]["decisions"] == 2
+    assert snap["counters"]["early_ticks"] == 1
     assert snap["latency"]["tick_to_decision"]["count"] == 1
 
 
