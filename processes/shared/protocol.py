@@ -250,4 +250,4 @@ def not_an_order_reason(frame: memoryview | bytes, detail: str) -> str:
     raw = bytes(frame)
     if raw.lstrip()[:1] == b"{":
         return f"{detail}; an order is {ORDER_FORMAT}"    # JSON meant, with a mistake in it
-    return f"not an order: {raw[:40]!r} is not JSON; an order is {ORDER_FORMAT}"
+    return f"malformed order: {raw[:40]!r} is not JSON; an order is {ORDER_FORMAT}"
