@@ -5,6 +5,7 @@
     python main.py --print-config   # effective settings
     python main.py --dashboard      # with the live dashboard in this terminal; q stops the stack
     python main.py --csv data/sample_prices.csv   # replay a price file instead of the random walk
+    python main.py --resume         # continue the last session's positions (default: a new one)
     python main.py --set strategy.class=examples.sentiment:SentimentOnly   # another strategy
 """
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_cli(parser, (), argv, extra=(
         ("network", "price_port"), ("network", "news_port"), ("network", "order_port"),
         ("gateway", "tick_rate"), ("gateway", "news_rate"), ("order_manager", "order_log"),
+        ("order_manager", "resume"),
         ("gateway", "csv"), ("gateway", "csv_speed"), ("gateway", "csv_loop"),
         ("monitor", "refresh")))
     if cfg is None:

@@ -161,6 +161,17 @@ cdef inline bint _parse(const unsigned char *p, const unsigned char *e, Tick *t)
         return True
     if q[0] != COMMA:
         return False
+    # Exactly four fields are SEQ,SENT_NS; any other count is fields we do not use.
+    s = q + 1
+    nd = 0
+    while s < e:
+        if s[0] == COMMA:
+            nd += 1
+        s += 1
+    if nd != 1:
+        t.seq = 0
+        t.sent_ns = 0
+        return True
     q = _uint(q + 1, e, UINT64_MAX, &t.seq)
     if q == NULL or q == e or q[0] != COMMA:
         return False

@@ -7,7 +7,10 @@ reject reasons the compiled decoder asks for on its (cold) reject path. The comp
 decides acceptance and values with its own C parser; tests check both agree on every input.
 
 Price frame grammar (the wire protocol's price frame, exactly as the native decoder reads it):
-``SYM,PRICE`` or ``SYM,PRICE,SEQ,SENT_NS``. SYM is any non-empty bytes; PRICE is
+``SYM,PRICE`` or ``SYM,PRICE,SEQ,SENT_NS``; any other count of fields (3, or 5 and more) is
+``SYM,PRICE`` followed by fields we do not use (a feed's ``SYM,PRICE,YYYY-MM-DD HH:MM:SS``), read
+as SEQ 0 and SENT_NS 0, unchecked. Four fields always mean SEQ and SENT_NS, checked as below, so
+our own frames never change meaning. SYM is any non-empty bytes; PRICE is
 ``digits[.digits]`` with at most 15 digits once leading zeros of the integer part are dropped,
 so the mantissa is < 2**53 and 10**decimals is exact: mantissa / 10**decimals as one IEEE
 division is then correctly rounded, i.e. equal to float(text), in C and in Python alike;
@@ -75,8 +78,8 @@ def parse_price_frame(frame: bytes) -> tuple[bytes, float, int, int] | str:
     looked up here (see unknown_symbol_reason)."""
     parts = frame.split(b",")
     n = len(parts)
-    if n != 2 and n != 4:
-        return f"price frame needs 2 or 4 fields, got {n}"
+    if n == 1:
+        return "price frame needs SYMBOL,PRICE (then SEQ,SENT_NS or fields we ignore), got 1 field"
     sym = parts[0]
     if not sym:
         return "empty symbol"
@@ -91,7 +94,7 @@ def parse_price_frame(frame: bytes) -> tuple[bytes, float, int, int] | str:
     price = (int(digits) if digits else 0) / _POW10[len(fp)]
     if not 0.0 < price <= MAX_PRICE:
         return "price must be > 0 and <= 1e9"
-    if n == 2:
+    if n != 4:
         return sym, price, 0, 0
     seq_text, ns_text = parts[2], parts[3]
     if not seq_text.isdigit():

@@ -9,15 +9,20 @@
 #   scripts/demo.sh --duration 60 --record demo.frames
 #   scripts/demo.sh --csv data/sample_prices.csv --csv-speed 10
 #   scripts/demo.sh --play demo.frames            # replay a recording in this terminal
+#   scripts/demo.sh --video demo.mp4 --duration 20   # the whole window as an H.264 MP4
 #
 # --record FILE captures the dashboard pane every 0.5 s (tmux capture-pane -p -e, colours kept)
 # into FILE, one frame after each "=== frame N +S.Ss ===" line; `less -R FILE` shows it too.
+# --video FILE records every pane of the window (captions naming each) every 0.5 s and renders
+# them with scripts/record_video.py (pyte, Pillow, PyAV: pip install -r requirements.txt) into an
+# H.264 MP4; the window is then fixed at 200x62 cells, whatever terminal attaches.
 # tmux runs on a private socket (tmux -L tradestack-demo-<pid>): the user's tmux is never touched.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=30
 RECORD=""
+VIDEO=""
 CONFIG=""
 CSV=""
 CSV_SPEED=""
@@ -25,15 +30,18 @@ PLAY=""
 ATTACH=auto
 WORKDIR=""
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; cat <<'EOF'
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; cat <<'EOF'
 options:
   --duration SECONDS   how long the stack runs (default 30)
   --record FILE        capture the dashboard pane every 0.5 s into FILE
+  --video FILE         record the whole window (all five panes) as an H.264 MP4
   --config FILE        use this TOML as is (its ports, shm_name and log dir); default: a
                        generated one with free ports, a private segment name and logs in --workdir
   --csv PATH           replay this price file instead of the random walk (gateway.csv)
   --csv-speed X        its pace multiple (gateway.csv_speed; 0 = as fast as clients drain)
-  --workdir DIR        where the generated config and logs go (default: a new temp directory)
+  --workdir DIR        where the generated config and logs go (default: a new directory
+                       tradestack-demo.XXXXXX under $TMPDIR or /tmp, kept after the run; the
+                       first line the demo prints names it)
   --attach / --no-attach   watch the tmux window here (default: when run in a terminal)
   --play FILE          show a recording made with --record, frame by frame, and exit
 EOF
@@ -43,6 +51,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
         --record) RECORD=$2; shift 2 ;;
+        --video) VIDEO=$2; shift 2 ;;
         --config) CONFIG=$2; shift 2 ;;
         --csv) CSV=$2; shift 2 ;;
         --csv-speed) CSV_SPEED=$2; shift 2 ;;
@@ -76,12 +85,20 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=$(command -v python3); fi
 fi
+if [ -n "$VIDEO" ] && [ -n "$RECORD" ]; then
+    echo "demo.sh: --video records every pane already; use it or --record" >&2; exit 2
+fi
+if [ -n "$VIDEO" ] && ! "$PY" -c 'import av, pyte, PIL' 2>/dev/null; then
+    echo "demo.sh: --video needs av, pyte and Pillow: pip install -r requirements.txt" >&2
+    exit 1
+fi
 if ! (cd "$ROOT" && "$PY" -c 'import rich, ext, processes.tools.monitor' 2>/dev/null); then
     echo "demo.sh: $PY cannot import rich/ext: pip install -r requirements.txt &&" \
          "python setup.py build_ext --inplace" >&2
     exit 1
 fi
 [ -z "$RECORD" ] || RECORD=$(cd "$(dirname "$RECORD")" && pwd)/$(basename "$RECORD")
+[ -z "$VIDEO" ] || VIDEO=$(cd "$(dirname "$VIDEO")" && pwd)/$(basename "$VIDEO")
 [ -z "$CSV" ] || CSV=$(cd "$(dirname "$CSV")" && pwd)/$(basename "$CSV")
 
 WORKDIR=${WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/tradestack-demo.XXXXXX")}
@@ -186,15 +203,18 @@ stop_all() {
 trap 'stop_all >/dev/null 2>&1 || true' EXIT
 trap 'echo "interrupted; stopping"; stop_all; exit 130' INT TERM
 
-# Window: the dashboard on top, the four processes in a 2 x 2 grid below it.
+# Window: the dashboard on top (55% of the rows), the four processes in a 2 x 2 grid below it,
+# each process pane a fifth of the rows (10 lines at 62 rows, 8 at 45), so its log lines show.
 PANE[monitor]=$(T -f /dev/null new-session -d -s demo -x 200 -y 62 -c "$ROOT" -P -F '#{pane_id}' \
     "$(cmd_for monitor)")
 T set-option -g remain-on-exit on
+# A video keeps the size it was started with: an attaching terminal must not resize the frames.
+[ -z "$VIDEO" ] || T set-option -g window-size manual
 T set-option -g pane-border-status top
 T set-option -g pane-border-format ' #{pane_title} '
 T set-option -g status-left-length 40
 T set-option -g status-left "[tradestack demo: ${DURATION}s] "
-PANE[order_manager]=$(T split-window -v -l 20 -t "${PANE[monitor]}" -c "$ROOT" -P -F '#{pane_id}' \
+PANE[order_manager]=$(T split-window -v -l 45% -t "${PANE[monitor]}" -c "$ROOT" -P -F '#{pane_id}' \
     "$(cmd_for order_manager)")
 sleep 0.5
 PANE[gateway]=$(T split-window -h -t "${PANE[order_manager]}" -c "$ROOT" -P -F '#{pane_id}' \
@@ -205,15 +225,26 @@ PANE[orderbook]=$(T split-window -v -t "${PANE[order_manager]}" -c "$ROOT" -P -F
 PANE[strategy]=$(T split-window -v -t "${PANE[gateway]}" -c "$ROOT" -P -F '#{pane_id}' \
     "$(cmd_for strategy)")
 for name in monitor "${NAMES[@]}"; do T select-pane -t "${PANE[$name]}" -T "$name"; done
+# tmux gives a shrinking window's lost rows to the last panes: a terminal smaller than 200x62
+# would leave the process panes one line each. Keep the proportions on every resize instead.
+relayout="resize-pane -t ${PANE[monitor]} -y 55% ; resize-pane -t ${PANE[order_manager]} -y 22%"
+relayout+=" ; resize-pane -t ${PANE[gateway]} -y 22%"
+T set-hook -g window-resized "$relayout"
+T set-hook -g client-attached "$relayout"
 T select-pane -t "${PANE[monitor]}"
 
 echo "demo: config $CONFIG, logs under $WORKDIR, tmux socket $SOCK (tmux -L $SOCK attach)"
 
-driver() {   # runs the clock (and the recorder), then stops everything
+driver() {   # runs the clock (and the recorders), then stops everything
     local start now frame=0
+    if [ -n "$VIDEO" ]; then
+        # The video capture is the clock: it captures all panes for DURATION seconds.
+        (cd "$ROOT" && "$PY" scripts/record_video.py capture --socket "$SOCK" \
+            --duration "$DURATION" --out "$WORKDIR/video.jsonl") || echo "demo: capture failed"
+    fi
     start=$(date +%s.%N)
     [ -z "$RECORD" ] || : > "$RECORD"
-    while :; do
+    while [ -z "$VIDEO" ]; do
         now=$(date +%s.%N)
         if awk -v a="$now" -v b="$start" -v d="$DURATION" 'BEGIN { exit !(a - b >= d) }'; then break; fi
         if [ -n "$RECORD" ]; then
@@ -250,5 +281,14 @@ print(summary.render(summary.build(telemetry.read_all(
     telemetry.stats_dir(c.logging.dir, c.logging.stats_dir)))))' "$CONFIG") || true
 [ -z "$RECORD" ] || echo "demo: recording in $RECORD ($(grep -c '^=== frame' "$RECORD") frames;" \
     "play it with scripts/demo.sh --play $RECORD)"
+if [ -n "$VIDEO" ]; then
+    echo "demo: rendering the video"
+    if [ -s "$WORKDIR/video.jsonl" ] && (cd "$ROOT" && "$PY" scripts/record_video.py render \
+            "$WORKDIR/video.jsonl" --out "$VIDEO" --text "$WORKDIR/video.txt"); then
+        echo "demo: video in $VIDEO (its screens as text: $WORKDIR/video.txt)"
+    else
+        echo "demo.sh: no video written" >&2; status=1
+    fi
+fi
 if [ "$status" = 0 ]; then echo "demo: clean stop, nothing left in /dev/shm"; fi
 exit "$status"

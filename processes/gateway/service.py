@@ -138,9 +138,11 @@ class Gateway:
         self.news_feed.start()
         if self.replay is not None:
             log_report(log, self.replay_report)
+        # The pace that applies: tick_rate drives the random walk only; a CSV has its own.
+        pace: dict[str, Any] = ({"csv": g.csv, "csv_speed": g.csv_speed, "csv_loop": g.csv_loop}
+                                if g.csv else {"tick_rate": g.tick_rate, "source": "random walk"})
         return {"price_port": self.price_server.port, "news_port": self.news_server.port,
-                "symbols": len(self.walk.symbols), "tick_rate": g.tick_rate,
-                "source": g.csv or "random walk"}
+                "symbols": len(self.walk.symbols), **pace}
 
     def close(self) -> None:
         for server in (self.price_server, self.news_server):

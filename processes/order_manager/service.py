@@ -1,7 +1,10 @@
 """OrderManager: TCP server for Strategy clients; validates, numbers, acknowledges and books orders.
 
-A session starts with a handshake: the client's first frame must be a hello (protocol version,
-client name, token); the answer is a welcome, or a refused frame and a close. Then, per order:
+A session starts with a handshake: the client's first frame is a hello (protocol version, client
+name, token); the answer is a welcome, or a refused frame and a close. With no token configured
+a first frame that is not a hello is an implicit hello: the frame is taken as the first order,
+booked under a name made from the peer ("peer-127.0.0.1-54321"; dedup is per connection then,
+because a reconnect has a new port). Then, per order:
 
 1. dedup: an id this client already booked (this run or, read back from the order log, an
    earlier one) is acked again with the SAME order_no and nothing else happens, so a Strategy
@@ -17,7 +20,12 @@ client name, token); the answer is a welcome, or a refused frame and a close. Th
    slower I/O, still follows the ack.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
-the last order_no, and the booked ids and net positions are rebuilt from it.
+the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
+current session only. Every record names its session; a session is one `python main.py` (or one
+standalone start): a new run starts a new one, so yesterday's fills are not today's positions.
+The session is, in this order: TRADESTACK_SESSION (set by main.py for its children, so an
+OrderManager the supervisor restarts continues its session, dedup and all), else with
+order_manager.resume (main.py --resume) the log's last session, else a new one.
 """
 
 from __future__ import annotations
@@ -46,13 +54,16 @@ from processes.shared.protocol import (
     Order,
     ProtocolError,
     decode_hello,
+    decode_json,
     decode_order,
     encode_ack,
     encode_order,
     encode_refused,
     encode_reject,
     encode_welcome,
+    not_an_order_reason,
 )
+from processes.shared.session import choose_session
 from processes.shared.telemetry import Recorder
 from reactor import Backoff, Connection, Reactor, Server
 
@@ -67,6 +78,15 @@ KILL_SWITCH_REASON = "kill switch on"
 RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
 LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
+
+
+def _says_hello(frame: memoryview) -> bool:
+    """Whether a first frame that is not a valid hello meant to be one (then it is refused
+    with the reason; anything else, without a token, is an implicit hello)."""
+    try:
+        return decode_json(frame).get("type") == "hello"
+    except ProtocolError:
+        return False
 
 
 class OrderLogError(RuntimeError):
@@ -174,6 +194,9 @@ def parse_record(raw: bytes) -> dict[str, Any]:
             qty, bool) or not isinstance(qty, int) or qty <= 0:
         raise ValueError("bad symbol, side or qty")
     rec["client"] = client
+    if not isinstance(rec.get("session", ""), str):
+        raise ValueError("bad session")
+    rec["session"] = rec.get("session", "")
     return rec
 
 
@@ -206,6 +229,9 @@ class OrderManager:
         self.kill_switch = om.kill_switch
         self.server: Server | None = None
         self.order_log = OrderLog(Path(om.order_log), om.fsync)
+        self.resume = om.resume
+        self.session = ""      # chosen in start(), from the environment or the log
+        self._session_json = b'""'
         self.order_no = 0      # the last number given (continues the order log's)
         self.booked: dict[tuple[str, str], int] = {}     # (client, id) -> order_no
         self.positions: dict[tuple[str, str], int] = {}  # (client, symbol) -> net qty
@@ -239,6 +265,8 @@ class OrderManager:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
+        self.session = choose_session(self.order_log.path, self.resume)
+        self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
         net = self.cfg.network
         # overflow="close": a client that stops reading acks is closed, never silently
@@ -250,6 +278,7 @@ class OrderManager:
             log.error("KILL SWITCH ON at start (order_manager.kill_switch): every new order is "
                       "rejected until SIGUSR1")
         return {"order_port": self.server.port, "order_log": str(self.order_log.path),
+                "session": self.session,
                 "replayed": self.replayed, "next_order_no": self.order_no + 1,
                 "token_required": bool(self.token), "kill_switch": self.kill_switch}
 
@@ -265,7 +294,8 @@ class OrderManager:
                 self.order_journaled, self.order_to_ack_sent)
 
     def stats(self) -> dict[str, Any]:
-        return {"orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
+        return {"session": self.session,
+                "orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
                 "rejects": self.rejects, "duplicates": self.duplicates, "refused": self.refused,
                 "bad_clients": self.bad_clients, "kill_switch": self.kill_switch,
                 **{f"rejects_{rule}": n for rule, n in self.rule_rejects.items()},
@@ -273,8 +303,14 @@ class OrderManager:
                 **self.pnl.stats(self.marks.prices())}
 
     def _replay(self, records: list[dict[str, Any]]) -> None:
-        """Rebuild numbering, booked ids and positions from the order log."""
+        """Rebuild numbering (from every record: order numbers stay unique in the file) and
+        booked ids, positions and PnL (from this session's records) from the order log."""
         doubled = 0
+        if records:
+            self.order_no = max(rec["order_no"] for rec in records)
+        earlier = len(records)
+        records = [rec for rec in records if rec["session"] == self.session]
+        earlier -= len(records)
         for rec in records:
             key = (rec["client"], rec["id"])
             if key in self.booked:
@@ -288,9 +324,15 @@ class OrderManager:
             self.order_no = max(self.order_no, rec["order_no"])
         self.replayed = len(records)
         if records:
-            log.info("order log %s: %d orders read back, numbering continues at %d; "
-                     "%d positions rebuilt", self.order_log.path, len(records),
+            log.info("order log %s: %d orders of session %s read back, numbering continues at "
+                     "%d; %d positions rebuilt", self.order_log.path, len(records), self.session,
                      self.order_no + 1, len(self.positions))
+        else:
+            log.info("order log %s: new session %s, numbering continues at %d",
+                     self.order_log.path, self.session, self.order_no + 1)
+        if earlier:
+            log.info("order log %s: %d orders of earlier sessions left out (main.py --resume "
+                     "continues the last session)", self.order_log.path, earlier)
         if doubled:
             log.warning("order log %s books %d ids more than once; the first booking counts",
                         self.order_log.path, doubled)
@@ -321,10 +363,18 @@ class OrderManager:
             self._on_hello(sess, frame)
 
     def _on_hello(self, sess: Session, frame: memoryview) -> None:
-        """The first frame: a hello with our version, a good name and the token, or refused."""
+        """The first frame: a hello with our version, a good name and the token, or refused.
+
+        Without a token anything else is an implicit hello (see the module docstring): a client
+        written from the frame format alone can trade, and its first frame is answered as an
+        order (ack or reject), never by a refusal it would not understand.
+        """
         try:
             hello = decode_hello(frame)
         except ProtocolError as exc:
+            if not self.token and not _says_hello(frame):
+                self._implicit_hello(sess, frame)
+                return
             self._refuse(sess, str(exc))
             return
         if hello.version != PROTOCOL_VERSION:
@@ -339,6 +389,12 @@ class OrderManager:
         sess.conn.send(encode_welcome(hello.client, self.kill_switch))
         log.info("order client %s is %s (protocol %d)", sess.conn.peer, hello.client,
                  hello.version)
+
+    def _implicit_hello(self, sess: Session, frame: memoryview) -> None:
+        sess.client = "peer-" + sess.conn.peer.replace(":", "-").replace("[", "").replace("]", "")
+        sess.welcomed = True
+        log.info("order client %s sent no hello: booked as %s", sess.conn.peer, sess.client)
+        self._on_order(sess, frame)
 
     def _refuse(self, sess: Session, reason: str) -> None:
         """Say why, stop listening to this client, and close it shortly after.
@@ -372,7 +428,10 @@ class OrderManager:
         try:
             order = decode_order(frame, self.symbols)
         except ProtocolError as exc:
-            self._malformed(sess, exc.id, str(exc))
+            reason = str(exc)
+            if reason.startswith("malformed JSON") or reason == "expected a JSON object":
+                reason = not_an_order_reason(frame, reason)   # tell a CSV client the protocol
+            self._malformed(sess, exc.id, reason)
             return
         self.order_decoded.record(now() - received_ns)
         sess.bad_streak = 0
@@ -457,9 +516,11 @@ class OrderManager:
         booked safely: reject, and turn the kill switch on until an operator has looked."""
         try:
             # The order's own frame is already its JSON; the record wraps it with our fields, in
-            # the same key order as {"order_no", "received_ns", "peer", **order.to_json()}.
-            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,%s}' % (
-                order_no, received_ns, _peer_json(conn), encode_order(order)[1:-2]))
+            # the same key order as {"order_no", "received_ns", "peer", "session",
+            # **order.to_json()}.
+            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,"session":%s,%s}' % (
+                order_no, received_ns, _peer_json(conn), self._session_json,
+                encode_order(order)[1:-2]))
         except OSError as exc:
             log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
                       exc, order.id)
@@ -505,7 +566,8 @@ def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = runtime.cli("order_manager", "Order server: validates, acknowledges and logs orders.",
-                      ("order_manager",), argv, extra=(("network", "order_port"),))
+                      ("order_manager",), argv,
+                      extra=(("network", "order_port"), ("order_manager", "resume")))
     return 0 if cfg is None else run(cfg)
 
 

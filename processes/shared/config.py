@@ -101,6 +101,8 @@ class OrderManager(Placement):
     max_notional: float = 0.0   # qty * price of one order; 0 = no limit
     max_bad_frames: int = 20    # consecutive malformed frames before a client is closed; 0 = never
     kill_switch: bool = False   # start with the kill switch on (SIGUSR1 toggles it)
+    resume: bool = False        # continue the order log's last session (positions, dedup);
+                                # false = a new session (main.py --resume sets it)
 
 
 @dataclass

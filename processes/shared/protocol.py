@@ -282,3 +282,18 @@ def encode_welcome(client: str, kill_switch: bool = False) -> bytes:
 
 def encode_refused(reason: str) -> bytes:
     return _frame(Refused(reason))
+
+
+# --- what a non-order frame is told ------------------------------------------------------------
+
+ORDER_FORMAT = ('one JSON object per frame, then "*": {"id": "o-1", "symbol": "AAPL", '
+                '"side": "BUY" or "SELL", "qty": 10, "price": 173.25}')
+
+
+def not_an_order_reason(frame: memoryview | bytes, detail: str) -> str:
+    """The reject reason for a frame that is not a JSON object: the protocol, not the parser's
+    complaint, because a client writing CSV (`BUY,AAPL,10,173.2`) needs to learn the format."""
+    raw = bytes(frame)
+    if raw.lstrip()[:1] == b"{":
+        return f"{detail}; an order is {ORDER_FORMAT}"    # JSON meant, with a mistake in it
+    return f"malformed order: {raw[:40]!r} is not JSON; an order is {ORDER_FORMAT}"

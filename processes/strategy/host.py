@@ -89,11 +89,15 @@ class StrategyHost:
         self._tick = Tick()
         self._tick_j = -1                  # the symbol of the on_tick running now, else -1
         self._decided = False              # tick_to_decision recorded for the running on_tick
+        self._live_ns = 0                  # when the reader went live: older ticks are no sample
+        self.early_ticks = 0               # decided on, sent before that: not latency samples
         self.ticks = 0
         self.decisions = 0
         self.orders = 0
         self.news = 0
         self.bad_news = 0
+        self.unknown_news = 0   # news for a symbol this strategy does not trade: not news to us
+        self._unknown_news_logged: set[bytes] = set()
         self.bad_prices = 0
         # The implausibility band (strategy.max_price_jump): the per-tick test is one chained
         # comparison against bounds the watch timer refreshes around the last accepted price;
@@ -154,7 +158,7 @@ class StrategyHost:
         in_tick = self._tick_j >= 0
         if in_tick and not self._decided:
             self._decided = True
-            if self._tick.sent_ns:
+            if self._tick.sent_ns and self._tick.sent_ns >= self._live_ns:
                 self.tick_to_decision.record(now - self._tick.sent_ns)
         key = 2 * j + (sign > 0)
         if self._pending[key]:
@@ -270,6 +274,7 @@ class StrategyHost:
         out = self.orders_out
         return {"name": self.name, "class": self.cfg.strategy.cls,
                 "ticks": self.ticks, "decisions": self.decisions, "news": self.news,
+                "early_ticks": self.early_ticks,
                 "orders": self.orders, "acks": out.acks, "rejects": out.rejects,
                 "refused": sum(self.refused.values()),
                 **{f"refused_{k}": v for k, v in self.refused.items()},
@@ -279,7 +284,8 @@ class StrategyHost:
                 "pending": len(out.pending), "resent": out.resent,
                 "om_refusals": out.refusals, "held": held,
                 "reconnects": self.news_dialer.reconnects + out.dialer.reconnects,
-                "bad_news": self.bad_news, "bad_replies": out.bad_replies,
+                "bad_news": self.bad_news, "unknown_news": self.unknown_news,
+                "bad_replies": out.bad_replies,
                 "stale_symbols": sum(self.stale), "stale_skips": self.refused["stale"],
                 "book_dead": self.book_dead, "attached": self.book is not None,
                 "reattaches": self.reattaches,
@@ -295,6 +301,10 @@ class StrategyHost:
         missing = [sym for sym in self.symbols if sym not in book.symbols]
         self.book = book
         self.reader = book.reader()
+        # A tick sent before our reader was live (a CSV replayed at speed before we attached,
+        # the book's last values at a re-attach) waited for us, not for the pipeline: its age at
+        # our decision is not a tick -> decision latency.
+        self._live_ns = time.monotonic_ns()
         self.reactor.add_reader(self.reader.fileno(), self.reader.drain)
         self.reactor.add_source(self)
         if missing:
@@ -469,7 +479,9 @@ class StrategyHost:
         except Exception:
             self._hook_failed("on_tick")
         self._tick_j = -1
-        if not self._decided and sent_ns:
+        if sent_ns and sent_ns < self._live_ns:
+            self.early_ticks += 1
+        elif not self._decided and sent_ns:
             self.tick_to_decision.record(time.monotonic_ns() - sent_ns)
         self.decisions += 1
 
@@ -481,6 +493,14 @@ class StrategyHost:
             self.bad_news += 1
             if self.bad_news <= LOGGED_PROBLEMS:
                 self.log.warning("skipped news frame %r: %s", bytes(frame[:80]), exc)
+            return
+        if sym is not None and sym not in self._by_bytes:
+            self.unknown_news += 1
+            if (sym not in self._unknown_news_logged
+                    and len(self._unknown_news_logged) < LOGGED_PROBLEMS):
+                self._unknown_news_logged.add(sym)   # once per symbol: a feed repeats itself
+                self.log.warning("news for %r, a symbol we do not trade, skipped (counted in "
+                                 "unknown_news)", bytes(sym[:40]))
             return
         self.news += 1
         if sym is None:   # market-wide: every symbol we trade hears it

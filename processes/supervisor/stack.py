@@ -20,10 +20,12 @@ import signal
 import socket
 import time
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any, Protocol
 
 from ext import layout
 from processes.shared import config as config_mod
+from processes.shared import session as session_mod
 from processes.shared import telemetry
 from processes.supervisor import summary
 from processes.supervisor.supervision import RestartPolicy
@@ -56,6 +58,26 @@ def process_order(cfg: config_mod.Config) -> tuple[str, ...]:
     return ORDER[:-1] + tuple(name for name, _ in config_mod.strategy_processes(cfg))
 
 
+def describe_exit(code: int | None) -> str:
+    """How a child stopped, in words: "exit 0", "exit 1", "stopped by SIGTERM", "killed by
+    SIGKILL" (multiprocessing reports a signal as a negative exit code, which reads as noise)."""
+    if code is None:
+        return "still running"
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"killed by signal {-code}"
+    verb = "stopped" if sig in (signal.SIGTERM, signal.SIGINT) else "killed"
+    return f"{verb} by {sig.name}"
+
+
+def describe_exits(codes: dict[str, int | None]) -> str:
+    """"gateway exit 0, orderbook stopped by SIGTERM, ..." for a log line."""
+    return ", ".join(f"{name} {describe_exit(code)}" for name, code in codes.items()) or "none"
+
+
 class StackError(RuntimeError):
     """A child failed to start or died."""
 
@@ -74,6 +96,10 @@ class Stack:
         self.procs: dict[str, mp.process.BaseProcess] = {}
         self.info: dict[str, dict[str, Any]] = {}
         self.lock = self.ctx.Lock()   # shared by every writer of the price book
+        # One session per stack (see processes.shared.session): every child, and every restart
+        # of one, gets it, so a restarted OrderManager continues this run's positions and ids.
+        om = self.cfg.order_manager
+        self.session = session_mod.choose_session(Path(om.order_log), om.resume, inherit=False)
 
     def start(self, stop_fd: Any = None) -> None:
         """Start every child in order; `stop_fd` becoming readable aborts the start-up."""
@@ -96,7 +122,15 @@ class Stack:
         proc = self.ctx.Process(target=_child, name=name,
                                 args=(name, self.config_of(name), writer, self.lock),
                                 daemon=False)
-        proc.start()
+        previous = os.environ.get(session_mod.SESSION_ENV)
+        os.environ[session_mod.SESSION_ENV] = self.session   # inherited by this child only
+        try:
+            proc.start()
+        finally:
+            if previous is None:
+                del os.environ[session_mod.SESSION_ENV]
+            else:
+                os.environ[session_mod.SESSION_ENV] = previous
         writer.close()
         self.procs[name] = proc
         watch = [reader, proc.sentinel] + ([stop_fd] if stop_fd is not None else [])
@@ -369,9 +403,9 @@ class Supervisor:
         # -SIGINT: a terminal Ctrl+C reaches every child; one still starting up dies of it.
         bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM, -signal.SIGINT)}
         if bad:
-            log.error("children exited badly: %s", bad)
+            log.error("children exited badly: %s", describe_exits(bad))
             code = code or 1
-        log.info("stopped; exit codes %s", codes)
+        log.info("stopped: %s", describe_exits(codes))
         return code
 
     def run(self) -> int:

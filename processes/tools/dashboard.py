@@ -96,6 +96,24 @@ def _num(value: Any, fmt: str = ",.0f", missing: str = "—") -> str:
     return format(value, fmt)
 
 
+def _rate(value: Any) -> str:
+    """A per-second rate: one decimal below 10, so an order every 2 s shows 0.5, not 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < abs(value) < 10:
+        return _num(value, ",.1f")
+    return _num(value)
+
+
+# A percentile of fewer samples is one of them, not a distribution: p50 = p99 = that sample.
+MIN_PERCENTILE_SAMPLES = 5
+
+
+def _pct(summary_: Mapping[str, float], key: str) -> float | None:
+    """summary_[key] if it has MIN_PERCENTILE_SAMPLES samples behind it, else None ("—")."""
+    if summary_.get("count", 0) < MIN_PERCENTILE_SAMPLES:
+        return None
+    return summary_.get(key)
+
+
 def _us(ns: float | None) -> str:
     if ns is None:
         return "—"
@@ -222,7 +240,7 @@ def flow_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
         if snap is None or key not in (snap.get("counters") or {}):
             continue
         rate = (snap.get("rates") or {}).get(key)
-        table.add_row(label.replace(" (ticks x subscribers)", ""), _num(rate),
+        table.add_row(label.replace(" (ticks x subscribers)", ""), _rate(rate),
                       _num(snap["counters"][key]))
     replay = _counters(snaps, "gateway")
     rows, sent = replay.get("replay_rows"), replay.get("replay_sent")
@@ -245,8 +263,8 @@ def latency_rows(snaps: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
         window = telemetry.summarize(hist.get("window") or [])
         total = telemetry.summarize(hist.get("pairs") or [], hist.get("max"))
         rows.append({"label": label, "count": total.get("count", 0),
-                     "w50": window.get("p50"), "w99": window.get("p99"),
-                     "p50": total.get("p50"), "p99": total.get("p99")})
+                     "w50": _pct(window, "p50"), "w99": _pct(window, "p99"),
+                     "p50": _pct(total, "p50"), "p99": _pct(total, "p99")})
     return rows
 
 
@@ -259,6 +277,10 @@ def latency_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
                       _us(row["p99"]), _num(row["count"]))
     if not table.row_count:
         table.add_row(Text("no samples yet", style="dim"), "", "", "", "", "")
+    else:
+        table.caption = f"— : fewer than {MIN_PERCENTILE_SAMPLES} samples"
+        table.caption_style = "dim"
+        table.caption_justify = "left"
     return table
 
 
@@ -322,7 +344,7 @@ def orders_table(snaps: Mapping[str, Mapping[str, Any]]) -> Table:
         row: list[RenderableType] = ["", "", ""]
         if k < len(orders):
             label, count, rate = orders[k]
-            row = [label, _num(count), _num(rate)]
+            row = [label, _num(count), _rate(rate)]
         if k < len(problems):
             label, count = problems[k]
             shown = ("ON" if count else "off") if isinstance(count, bool) else _num(count)

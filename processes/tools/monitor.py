@@ -66,7 +66,11 @@ class Monitor:
                 if before is not None:
                     self._prev[sym] = before
             self._shown = quotes
-        source = f"{self.label}  shm: {self.watcher.status}"
+        # Before the first snapshot the segment does not exist yet either: say what we wait
+        # for, not the FileNotFoundError of the attach that is retried.
+        shm = (self.watcher.status.replace("(FileNotFoundError;", "(not created yet;") if snaps
+               else "waiting for the first stats")
+        source = f"{self.label}  shm: {shm}" if snaps else f"{self.label}  {shm}"
         return dashboard.render(snaps, quotes, now=time.time(), mono_ns=time.monotonic_ns(),
                                 stats_interval=self.stats_interval, alive=pid_alive,
                                 prev_prices=self._prev, source=source, footer=footer)

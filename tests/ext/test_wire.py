@@ -256,10 +256,10 @@ def test_custom_delimiter(impl, book) -> None:
 
 # --------------------------------------------------------------------------- rejects
 MALFORMED = [
-    (b"AAPL", "price frame needs 2 or 4 fields, got 1"),
-    (b"AAPL,1,2", "price frame needs 2 or 4 fields, got 3"),
-    (b"AAPL,1,2,3,4", "price frame needs 2 or 4 fields, got 5"),
-    (b",,,,,,,", "price frame needs 2 or 4 fields, got 8"),
+    (b"AAPL", "price frame needs SYMBOL,PRICE (then SEQ,SENT_NS or fields we ignore), got 1 "
+              "field"),
+    (b",,,,,,,", "empty symbol"),
+    (b"AAPL,x,2024-01-02 10:00:00", "bad price b'x'"),
     (b",1.5", "empty symbol"),
     (b",x,y,z", "empty symbol"),
     (b"AAPL,", "bad price b''"),
@@ -318,6 +318,12 @@ VALID = [  # edge cases that must be accepted: (frame, price, seq, sent_ns)
     (b"AAPL,0.1,18446744073709551615,9223372036854775807", 0.1, 2**64 - 1, 2**63 - 1),
     (b"AAPL,5,0000000000000000000000000001,00000000000000000000000002", 5.0, 1, 2),
     (b"AAPL,7,0,0", 7.0, 0, 0),
+    # Another feed's SYMBOL,PRICE,...: the fields after the price are not ours (4 always are).
+    (b"AAPL,173.25,2024-01-02 10:00:00", 173.25, 0, 0),
+    (b"AAPL,1,2", 1.0, 0, 0),
+    (b"AAPL,1,", 1.0, 0, 0),
+    (b"AAPL,1,x,y,z", 1.0, 0, 0),
+    (b"AAPL,1,2,3,4", 1.0, 0, 0),
 ]
 
 
@@ -458,7 +464,8 @@ def test_decoder_arguments(impl, book) -> None:
     rejects = Rejects()
     dec.on_reject = rejects  # settable after construction
     dec.feed(b"x*", 0, 2)
-    assert rejects == [(b"x", "price frame needs 2 or 4 fields, got 1")]
+    assert rejects == [(b"x", "price frame needs SYMBOL,PRICE (then SEQ,SENT_NS or fields we "
+                                "ignore), got 1 field")]
 
 
 def test_on_reject_exception_propagates(impl, book) -> None:

@@ -162,7 +162,9 @@ def test_gateway_streams_a_csv_to_a_raw_subscriber(tmp_path):
     gw = Child("gateway", cfg)
     info = gw.start()
     try:
-        assert info["source"] == str(SAMPLE)
+        # Its ready line names the pace that applies: the CSV's, not tick_rate.
+        assert (info["csv"], info["csv_speed"], info["csv_loop"]) == (str(SAMPLE), 0.0, False)
+        assert "tick_rate" not in info
         with _subscribe(info["price_port"]) as sock, _subscribe(info["news_port"]):
             ticks = [parse_price(f) for f in recv_frames(sock, len(rows), 30)]
         # The clock starts with this subscriber (the sample has news, so with the news one),

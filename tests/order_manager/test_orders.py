@@ -229,6 +229,27 @@ def test_no_token_configured_means_none_required(oms):
     assert oms.client(hello=None).hello("c1", "anything")["type"] == "welcome"
 
 
+def test_without_a_token_an_order_first_is_an_implicit_hello(oms, tmp_path):
+    oms.start()
+    cli = oms.client(hello=None)
+    cli.send(order("i-1", client="ignored"), order("i-1"))
+    assert [(r["type"], r["order_no"]) for r in cli.replies(2)] == [("ack", 1), ("ack", 1)]
+    csv = oms.client(hello=None)            # a client written from the frame format alone
+    csv.send(b"BUY,AAPL,10,173.2*", b'{"id": "j-1", "symbol": "AAPL", "side": "BUY", '
+             b'"qty": 10, "price": 173.2}*')
+    reject, ack = csv.replies(2)
+    assert reject["type"] == "reject" and reject["id"] is None
+    assert "is not JSON" in reject["reason"] and "one JSON object per frame" in reject["reason"]
+    assert all(k in reject["reason"] for k in ('"id"', '"symbol"', '"side"', '"qty"', '"price"'))
+    assert "Extra data" not in reject["reason"]
+    assert ack == {"type": "ack", "id": "j-1", "order_no": 2}
+    ports = [c.sock.getsockname()[1] for c in (cli, csv)]
+    oms.children[0].stop()
+    assert [(r["id"], r["client"]) for r in booked(tmp_path)] == [
+        ("i-1", f"peer-127.0.0.1-{ports[0]}"), ("j-1", f"peer-127.0.0.1-{ports[1]}")]
+    assert "sent no hello: booked as peer-127.0.0.1-" in om_log(tmp_path)
+
+
 def test_a_client_sending_only_garbage_is_disconnected(oms, tmp_path):
     oms.start(**{"order_manager.max_bad_frames": 20})
     cli = oms.client()
@@ -288,6 +309,35 @@ def test_the_order_log_is_read_back_after_a_restart(oms, tmp_path):
     assert "last line 4 is incomplete" in om_log(tmp_path)
     stats = final_stats(tmp_path)
     assert (stats["replayed"], stats["orders"], stats["duplicates"]) == (3, 2, 1)
+
+
+def test_each_start_is_a_new_session_unless_resumed(oms, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRADESTACK_SESSION")        # standalone starts, no supervisor
+    oms.start(**{"order_manager.max_position": 10})
+    cli = oms.client()
+    cli.send(order("s-1"))
+    assert cli.replies(1)[0]["order_no"] == 1
+    oms.children[-1].stop()
+    # A new run: yesterday's position and ids are not today's; numbers stay unique in the file.
+    info = oms.start(**{"order_manager.max_position": 10}).info
+    assert info["replayed"] == 0 and info["next_order_no"] == 2
+    cli = oms.client()
+    cli.send(order("s-1"))                          # not a duplicate, and max_position allows it
+    assert cli.replies(1)[0] == {"type": "ack", "id": "s-1", "order_no": 2}
+    oms.children[-1].stop()
+    second = final_stats(tmp_path)
+    assert second["pnl"]["c1"]["AAPL"]["position"] == 10      # this session's fills only
+    # --resume (order_manager.resume): the last session goes on, dedup and positions intact.
+    info = oms.start(**{"order_manager.max_position": 10, "order_manager.resume": True}).info
+    assert info["session"] == second["session"] and info["replayed"] == 1
+    cli = oms.client()
+    cli.send(order("s-1"), order("s-2"))
+    dup, over = cli.replies(2)
+    assert dup["order_no"] == 2 and over["type"] == "reject" and "max_position" in over["reason"]
+    oms.children[-1].stop()
+    sessions = [r["session"] for r in booked(tmp_path)]
+    assert len(sessions) == 2 and sessions[0] != sessions[1] and all(sessions)
+    assert "1 orders of earlier sessions left out" in om_log(tmp_path)
 
 
 def test_a_corrupt_line_inside_the_order_log_stops_the_start(oms, tmp_path):

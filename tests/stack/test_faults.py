@@ -336,6 +336,10 @@ def test_main_restarts_a_killed_child_and_keeps_trading(tmp_path):
     tm.assert_nothing_left(out, shm)
     ids = [r["id"] for r in booked(orders_path)]
     assert len(ids) == len(set(ids)), "an order was booked twice across the restarts"
+    # The restarted OrderManager continued main.py's session: one session, numbering unbroken.
+    assert len({r["session"] for r in booked(orders_path)}) == 1
+    numbers = [r["order_no"] for r in booked(orders_path)]
+    assert numbers == list(range(1, len(numbers) + 1))
     for name, rec in recoveries.items():
         record_fault(f"main_restarts_{name}", rec["kill_to_first_order_s"],
                      what=f"kill -9 the {name} under main.py: restarted by the supervisor; "

@@ -98,7 +98,7 @@ def test_gateway_closes_a_client_that_sends_anything(tmp_path, children):
 
 BAD_PRICE_FRAMES = [b"AAPL,abc,2,1", b"AAPL,nan,2,1", b"AAPL,inf,2,1", b"AAPL,-5,2,1",
                     b"AAPL,0,2,1", b"AAPL,0.00,2,1", b"AAPL,1e3,2,1", b"AAPL,2000000000,2,1",
-                    b"AAPL,1.5,2", b"AAPL", b",1.5", b"AAPL,1.5,-1,5", b"AAPL,1.5,x,5",
+                    b"AAPL", b",1.5", b"AAPL,1.5,-1,5", b"AAPL,1.5,x,5",
                     b"AAPL,1.5,1,99999999999999999999999", b"AAPL, 1.5"]
 
 
@@ -196,7 +196,8 @@ def test_strategy_skips_bad_news_and_bad_replies_and_survives_oversized_frames(t
     try:
         start(children, "strategy", cfg)
         news_conn, order_conn = news.accept(), handshake()
-        news_conn.sendall(b"".join(f + b"*" for f in bad_news) + b"AAPL,70*55*")
+        # News for a symbol we do not trade is not good news: counted apart, logged once.
+        news_conn.sendall(b"".join(f + b"*" for f in bad_news) + b"AAPL,70*55*NEWS,57*NEWS,58*")
         order_conn.sendall(b"".join(f + b"*" for f in bad_replies))
         news_conn.sendall(b"9" * 5000 + b"*")           # over the 4096-byte frame limit
         assert closed_by_peer(news_conn)
@@ -215,9 +216,50 @@ def test_strategy_skips_bad_news_and_bad_replies_and_survives_oversized_frames(t
         book.unlink()
     got = final_counters(tmp_path, "strategy")
     assert got["bad_news"] == len(bad_news) and got["news"] == 3
+    assert got["unknown_news"] == 2
+    strategy_log = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert strategy_log.count("news for b'NEWS', a symbol we do not trade") == 1
     assert got["bad_replies"] == len(bad_replies)
     assert got["acks"] == 0 and got["rejects"] == 0
     assert got["reconnects"] == 2
+
+
+@pytest.mark.timeout(30)
+def test_ticks_sent_before_the_strategy_attached_are_no_latency_samples(tmp_path, children):
+    """A CSV replayed at speed before the Strategy attached (or ticks queued in a socket) reach
+    it with old stamps: decided on, but not tick -> decision samples."""
+    news, orders = FakeServer(), FakeServer()
+    cfg = make_config(tmp_path, **{"network.news_port": news.port,
+                                   "network.order_port": orders.port,
+                                   "logging.stats_interval": 0.05})
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    snapshot = tmp_path / "logs" / "stats" / "strategy.json"
+
+    def counters() -> dict:
+        snap = telemetry.read_snapshot(snapshot)
+        return snap["counters"] if snap else {}
+
+    try:
+        before_ns = time.monotonic_ns()
+        start(children, "strategy", cfg)
+        wait_until(lambda: counters().get("attached"), 10, what="the Strategy to attach")
+        sym = cfg.market.symbols[0]
+        book.update(sym, 100.0, before_ns, 1)           # sent before the reader was live
+        book.publish()
+        wait_until(lambda: counters().get("decisions", 0) >= 1, 10, what="the old tick")
+        book.update(sym, 100.5, time.monotonic_ns(), 2)
+        book.publish()
+        wait_until(lambda: counters().get("decisions", 0) >= 2, 10, what="the fresh tick")
+        assert children[0].stop() == 0
+    finally:
+        news.close()
+        orders.close()
+        book.close()
+        book.unlink()
+    snap = telemetry.read_snapshot(snapshot)
+    assert snap["final"] and snap["counters"]["decisions"] == 2
+    assert snap["counters"]["early_ticks"] == 1
+    assert snap["latency"]["tick_to_decision"]["count"] == 1
 
 
 # --- the OrderManager ----------------------------------------------------------------------------

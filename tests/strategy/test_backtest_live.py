@@ -18,7 +18,7 @@ from processes.supervisor.stack import Stack
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample_prices.csv"
 SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA"]
-SPEED = 10.0
+SPEED = 5.0
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -45,9 +45,43 @@ def test_main_duration_trades_and_exits_clean(tmp_path, impl):
     assert set(snaps) == {"gateway", "orderbook", "strategy", "order_manager"}
     assert all(s["final"] for s in snaps.values())
     assert snaps["strategy"]["latency"]["tick_to_ack"]["count"] == len(orders)
+    # Every decision is a sample but those on ticks sent before the Strategy attached.
+    counters = snaps["strategy"]["counters"]
     assert snaps["strategy"]["latency"]["tick_to_decision"]["count"] == \
-        snaps["strategy"]["counters"]["decisions"]
+        counters["decisions"] - counters["early_ticks"]
     assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(90)
+def test_each_main_run_is_a_new_session_unless_resumed(tmp_path):
+    """PnL and positions are one run's: a second main.py starts a new session; --resume goes
+    on with the last one (the dashboard's PnL is the OrderManager's, rebuilt per session)."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+
+    def run(*extra: str) -> dict:
+        proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "3", *extra), cwd=tmp_path,
+                              capture_output=True, text=True, timeout=40)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        snap = json.loads((tmp_path / "logs" / "stats" / "order_manager.json").read_text())
+        return snap["counters"]
+
+    def records() -> list[dict]:
+        return [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+
+    first = run()
+    n1 = len(records())
+    second = run()
+    assert first["session"] != second["session"] and second["replayed"] == 0
+    assert [r["session"] for r in records()[:n1]] == [first["session"]] * n1
+    assert all(r["session"] == second["session"] for r in records()[n1:])
+    n2 = len(records()) - n1
+    assert second["orders"] == n2 and n1 and n2
+    third = run("--resume")
+    assert third["session"] == second["session"] and third["replayed"] == n2
+    numbers = [r["order_no"] for r in records()]
+    assert numbers == list(range(1, len(numbers) + 1))    # unique across sessions
+    total = sum(abs(p["position"]) for sym in third["pnl"].values() for p in sym.values())
+    assert total <= 5 * 20, "positions of one session only (at most 2 x qty per symbol)"
 
 
 @pytest.mark.timeout(60)
@@ -86,6 +120,10 @@ def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
     out = "".join(lines) + rest
     assert proc.returncode == 1
     assert "orderbook died with exit code -9" in out
+    # The exit lines say how each child stopped, in words.
+    assert re.search(r"children exited badly: orderbook killed by SIGKILL$", out, re.M), out
+    assert re.search(r"stopped: order_manager exit 0, gateway exit 0, orderbook killed by "
+                     r"SIGKILL, strategy exit 0$", out, re.M), out[-2000:]
     assert_nothing_left(out, shm)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from processes.shared.config import Supervisor
-from processes.supervisor.stack import ORDER
+from processes.supervisor.stack import ORDER, describe_exit, describe_exits
 from processes.supervisor.supervision import STABLE_AFTER, RestartPolicy
 
 pytestmark = pytest.mark.timeout(10)
@@ -43,3 +43,11 @@ def test_max_restarts_in_a_row_then_give_up_unless_the_child_was_stable():
 
 def test_restart_off_never_restarts():
     assert policy(restart=False).died("orderbook", 0.0) is None
+
+
+def test_exit_codes_are_named_in_words():
+    assert [describe_exit(c) for c in (0, 1, -15, -2, -9, -11, None)] == [
+        "exit 0", "exit 1", "stopped by SIGTERM", "stopped by SIGINT", "killed by SIGKILL",
+        "killed by SIGSEGV", "still running"]
+    assert describe_exits({"gateway": 0, "strategy": -15}) == \
+        "gateway exit 0, strategy stopped by SIGTERM"

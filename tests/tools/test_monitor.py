@@ -133,6 +133,37 @@ def test_render_shows_prices_positions_latency_pnl_and_health():
 
 
 @pytest.mark.timeout(20)
+def test_slow_rates_keep_a_decimal_and_few_samples_are_no_percentiles():
+    snaps = synthetic()
+    om = snaps["order_manager"]
+    om["rates"] = {"orders": 0.5, "rejects": 0.0}
+    snaps["strategy"]["rates"].update(orders=12.4)
+    snaps["strategy"]["latency"]["tick_to_ack"] = latency([400_000])        # one sample
+    out = text_of(dashboard.render(snaps, PRICES, now=NOW, stats_interval=1.0))
+    assert re.search(r"order_manager orders +12 +0\.5\b", out), out
+    assert re.search(r"order_manager rejects +1 +0\b", out), out
+    assert re.search(r"strategy orders +13 +12\b", out), out
+    ack = next(line for line in out.splitlines() if "tick -> ack" in line)
+    # p50 = p99 of one sample is no distribution: hidden, the count says why.
+    assert re.search(r"tick -> ack \(Strategy\) +— +— +— +— +1\b", ack), ack
+    decision = next(line for line in out.splitlines() if "tick -> decision" in line)
+    assert not re.search(r"tick -> decision \(Strategy\) +—", decision), decision
+    assert f"fewer than {dashboard.MIN_PERCENTILE_SAMPLES} samples" in out
+
+
+@pytest.mark.timeout(20)
+def test_the_header_waits_for_the_first_stats_without_an_exception_name():
+    from processes.tools.monitor import Monitor
+
+    mon = Monitor(f"tstest_{uuid.uuid4().hex[:12]}", lambda: {}, label="stats: x")
+    try:
+        out = text_of(mon.frame())
+    finally:
+        mon.close()
+    assert "waiting for the first stats" in out and "Error" not in out
+
+
+@pytest.mark.timeout(20)
 def test_render_without_pnl_book_or_snapshots_says_so():
     out = text_of(dashboard.render(synthetic(pnl=False), None, now=NOW))
     assert re.search(r"PnL.*n/a", out)
