@@ -59,6 +59,13 @@ def _on_term(_signum: int, _frame: Any) -> None:
     raise _Stop
 
 
+def _final(pub: telemetry.Publisher) -> None:
+    """The last snapshot, with no SIGTERM left to interrupt it: a process that left its loop
+    because a peer went away is still sent the stop signal a moment later."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pub.publish(final=True)
+
+
 def _setup(cpus: list[int], rt_priority: int) -> int:
     """Placement and the process hygiene every floor process shares; the rank applied."""
     die_with_parent()
@@ -134,7 +141,7 @@ def gateway(ready: Any, stats_dir: str, tick_rate: float, cpus: list[int], rt: i
             k += 1
     except (_Stop, OSError):
         pass
-    pub.publish(final=True)
+    _final(pub)
 
 
 def orderbook(ready: Any, stats_dir: str, gw_port: int, shm_name: str, cpus: list[int],
@@ -170,7 +177,7 @@ def orderbook(ready: Any, stats_dir: str, gw_port: int, shm_name: str, cpus: lis
                 publish()
         except (_Stop, OSError):
             pass
-        pub.publish(final=True)
+        _final(pub)
     finally:
         book.close()
         book.unlink()
@@ -245,7 +252,7 @@ def strategy(ready: Any, stats_dir: str, shm_name: str, om_port: int, orders_per
         except (_Stop, OSError):
             pass
         counters["pending"] = len(inflight)
-        pub.publish(final=True)
+        _final(pub)
     finally:
         reader.close()
         book.close()
@@ -290,7 +297,7 @@ def order_manager(ready: Any, stats_dir: str, cpus: list[int], rt: int) -> None:
             counters["orders"] = order_no
     except (_Stop, OSError):
         pass
-    pub.publish(final=True)
+    _final(pub)
 
 
 # --- running it -----------------------------------------------------------------------------

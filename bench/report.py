@@ -36,6 +36,9 @@ RESULTS = ROOT / "bench" / "results"
 PLOTS = ROOT / "bench" / "plots"
 REPORT = ROOT / "performance_report.md"
 HEADLINE = RESULTS / "headline.md"   # the README's headline figure, generated from the same run
+README = ROOT / "README.md"
+HEADLINE_START = "<!-- headline:"    # the README's block between these lines is HEADLINE
+HEADLINE_END = "<!-- /headline -->"
 COMMAND = "python bench/report.py"
 MICRO_GROUPS = ("shm-write", "shm-read", "framing", "encoding", "orders")
 HOP_LABELS = {
@@ -67,7 +70,8 @@ def run_faults(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("*.json"):
         old.unlink()
-    tests = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_faults*.py"))]
+    # tests/stack/test_faults.py, tests/stack/test_shm_faults.py, tests/order_manager/...
+    tests = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").rglob("test_*faults*.py"))]
     if tests:
         run([sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider"],
             env={"TRADESTACK_FAULT_RESULTS": str(directory)})
@@ -410,7 +414,8 @@ def faults_section(doc: dict, fault_dir: Path | None) -> list[str]:
             rs = rec.get("recovery_s")
             body.append([f"`{rec.get('test', f.stem)}`",
                          "-" if rs is None else f"{rs:.3f} s", str(details)[:160]])
-        out += ["Fault tests (`tests/test_faults*.py`, run by this script with "
+        out += ["Fault tests (`tests/**/test_*faults*.py`: process faults, order faults, and the "
+                "shared-memory book corrupted while the stack runs; run by this script with "
                 "TRADESTACK_FAULT_RESULTS set); recovery time as each test defines it:", ""]
         out += table(["test", "recovery", "details"], body)
     return out or ["Not measured."]
@@ -626,9 +631,20 @@ def main(argv: list[str] | None = None) -> int:
     doc = json.loads(json_path.read_text())
     REPORT.write_text(render(doc, args.faults))
     HEADLINE.parent.mkdir(parents=True, exist_ok=True)
-    HEADLINE.write_text(headline(doc, floor_info(doc)))
-    print(f"wrote {REPORT} and {HEADLINE}")
+    line = headline(doc, floor_info(doc))
+    HEADLINE.write_text(line)
+    splice_headline(README, line)
+    print(f"wrote {REPORT}, {HEADLINE} and the headline in {README.name}")
     return 0
+
+
+def splice_headline(readme: Path, line: str) -> None:
+    """Put the headline between the README's markers, so its figure is this run's."""
+    text = readme.read_text()
+    start = text.index(HEADLINE_START)
+    start = text.index("\n", start) + 1
+    end = text.index(HEADLINE_END, start)
+    readme.write_text(text[:start] + line + text[end:])
 
 
 if __name__ == "__main__":

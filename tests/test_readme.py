@@ -54,3 +54,13 @@ def test_the_documented_gateway_flags_parse():
                           text=True, timeout=50)
     assert done.returncode == 0, done.stderr
     assert "tick_rate = 0.0" in done.stdout and "plain = true" in done.stdout
+
+
+@pytest.mark.timeout(30)
+def test_the_headline_figure_is_the_reports():
+    """The README's headline block is what bench/report.py generated (bench/results/headline.md),
+    never a sentence typed by hand."""
+    generated = (ROOT / "bench" / "results" / "headline.md").read_text()
+    start = README.index("<!-- headline:")
+    block = README[README.index("\n", start) + 1:README.index("<!-- /headline -->")]
+    assert block == generated
