@@ -55,14 +55,19 @@ class _Stop(Exception):
     """Raised by the SIGTERM handler: leaves the loop wherever it blocks."""
 
 
+# Set as the first statement of each loop's `except`: no signal check can run between the
+# exception and that store, so a second SIGTERM (a process that left its loop because a peer went
+# away is still sent the stop signal) can never interrupt the final snapshot.
+_leaving = False
+
+
 def _on_term(_signum: int, _frame: Any) -> None:
-    raise _Stop
+    if not _leaving:
+        raise _Stop
 
 
 def _final(pub: telemetry.Publisher) -> None:
-    """The last snapshot, with no SIGTERM left to interrupt it: a process that left its loop
-    because a peer went away is still sent the stop signal a moment later."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """The last snapshot (SIGTERM is a no-op by now: see _leaving)."""
     pub.publish(final=True)
 
 
@@ -140,7 +145,8 @@ def gateway(ready: Any, stats_dir: str, tick_rate: float, cpus: list[int], rt: i
             counters["ticks"] += 1
             k += 1
     except (_Stop, OSError):
-        pass
+        global _leaving
+        _leaving = True
     _final(pub)
 
 
@@ -176,7 +182,8 @@ def orderbook(ready: Any, stats_dir: str, gw_port: int, shm_name: str, cpus: lis
                 counters["ticks"] += len(frames)
                 publish()
         except (_Stop, OSError):
-            pass
+            global _leaving
+            _leaving = True
         _final(pub)
     finally:
         book.close()
@@ -250,7 +257,8 @@ def strategy(ready: Any, stats_dir: str, shm_name: str, om_port: int, orders_per
                         rec_tick_ack(t - tick_ns)
                     counters["acks"] += len(acks)
         except (_Stop, OSError):
-            pass
+            global _leaving
+            _leaving = True
         counters["pending"] = len(inflight)
         _final(pub)
     finally:
@@ -296,7 +304,8 @@ def order_manager(ready: Any, stats_dir: str, cpus: list[int], rt: int) -> None:
                 inside.record(t_ack - t_read)
             counters["orders"] = order_no
     except (_Stop, OSError):
-        pass
+        global _leaving
+        _leaving = True
     _final(pub)
 
 
