@@ -27,7 +27,6 @@ ROUNDS, FULL_SECONDS = 3, 12.0
 SMOKE_ROUNDS, SMOKE_SECONDS = 1, 1.0
 HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "om_ack", "order_to_ack",
         "tick_to_ack")
-PERCENTILES = (("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9))
 
 
 def merged(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
@@ -38,15 +37,8 @@ def merged(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]
                  if (h := snap.get("latency", {}).get(hop)) and h.get("count")]
         if not hists:
             continue
-        total = telemetry.histogram(hists[0]["pairs"])
-        for h in hists[1:]:
-            total.add(telemetry.histogram(h["pairs"]))
-        top = max(h["max"] for h in hists)
-        row = {"count": total.get_total_count()}
-        row.update({label: round(min(total.get_value_at_percentile(p), top) / 1e3, 2)
-                    for label, p in PERCENTILES})
-        row["max"] = round(top / 1e3, 2)
-        out[hop] = row
+        row = telemetry.summarize_merged(hists)
+        out[hop] = {k: v if k == "count" else round(v / 1e3, 2) for k, v in row.items()}
     return out
 
 

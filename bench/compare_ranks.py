@@ -53,13 +53,8 @@ def merged(snaps: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]
                     hists.setdefault(f"{proc.partition('.')[0]}.{name}", []).append(h)
     out = {}
     for key, hs in sorted(hists.items()):
-        total = telemetry.histogram(hs[0]["pairs"])
-        for h in hs[1:]:
-            total.add(telemetry.histogram(h["pairs"]))
-        top = max(h["max"] for h in hs)
-        out[key] = {"count": float(total.get_total_count()),
-                    **{f"p{q:g}": min(total.get_value_at_percentile(q), top) / 1e3
-                       for q in (50.0, 99.0, 99.9)}}
+        row = telemetry.summarize_merged(hs)
+        out[key] = {k: float(v) if k == "count" else v / 1e3 for k, v in row.items()}
     return out
 
 

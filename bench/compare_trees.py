@@ -70,15 +70,8 @@ def merged(snaps: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]
                  if (h := p.get("latency", {}).get(hop)) and h.get("count")]
         if not hists:
             continue
-        total = telemetry.histogram(hists[0]["pairs"])
-        for h in hists[1:]:
-            total.add(telemetry.histogram(h["pairs"]))
-        top = max(h["max"] for h in hists)
-        row = {"count": float(total.get_total_count())}
-        row.update({f"p{q:g}": min(total.get_value_at_percentile(q), top) / 1e3
-                    for q in (50.0, 99.0, 99.9)})
-        row["max"] = top / 1e3
-        out[hop] = row
+        row = telemetry.summarize_merged(hists)
+        out[hop] = {k: float(v) if k == "count" else v / 1e3 for k, v in row.items()}
     return out
 
 

@@ -109,6 +109,18 @@ def summarize(pairs: str | Iterable[tuple[int, int] | list[int]],
     return out
 
 
+def summarize_merged(hists: list[dict[str, Any]]) -> dict[str, float]:
+    """summarize() of several published histograms ({"pairs", "max"} each: one hop over several
+    runs or processes) merged into one."""
+    total = histogram(hists[0]["pairs"])
+    for h in hists[1:]:
+        total.add(histogram(h["pairs"]))
+    top = max(h["max"] for h in hists)
+    values = total.get_percentile_to_value_dict(list(PERCENTILES))
+    return {"count": total.get_total_count(),
+            **{f"p{p:g}": min(values[p], top) for p in PERCENTILES}, "max": top}
+
+
 def read_snapshot(path: str | Path) -> dict[str, Any] | None:
     """One process's latest snapshot, or None if it is missing or being replaced."""
     try:
