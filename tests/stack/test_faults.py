@@ -216,13 +216,14 @@ def _p50(values: list[int]) -> float:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("policy, rate", [("conflate", 0), ("drop", 0), ("close", 200_000)])
+@pytest.mark.parametrize("policy, rate", [("conflate", 0), ("drop", 0), ("close", 100_000)])
 def test_a_stopped_subscriber_stalls_nobody(tmp_path, children, policy, rate):
     """SIGSTOP one price subscriber for 5 s at full rate: the Gateway's memory stays bounded,
     the other subscriber's ticks keep coming without a latency blow-up, and the stopped one
     resumes with fresh prices after SIGCONT (or is closed, under "close").
 
-    "close" runs paced at 200k ticks/s, not unpaced: at tick_rate 0 the feed runs at the pace
+    "close" runs paced at 100k ticks/s (a rate this test's Python reader keeps up with on a
+    loaded 2-core machine), not unpaced: at tick_rate 0 the feed runs at the pace
     of its fastest client, so under "close" every slower one, this test's Python reader
     included, would be closed sooner or later.
     """
@@ -282,7 +283,7 @@ def test_a_stopped_subscriber_stalls_nobody(tmp_path, children, policy, rate):
         assert st_closed, "the stopped subscriber must have been closed as a slow consumer"
         assert "slow consumer" in log_text
         record_fault(f"sigstop_subscriber_{policy}", 0.0,
-                     what="SIGSTOP a price subscriber 5 s at 200k ticks/s: it is closed; the "
+                     what=f"SIGSTOP a price subscriber 5 s at {rate:,} ticks/s: it is closed; the "
                           "other subscriber never waits", **details)
         return
     fresh = [r for r, s in st_samples if s >= cont_ns]
