@@ -11,36 +11,19 @@ and above it, plus the warm reference `--layout om-spin-rt`.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.compare_trees import TRADING, strategy_params  # noqa: E402
+from bench.compare_trees import run_once  # noqa: E402
 from processes.shared import telemetry  # noqa: E402
 
 VARIANTS = {"default": [], "om-below-strategy": ["--set", "order_manager.rt_priority=35"],
             "om-above-strategy": ["--set", "order_manager.rt_priority=45"],
             "om-spin-rt": ["--layout", "om-spin-rt"]}
-
-
-def run_once(extra: list[str], seconds: float, work: Path) -> dict[str, dict[str, Any]]:
-    logs = work / "logs"
-    cmd = [sys.executable, "main.py", "--duration", str(seconds), "--price-port", "0",
-           "--news-port", "0", "--order-port", "0",
-           "--shm-name", f"tsbench_{uuid.uuid4().hex[:12]}", "--log-dir", str(logs),
-           "--order-log", str(work / "orders.jsonl"), "--tick-rate", "1000",
-           "--news-rate", "200", "--log-level", "WARNING", *extra]
-    for item in (*TRADING, *strategy_params(ROOT)):
-        cmd += ["--set", item]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"main.py exited {done.returncode}:\n{done.stdout[-3000:]}")
-    return telemetry.read_all(logs / "stats")
 
 
 def merged(snaps: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
@@ -70,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.only:
                 work = Path(tmp) / f"{name}{k}"
                 work.mkdir()
-                runs[name].append(run_once(VARIANTS[name], args.seconds, work))
+                runs[name].append(run_once(ROOT, args.seconds, work, tuple(VARIANTS[name])))
                 print(f"round {k + 1}/{args.rounds}: {name} done", file=sys.stderr, flush=True)
     print(f"{args.rounds} rounds x {args.seconds:g} s per variant, interleaved; "
           "us (p50 / p99 / p99.9)")

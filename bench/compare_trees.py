@@ -46,14 +46,15 @@ def strategy_params(tree: Path) -> list[str]:
     return [f"{prefix}{k}={v}" for k, v in PARAMS.items()]
 
 
-def run_once(tree: Path, seconds: float, work: Path) -> dict[str, dict[str, Any]]:
-    """One main.py run of `tree`; its processes' final snapshots."""
+def run_once(tree: Path, seconds: float, work: Path, extra: tuple[str, ...] = ()
+             ) -> dict[str, dict[str, Any]]:
+    """One main.py run of `tree` (with `extra` flags); its processes' final snapshots."""
     logs = work / "logs"
     cmd = [sys.executable, "main.py", "--duration", str(seconds),
            "--price-port", "0", "--news-port", "0", "--order-port", "0",
            "--shm-name", f"tsbench_{uuid.uuid4().hex[:12]}", "--log-dir", str(logs),
            "--order-log", str(work / "orders.jsonl"), "--tick-rate", "1000",
-           "--news-rate", "200", "--log-level", "WARNING"]
+           "--news-rate", "200", "--log-level", "WARNING", *extra]
     for item in (*TRADING, *strategy_params(tree)):
         cmd += ["--set", item]
     done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=seconds + 60)
