@@ -251,7 +251,7 @@ class Stack:
 
 
 def _supervise(stack: Stack, policy: RestartPolicy, died: list[str]) -> bool:
-    """Log each death with its exit code and schedule its restart; False = stop the stack."""
+    """Log each death with how it ended and schedule its restart; False = stop the stack."""
     keep_running = True
     for name, exitcode in stack.reap(died):
         delay = policy.died(name, time.monotonic())
@@ -259,12 +259,12 @@ def _supervise(stack: Stack, policy: RestartPolicy, died: list[str]) -> bool:
             why = ("supervisor.restart is off" if not policy.cfg.restart else
                    f"it was restarted {policy.restarts.get(name, 0)} times in a row "
                    "(supervisor.max_restarts)")
-            log.error("%s died with exit code %s; stopping the stack (%s)", name, exitcode, why)
+            log.error("%s died (%s); stopping the stack (%s)", name, describe_exit(exitcode), why)
             keep_running = False
         else:
             limit = policy.cfg.max_restarts or "unlimited"
-            log.error("%s died with exit code %s; restarting it in %.2fs (restart %d of %s)",
-                      name, exitcode, delay, policy.restarts[name], limit)
+            log.error("%s died (%s); restarting it in %.2fs (restart %d of %s)",
+                      name, describe_exit(exitcode), delay, policy.restarts[name], limit)
     return keep_running
 
 

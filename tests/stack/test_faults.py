@@ -318,7 +318,7 @@ def test_main_restarts_a_killed_child_and_keeps_trading(tmp_path):
             mark = len(run.lines)
             os.kill(pid, signal.SIGKILL)
             kill_ns = time.monotonic_ns()
-            run.wait_for(rf"{name} died with exit code -9; restarting it", 10, mark)
+            run.wait_for(rf"{name} died \(killed by SIGKILL\); restarting it", 10, mark)
             restarted = run.wait_for(rf"{name} restarted \(pid (\d+)\)", 30, mark)
             seen_ns = time.monotonic_ns()
             assert int(restarted[1]) != pid and pid_alive(int(restarted[1]))

@@ -122,7 +122,7 @@ def test_a_killed_strategy_process_is_restarted_by_its_own_name(tmp_path):
         mark = len(run.lines)
         os.kill(pids["strategy.b"], signal.SIGKILL)
         kill_ns = time.monotonic_ns()
-        run.wait_for(r"strategy\.b died with exit code -9; restarting it", 10, mark)
+        run.wait_for(r"strategy\.b died \(killed by SIGKILL\); restarting it", 10, mark)
         restarted = run.wait_for(r"strategy\.b restarted \(pid (\d+)\)", 30, mark)
         assert pid_alive(int(restarted[1])) and pid_alive(pids["strategy"]), \
             "only strategy.b is restarted"

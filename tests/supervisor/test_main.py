@@ -119,7 +119,7 @@ def test_a_crashed_child_stops_the_stack_and_its_segment_is_removed(tmp_path):
         reap(proc)
     out = "".join(lines) + rest
     assert proc.returncode == 1
-    assert "orderbook died with exit code -9" in out
+    assert "orderbook died (killed by SIGKILL)" in out
     # The exit lines say how each child stopped, in words.
     assert re.search(r"children exited badly: orderbook killed by SIGKILL$", out, re.M), out
     assert re.search(r"stopped: order_manager exit 0, gateway exit 0, orderbook killed by "
