@@ -15,6 +15,7 @@ from typing import Any
 from ext import IMPLEMENTATION, WIRE_IMPLEMENTATION, PriceFeedDecoder, SharedPriceBook
 from processes.shared import config as config_mod
 from processes.shared import runtime, telemetry
+from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
 from processes.shared.telemetry import Recorder
 from reactor import Backoff, Connection, Dialer, Reactor
 
@@ -65,11 +66,12 @@ class OrderBookService:
         self.reactor.call_every(telemetry.FOLD_INTERVAL, self._drain_latencies)
         self._gaps_by_symbol = [0] * self.book.nsymbols
         self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_gaps)
-        self.dialer = Dialer(self.reactor, net.host, net.price_port,
+        self.dialer = Dialer(self.reactor, net.gateway_host, net.price_port,
                              on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_data=self.decoder.feed, backoff=Backoff(),
                              max_frame=MAX_PRICE_FRAME, read_capacity=1 << 18,
-                             sockopts=_feed_sockopts(self.cfg.gateway.socket_buffer))
+                             sockopts=_feed_sockopts(self.cfg.gateway.socket_buffer)
+                             + DEAD_PEER_SOCKOPTS)
         self.dialer.start()
         return {"shm_name": self.book.name, "symbols": self.book.nsymbols,
                 "bytes": self.book.size, "impl": IMPLEMENTATION, "codec": WIRE_IMPLEMENTATION}
