@@ -4,7 +4,8 @@ them on three machines (README, "More than one host").
 The core (Gateway + OrderManager) listens on its bridge address with a token; each trading host
 (OrderBook + a strategy) dials it over its own veth link. One run checks, in order: orders from
 both hosts are booked once each; a wrong token from a trading host is refused with its reason;
-a trading host keeps trading after its link goes down and comes back; a restarted core is
+a trading host notices its link going down (a silent peer, not a closed connection) and trades
+again when it comes back; a restarted core is
 re-dialled by both hosts and their unacknowledged orders are resent, never booked twice.
 """
 
@@ -25,6 +26,7 @@ from netnsutil import ROOT, HostRun, Lan, unavailable
 from stackutil import shm_exists, wait_until
 
 from processes.shared import telemetry
+from processes.shared.dead_peer import DEAD_PEER_TIMEOUT
 
 REASON = unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -146,21 +148,16 @@ def test_two_trading_hosts_trade_through_one_core_over_veth_links(desk: Desk) ->
     wait_until(lambda: f"refused order client {desk.lan.addrs[a]}:" in om_log.read_text(), 5,
                what="the refusal in the OrderManager's log")
 
-    # Host a's link goes down: its feed stops (two snapshots 0.2 s apart with the same tick
-    # count), host b trades on; then it comes back and host a trades again, same processes.
+    # Host a's link goes down for longer than the dead-peer timeout: its OrderBook, which only
+    # reads, notices the silent feed (keepalive) and drops it, while host b trades on. Then the
+    # link comes back: host a redials and trades again, with the same processes.
     pids = child_pids(desk.trading[a].output)
+    reconnects = desk.counter(a, "orderbook", "reconnects")
     desk.lan.link(a, up=False)
     try:
-        seen: dict[float, int] = {}   # snapshot time -> the OrderBook's tick count
-
-        def feed_stalled() -> bool:
-            snap = desk.snapshot(a, "orderbook")
-            if "time" in snap:
-                seen[snap["time"]] = snap["counters"]["ticks"]
-            last = [seen[t] for t in sorted(seen)[-3:]]
-            return len(last) == 3 and len(set(last)) == 1
-
-        wait_until(feed_stalled, 10, what="host a's feed to stop while its link is down")
+        wait_until(lambda: desk.snapshot(a, "orderbook").get("counters", {}).get("connected")
+                   is False, DEAD_PEER_TIMEOUT + 10,
+                   what="host a's OrderBook to notice the dead feed while its link is down")
         b_before = desk.booked_by(b)
         wait_until(lambda: desk.booked_by(b) > b_before, 10,
                    what="host b to keep trading while host a's link is down")
@@ -169,6 +166,8 @@ def test_two_trading_hosts_trade_through_one_core_over_veth_links(desk: Desk) ->
         desk.lan.link(a, up=True)
     wait_until(lambda: desk.booked_by(a) > a_down + 2, 30,
                what="host a to trade again after its link came back")
+    wait_until(lambda: desk.counter(a, "orderbook", "reconnects") > reconnects, 5,
+               what="host a's redial in its OrderBook's stats")
     assert "died" not in desk.trading[a].output, desk.trading[a].output[-2000:]
     assert child_pids(desk.trading[a].output) == pids
 
