@@ -5,12 +5,14 @@ to the bridge by a veth pair. Addresses are in 198.18.0.0/15 (reserved for bench
 2544) and exist only inside these namespaces: nothing outside them is ever dialled. Namespaces
 share the machine's /dev/shm and pid space, so every host needs its own segment name.
 
-`unavailable()` says why namespaces cannot be made here (not root, no `ip`, the kernel or a
-container refuses), or None; callers skip with that reason.
+`Desk` runs a core and trading hosts on a Lan with main.py --role, as the README's "More than
+one host" section starts them. `unavailable()` says why namespaces cannot be made here (not
+root, no `ip`, the kernel or a container refuses), or None; callers skip with that reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,7 +20,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Any
+
+from processes.shared import telemetry
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBNET = "198.18.0"      # /24 on the core's bridge: core .1, trading hosts .2, .3, ...
@@ -163,3 +169,84 @@ class HostRun:
                 pass
             self.proc.wait(10)
         self._reader.join(5)
+
+
+PORTS = ("--price-port", "5001", "--news-port", "5002", "--order-port", "5003")
+# The built-in strategy tuned to trade often (as bench/bench_e2e.py tunes it).
+TRADING_PARAMS = ("--set", "strategy.params.short_window=2", "--set",
+                  "strategy.params.long_window=4", "--set", "strategy.params.bullish=50",
+                  "--set", "strategy.params.bearish=50")
+
+
+class Desk:
+    """A core and `hosts` trading hosts on a Lan, each a `python main.py --role ...` run with
+    `common` flags, sharing a token; close() undoes namespaces, processes and segments whatever
+    happened. Each host works in its own directory under `tmp` (logs/, the core's
+    orders.jsonl) and has its own segment name."""
+
+    def __init__(self, tmp: Path, hosts: int = 2, common: tuple[str, ...] = ()) -> None:
+        self.tmp = tmp
+        self.common = ("--log-dir", "logs", *common)
+        self.tag = uuid.uuid4().hex[:4]
+        self.token = f"desk-{uuid.uuid4().hex[:12]}"
+        self.lan = Lan(self.tag, hosts).build()
+        self.runs: list[HostRun] = []
+        self.core: HostRun | None = None
+        self.trading: dict[str, HostRun] = {}
+        self.segments = {ns: f"ts_{self.tag}_{i}" for i, ns in enumerate(self.lan.hosts)}
+        self.core_segment = f"ts_{self.tag}_core"   # never created: the core has no book
+
+    def client(self, ns: str) -> str:
+        """The strategy name (the OrderManager's client) of trading host `ns`."""
+        return f"desk-{self.lan.hosts.index(ns)}"
+
+    def workdir(self, ns: str) -> Path:
+        return self.tmp / ("core" if ns == self.lan.core else ns)
+
+    def _start(self, ns: str, args: list[str]) -> HostRun:
+        run = HostRun(ns, self.workdir(ns), [*args, *PORTS, *self.common],
+                      env={"TRADESTACK_TOKEN": self.token})
+        self.runs.append(run)
+        run.wait_for("stack running")
+        return run
+
+    def start_core(self, *extra: str) -> HostRun:
+        addr = self.lan.core_addr
+        self.core = self._start(self.lan.core, [
+            "--role", "core", "--gateway-listen", addr, "--order-listen", addr,
+            "--shm-name", self.core_segment, "--order-log", "orders.jsonl", *extra])
+        return self.core
+
+    def start_trading(self, ns: str, *extra: str) -> HostRun:
+        addr = self.lan.core_addr
+        self.trading[ns] = self._start(ns, [
+            "--role", "trading", "--gateway-host", addr, "--order-host", addr,
+            "--shm-name", self.segments[ns], "--set", f"strategy.name={self.client(ns)}",
+            *TRADING_PARAMS, *extra])
+        return self.trading[ns]
+
+    def booked(self) -> list[dict[str, Any]]:
+        """The core's order log, one record per booked order."""
+        path = self.workdir(self.lan.core) / "orders.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def booked_by(self, ns: str) -> int:
+        client = self.client(ns)
+        return sum(1 for rec in self.booked() if rec["client"] == client)
+
+    def snapshot(self, ns: str, process: str) -> dict[str, Any]:
+        """The latest stats snapshot of `process` on host `ns` ({} before the first)."""
+        return telemetry.read_snapshot(self.workdir(ns) / "logs" / "stats"
+                                       / f"{process}.json") or {}
+
+    def counter(self, ns: str, process: str, key: str) -> Any:
+        return self.snapshot(ns, process).get("counters", {}).get(key, 0)
+
+    def close(self) -> None:
+        for run in reversed(self.runs):
+            run.kill()
+        self.lan.close()
+        for name in (*self.segments.values(), self.core_segment):
+            Path(f"/dev/shm/{name}").unlink(missing_ok=True)

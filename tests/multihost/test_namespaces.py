@@ -5,110 +5,34 @@ The core (Gateway + OrderManager) listens on its bridge address with a token; ea
 (OrderBook + a strategy) dials it over its own veth link. One run checks, in order: orders from
 both hosts are booked once each; a wrong token from a trading host is refused with its reason;
 a trading host notices its link going down (a silent peer, not a closed connection) and trades
-again when it comes back; a restarted core is
-re-dialled by both hosts and their unacknowledged orders are resent, never booked twice.
+again when it comes back; a restarted core is re-dialled by both hosts and their unacknowledged
+orders are resent, never booked twice.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mainutil import child_pids
-from netnsutil import ROOT, HostRun, Lan, unavailable
+from netnsutil import ROOT, Desk, unavailable
 from stackutil import shm_exists, wait_until
 
-from processes.shared import telemetry
 from processes.shared.dead_peer import DEAD_PEER_TIMEOUT
 
 REASON = unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
-TOKEN = f"multihost-{uuid.uuid4().hex[:8]}"
-PORTS = ("--price-port", "5001", "--news-port", "5002", "--order-port", "5003")
-TRADING_PARAMS = ("--set", "strategy.params.short_window=2", "--set",
-                  "strategy.params.long_window=4", "--set", "strategy.params.bullish=50",
-                  "--set", "strategy.params.bearish=50")
-COMMON = ("--layout", "unpinned", "--log-dir", "logs", "--set", "logging.stats_interval=0.2")
-
-
-class Desk:
-    """The three hosts of one test: namespaces, main.py runs, segment names; all undone by
-    close() whatever happened."""
-
-    def __init__(self, tmp_path: Path, hosts: int = 2) -> None:
-        self.tmp = tmp_path
-        self.tag = uuid.uuid4().hex[:4]
-        self.lan = Lan(self.tag, hosts).build()
-        self.runs: list[HostRun] = []
-        self.core: HostRun | None = None
-        self.trading: dict[str, HostRun] = {}
-        self.segments = {ns: f"ts_{self.tag}_{i}" for i, ns in enumerate(self.lan.hosts)}
-        self.core_segment = f"ts_{self.tag}_core"   # never created: the core has no book
-
-    def client(self, ns: str) -> str:
-        return f"desk-{self.lan.hosts.index(ns)}"
-
-    def start_core(self, *extra: str) -> HostRun:
-        addr = self.lan.core_addr
-        run = HostRun(self.lan.core, self.tmp / "core",
-                      ["--role", "core", "--gateway-listen", addr, "--order-listen", addr,
-                       *PORTS, *COMMON, "--shm-name", self.core_segment,
-                       "--order-log", "orders.jsonl", "--tick-rate", "1000",
-                       "--news-rate", "50", *extra],
-                      env={"TRADESTACK_TOKEN": TOKEN})
-        self.runs.append(run)
-        self.core = run
-        run.wait_for("stack running")
-        return run
-
-    def start_trading(self, ns: str) -> HostRun:
-        addr = self.lan.core_addr
-        run = HostRun(ns, self.tmp / ns,
-                      ["--role", "trading", "--gateway-host", addr, "--order-host", addr,
-                       *PORTS, *COMMON, "--shm-name", self.segments[ns],
-                       "--set", f"strategy.name={self.client(ns)}", *TRADING_PARAMS],
-                      env={"TRADESTACK_TOKEN": TOKEN})
-        self.runs.append(run)
-        self.trading[ns] = run
-        run.wait_for("stack running")
-        return run
-
-    def booked(self) -> list[dict[str, Any]]:
-        path = self.tmp / "core" / "orders.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def booked_by(self, ns: str) -> int:
-        client = self.client(ns)
-        return sum(1 for rec in self.booked() if rec["client"] == client)
-
-    def snapshot(self, ns: str, process: str) -> dict[str, Any]:
-        path = self.tmp / ns / "logs" / "stats" / f"{process}.json"
-        return telemetry.read_snapshot(path) or {}
-
-    def counter(self, ns: str, process: str, key: str) -> int:
-        return self.snapshot(ns, process).get("counters", {}).get(key, 0)
-
-    def close(self) -> None:
-        for run in reversed(self.runs):
-            run.kill()
-        self.lan.close()
-        for name in (*self.segments.values(), self.core_segment):
-            Path(f"/dev/shm/{name}").unlink(missing_ok=True)
+COMMON = ("--layout", "unpinned", "--set", "logging.stats_interval=0.2", "--news-rate", "50")
 
 
 @pytest.fixture
 def desk(tmp_path: Path) -> Iterator[Desk]:
-    d = Desk(tmp_path)
+    d = Desk(tmp_path, common=COMMON)
     try:
         yield d
     finally:
@@ -210,7 +134,7 @@ def test_two_trading_hosts_trade_through_one_core_over_veth_links(desk: Desk) ->
 @pytest.mark.timeout(60)
 def test_a_delayed_link_still_books_every_order(tmp_path: Path) -> None:
     """netem delays host a's packets by 5 ms; skipped where the kernel has no netem qdisc."""
-    desk = Desk(tmp_path, hosts=1)
+    desk = Desk(tmp_path, hosts=1, common=COMMON)
     try:
         (a,) = desk.lan.hosts
         why = desk.lan.delay(a, 5)
