@@ -203,8 +203,8 @@ class Desk:
     def workdir(self, ns: str) -> Path:
         return self.tmp / ("core" if ns == self.lan.core else ns)
 
-    def _start(self, ns: str, args: list[str]) -> HostRun:
-        run = HostRun(ns, self.workdir(ns), [*args, *PORTS, *self.common],
+    def _start(self, ns: str, args: list[str], workdir: Path | None = None) -> HostRun:
+        run = HostRun(ns, workdir or self.workdir(ns), [*args, *PORTS, *self.common],
                       env={"TRADESTACK_TOKEN": self.token})
         self.runs.append(run)
         run.wait_for("stack running")
@@ -224,6 +224,14 @@ class Desk:
             "--shm-name", self.segments[ns], "--set", f"strategy.name={self.client(ns)}",
             *TRADING_PARAMS, *extra])
         return self.trading[ns]
+
+    def start_single(self, *extra: str) -> HostRun:
+        """The whole stack (--role all) on loopback in the core's namespace, for comparison:
+        the same settings as the trading hosts, one host."""
+        self.segments["single"] = f"ts_{self.tag}_all"
+        return self._start(self.lan.core, ["--shm-name", self.segments["single"],
+                                           "--order-log", "orders.jsonl", *TRADING_PARAMS,
+                                           *extra], self.tmp / "single")
 
     def booked(self) -> list[dict[str, Any]]:
         """The core's order log, one record per booked order."""
