@@ -114,16 +114,25 @@ class Lan:
         self.made.clear()
 
 
+def clock_ahead(seconds: int) -> tuple[str, ...]:
+    """A command prefix that gives its command's children CLOCK_MONOTONIC `seconds` ahead, as
+    on a host that booted that much earlier: a new time namespace applies to the processes the
+    command starts (main.py's children, which stamp and read the ticks), and without --fork the
+    command is still our child, so its signals and exit code are its own."""
+    return ("unshare", "--time", "--monotonic", str(seconds))
+
+
 class HostRun:
-    """`python main.py ARGS` inside namespace `ns`, in its own session, its output collected."""
+    """`python main.py ARGS` inside namespace `ns` (behind the `wrap` command prefix, if any),
+    in its own session, its output collected."""
 
     def __init__(self, ns: str, workdir: Path, args: list[str],
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.ns = ns
         self.workdir = workdir
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(ROOT / "main.py"), *args],
+            ["ip", "netns", "exec", ns, *wrap, sys.executable, str(ROOT / "main.py"), *args],
             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []
@@ -203,9 +212,10 @@ class Desk:
     def workdir(self, ns: str) -> Path:
         return self.tmp / ("core" if ns == self.lan.core else ns)
 
-    def _start(self, ns: str, args: list[str], workdir: Path | None = None) -> HostRun:
+    def _start(self, ns: str, args: list[str], workdir: Path | None = None,
+               wrap: tuple[str, ...] = ()) -> HostRun:
         run = HostRun(ns, workdir or self.workdir(ns), [*args, *PORTS, *self.common],
-                      env={"TRADESTACK_TOKEN": self.token})
+                      env={"TRADESTACK_TOKEN": self.token}, wrap=wrap)
         self.runs.append(run)
         run.wait_for("stack running")
         return run
@@ -217,12 +227,12 @@ class Desk:
             "--shm-name", self.core_segment, "--order-log", "orders.jsonl", *extra])
         return self.core
 
-    def start_trading(self, ns: str, *extra: str) -> HostRun:
+    def start_trading(self, ns: str, *extra: str, wrap: tuple[str, ...] = ()) -> HostRun:
         addr = self.lan.core_addr
         self.trading[ns] = self._start(ns, [
             "--role", "trading", "--gateway-host", addr, "--order-host", addr,
             "--shm-name", self.segments[ns], "--set", f"strategy.name={self.client(ns)}",
-            *TRADING_PARAMS, *extra])
+            *TRADING_PARAMS, *extra], wrap=wrap)
         return self.trading[ns]
 
     def start_single(self, *extra: str) -> HostRun:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from mainutil import child_pids
-from netnsutil import ROOT, Desk, unavailable
+from netnsutil import ROOT, Desk, clock_ahead, unavailable
 from stackutil import shm_exists, wait_until
 
 from processes.shared.dead_peer import DEAD_PEER_TIMEOUT
@@ -146,5 +146,25 @@ def test_a_delayed_link_still_books_every_order(tmp_path: Path) -> None:
         assert desk.trading[a].stop() == 0
         final = desk.snapshot(a, "strategy")["counters"]
         assert final["acks"] <= desk.booked_by(a) <= final["orders"]
+    finally:
+        desk.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_trading_host_with_another_clock_is_told_and_trades_without_the_age_check(
+        tmp_path: Path) -> None:
+    """Real hosts' CLOCK_MONOTONIC count from their own boots; a time namespace puts the
+    trading host's a day ahead. Its OrderBook says so, and with strategy.max_price_age = 0 (the
+    README's advice for real hosts) its strategy trades; with the age check every price would
+    look a day old."""
+    desk = Desk(tmp_path, hosts=1, common=COMMON)
+    try:
+        (a,) = desk.lan.hosts
+        desk.start_core()
+        run = desk.start_trading(a, "--set", "strategy.max_price_age=0",
+                                 wrap=clock_ahead(86_400))
+        run.wait_for("the Gateway's clock is +86400", 15)
+        wait_until(lambda: desk.booked_by(a) >= 3, 30, what="orders from the day-ahead host")
+        assert run.stop() == 0
     finally:
         desk.close()
