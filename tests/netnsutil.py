@@ -51,6 +51,9 @@ def unavailable() -> str | None:
                    check=False)
         if veth.returncode != 0:
             return f"no veth pairs in a namespace: {veth.stderr.strip()}"
+        bridge = _ip("-n", probe, "link", "add", "br0", "type", "bridge", check=False)
+        if bridge.returncode != 0:
+            return f"no bridge in a namespace: {bridge.stderr.strip()}"
     finally:
         _ip("netns", "del", probe, check=False)
     return None
@@ -112,6 +115,17 @@ class Lan:
         for ns in reversed(self.made):
             _ip("netns", "del", ns, check=False)
         self.made.clear()
+
+
+def time_namespaces_unavailable() -> str | None:
+    """Why clock_ahead() cannot work here (no time namespaces, an old unshare), or None."""
+    if shutil.which("unshare") is None:
+        return "the unshare tool (util-linux) is not installed"
+    done = subprocess.run([*clock_ahead(1), "true"], capture_output=True, text=True,
+                          timeout=10)
+    if done.returncode != 0:
+        return f"no time namespaces here (unshare --time --monotonic): {done.stderr.strip()}"
+    return None
 
 
 def clock_ahead(seconds: int) -> tuple[str, ...]:

@@ -49,9 +49,9 @@ class OrderBookService:
         self._gaps_by_symbol: list[int] = []
         self._gap_logged_at = float("-inf")
         self.repairs = 0           # corrupted parts of our segment rewritten (check_segment)
-        self.clock_skew_s = 0.0    # write - send stamps, at best; not ~0: a Gateway on another host
-        self._skew_warned = False  # once per connection
         self.recreated = 0         # segments re-created after ours was unlinked or replaced
+        self.clock_skew_s = 0.0    # write - send stamps, at best; far from 0: another host's clock
+        self._skew_warned = False  # once per connection
         self._repairing = False    # a corruption episode is on (logged at start and end)
         self._lock_skips_seen = 0
         self._lock_episode = False

@@ -31,7 +31,8 @@ def check_gateway(cfg: Config, log: logging.Logger) -> None:
     listen = cfg.gateway.listen
     if not is_loopback(listen):
         log.warning("gateway.listen = %s is not loopback: the price and news feeds are "
-                    "unauthenticated, anyone who reaches ports %d and %d reads them",
+                    "unauthenticated, anyone who reaches ports %d and %d reads them (the "
+                    "order port needs a token: order_manager.token or TRADESTACK_TOKEN)",
                     listen, cfg.network.price_port, cfg.network.news_port)
 
 

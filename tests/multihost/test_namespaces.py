@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from mainutil import child_pids
-from netnsutil import ROOT, Desk, clock_ahead, unavailable
+from netnsutil import ROOT, Desk, clock_ahead, time_namespaces_unavailable, unavailable
 from stackutil import shm_exists, wait_until
 
 from processes.shared.dead_peer import DEAD_PEER_TIMEOUT
@@ -157,6 +157,9 @@ def test_a_trading_host_with_another_clock_is_told_and_trades_without_the_age_ch
     trading host's a day ahead. Its OrderBook says so, and with strategy.max_price_age = 0 (the
     README's advice for real hosts) its strategy trades; with the age check every price would
     look a day old."""
+    why = time_namespaces_unavailable()
+    if why is not None:
+        pytest.skip(why)
     desk = Desk(tmp_path, hosts=1, common=COMMON)
     try:
         (a,) = desk.lan.hosts
