@@ -130,6 +130,21 @@ def e2e_lines(benchmarks: list[Any]) -> list[str]:
     return lines
 
 
+def link_lines(info: dict[str, Any]) -> list[str]:
+    """One host vs across a veth link (bench_multihost.py), per hop."""
+    lines = [f"one host vs across a veth link (bench_multihost), layout {info['layout']}, "
+             f"{info['seconds']:g} s each, us:",
+             f"  {'hop':<18} {'side':<8} {'count':>8} {'p50':>9} {'p99':>9} {'p99.9':>9} "
+             f"{'max':>9}"]
+    for hop in E2E_HOPS:
+        for side in ("single", "link"):
+            if f"{side}_{hop}_p50_us" in info:
+                lines.append(f"  {hop:<18} {side:<8} {info[f'{side}_{hop}_count']:>8,} "
+                             + " ".join(f"{_us(info.get(f'{side}_{hop}_{k}_us')):>9}"
+                                        for k in ("p50", "p99", "p99.9", "max")))
+    return lines
+
+
 def micro_lines(benchmarks: list[Any]) -> list[str]:
     lines = [f"  {'group':<10} {'benchmark':<44} {'p50 ns':>9} {'p99 ns':>9} "
              f"{'baseline/this p50':>18}"]
@@ -163,6 +178,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if len(micro) > 1:
         write("micro-benchmarks, ns per call (one sample per round):")
         for line in micro:
+            write(line)
+    for bench in (b for b in benchmarks if b.group == "e2e-link"):
+        for line in link_lines(bench.extra_info):
             write(line)
     for bench in floors:   # last: the headline comparison
         for line in floor_lines(bench.extra_info):

@@ -374,6 +374,38 @@ def scale_section(doc: dict) -> list[str]:
     return out
 
 
+LINK_LABEL = "across a veth link"   # the row of bench_multihost's split run
+
+
+def link_section(doc: dict) -> list[str]:
+    """bench/bench_multihost.py: the stack on one host, then split into a core and a trading
+    host in two network namespaces over a veth link, back to back."""
+    info = next((b["extra_info"] for b in group(doc, "e2e-link")
+                 if "link_tick_to_ack_p50_us" in b.get("extra_info", {})), None)
+    if not info:
+        return ["Not measured (no `e2e-link` row in this run: it needs root and `ip netns`)."]
+    out = ["`bench/bench_multihost.py`: `python main.py` on one host, then `--role core` in one "
+           "network namespace and `--role trading` in another, joined by a veth pair and a "
+           f"bridge; layout {info['layout']} on both, {info['tick_rate']:,} ticks/s, "
+           f"{info['seconds']:g} s each, back to back. One kernel, so one CLOCK_MONOTONIC: "
+           "tick -> ack is exact across the link. Latency in us, p50 / p99 / p99.9.", ""]
+    hops = ("tick_to_shm", "tick_to_decision", "order_to_ack", "tick_to_ack")
+
+    def trio(side: str, hop: str) -> str:
+        return " / ".join(fmt_us(info.get(f"{side}_{hop}_{k}_us")) for k in ("p50", "p99",
+                                                                             "p99.9"))
+    body = [[label, *(trio(side, hop) for hop in hops), info.get(f"{side}_orders", 0)]
+            for side, label in (("single", "one host"), ("link", LINK_LABEL))]
+    out += table(["run", "tick -> shm", "tick -> decision", "order send -> ack",
+                  "tick -> ack", "orders"], body)
+    ratio = info.get("ratio_tick_to_ack_p50")
+    if ratio is not None:
+        out += [f"tick -> ack p50 {LINK_LABEL}: **{ratio:.2f}x** the one-host run's. Every "
+                "hop that crosses the link (prices, news, order, ack) goes through a veth pair and "
+                "the bridge instead of loopback; on real hosts add the wire and the NICs.", ""]
+    return out
+
+
 def orders_section(doc: dict) -> list[str]:
     rows = [b["extra_info"] for b in group(doc, "orders") if "placement" in b["extra_info"]]
     if not rows:
@@ -595,7 +627,8 @@ def render(doc: dict, fault_dir: Path | None) -> str:
            "## Targets", "", *target_rows,
            "## Machine and method", "", *machine(),
            "## Against the Python floor", "", *floor_section(floor_info(doc)),
-           "## Placement and idle strategy (end to end)", "", *placement]
+           "## Placement and idle strategy (end to end)", "", *placement,
+           "## More than one host: across a veth link", "", *link_section(doc)]
     if e2e:
         latency_rows = [[HOP_LABELS[h], f"{e2e.get(f'{h}_count', 0):,}",
                          *(fmt_us(e2e.get(f"{h}_{k}_us")) for k in ("p50", "p99", "p99.9",

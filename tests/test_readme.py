@@ -3,6 +3,7 @@ as written."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -64,3 +65,72 @@ def test_the_headline_figure_is_the_reports():
     start = README.index("<!-- headline:")
     block = README[README.index("\n", start) + 1:README.index("<!-- /headline -->")]
     assert block == generated
+
+
+def _toml_block(first_line: str) -> str:
+    """The README's ```toml block whose first line is `first_line`."""
+    for block in re.findall(r"```toml\n(.*?)```", README, re.S):
+        if block.startswith(first_line + "\n"):
+            return block
+    raise AssertionError(f"README has no toml block starting with {first_line!r}")
+
+
+def _print_config(argv: list[str]) -> str:
+    done = subprocess.run([sys.executable, *argv[1:], "--print-config"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_documented_host_commands_and_their_toml_configure_each_role(tmp_path):
+    """The "More than one host" commands set what the section says, and each host's TOML
+    block is the same configuration as its command line."""
+    core = _command("python main.py --role core")
+    trading = _command("python main.py --role trading")
+    core_cfg = _print_config(core)
+    assert core_cfg.count('listen = "198.18.0.1"') == 2   # [gateway] and [order_manager]
+    trading_cfg = _print_config(trading)
+    for line in ('gateway_host = "198.18.0.1"', 'order_host = "198.18.0.1"',
+                 'shm_name = "tradestack_desk_a"', 'name = "desk-a"', "max_price_age = 0.0"):
+        assert line in trading_cfg
+    for block, argv in (("# core.toml", core), ("# desk_a.toml", trading)):
+        path = tmp_path / block[2:]
+        path.write_text(_toml_block(block))
+        role = argv[argv.index("--role"):argv.index("--role") + 2]
+        assert _print_config(["python", "main.py", *role, "--config", str(path)]) == \
+            _print_config(argv)
+
+
+@pytest.mark.timeout(90)
+def test_the_documented_core_and_trading_host_connect_across_namespaces(tmp_path):
+    """The core and trading-host commands as written, in two network namespaces where
+    198.18.0.1 is the core (the test's only change: a segment name of its own)."""
+    from netnsutil import HostRun, Lan, unavailable
+
+    why = unavailable()
+    if why is not None:
+        pytest.skip(why)
+    core, trading = (_command(f"python main.py --role {r}") for r in ("core", "trading"))
+    lan = Lan("rd", hosts=1)
+    assert lan.core_addr == "198.18.0.1"
+    segment = f"ts_readme_{os.getpid()}"
+    env = {"TRADESTACK_TOKEN": "readme-test-token"}
+    runs: list[HostRun] = []
+    try:
+        lan.build()
+        runs.append(HostRun(lan.core, tmp_path / "core", core[2:], env=env))
+        runs[0].wait_for("stack running")
+        runs.append(HostRun(lan.hosts[0], tmp_path / "desk_a",
+                            [*trading[2:], "--shm-name", segment], env=env))
+        runs[1].wait_for("welcomed by order manager", 30)
+        runs[1].wait_for("connected to price feed 198.18.0.1:5001")
+        runs[1].wait_for("connected to news 198.18.0.1:5002")
+        assert "is desk-a" in (tmp_path / "core" / "logs" / "order_manager.log").read_text()
+        assert [run.stop() for run in reversed(runs)] == [0, 0]
+        assert not os.path.exists(f"/dev/shm/{segment}")
+    finally:
+        for run in runs:
+            run.kill()
+        lan.close()
+        Path(f"/dev/shm/{segment}").unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from processes.gateway.pacing import Clock, Pacer, RateSchedule
 from processes.gateway.replay import CsvMarket, CsvNews, CsvPrices
 from processes.gateway.subscribers import Subscribers
 from processes.shared import config as config_mod
-from processes.shared import runtime
+from processes.shared import exposure, runtime
 from processes.shared.market_file import log_report
 from processes.shared.protocol import format_news
 from reactor import Connection, Reactor, Server
@@ -130,9 +130,10 @@ class Gateway:
         overflow = "drop" if g.slow_client == "conflate" else g.slow_client
         conn_opts = {"max_write_buffer": g.max_client_buffer, "overflow": overflow,
                      "max_frame": 256}
-        self.price_server = Server(self.reactor, net.host, net.price_port,
+        exposure.check_gateway(self.cfg, log)
+        self.price_server = Server(self.reactor, g.listen, net.price_port,
                                    self._on_price_client, **conn_opts)
-        self.news_server = Server(self.reactor, net.host, net.news_port,
+        self.news_server = Server(self.reactor, g.listen, net.news_port,
                                   self._on_news_client, **conn_opts)
         self.tick_feed.start()
         self.news_feed.start()

@@ -44,7 +44,7 @@ import msgspec
 
 from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
-from processes.shared import runtime
+from processes.shared import exposure, runtime
 from processes.shared.pnl import PnLBook
 from processes.shared.protocol import (
     MAX_FRAME,
@@ -269,10 +269,11 @@ class OrderManager:
         self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
         net = self.cfg.network
+        exposure.check_order_manager(self.cfg, log)
         # overflow="close": a client that stops reading acks is closed, never silently
         # short of an ack for an order we booked.
-        self.server = Server(self.reactor, net.host, net.order_port, self._on_client,
-                             max_frame=MAX_FRAME, overflow="close")
+        self.server = Server(self.reactor, self.cfg.order_manager.listen, net.order_port,
+                             self._on_client, max_frame=MAX_FRAME, overflow="close")
         self.reactor.add_signal_handler(signal.SIGUSR1, self.toggle_kill_switch)
         if self.kill_switch:
             log.error("KILL SWITCH ON at start (order_manager.kill_switch): every new order is "

@@ -15,6 +15,7 @@ from typing import Any
 from ext import IMPLEMENTATION, WIRE_IMPLEMENTATION, PriceFeedDecoder, SharedPriceBook
 from processes.shared import config as config_mod
 from processes.shared import runtime, telemetry
+from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
 from processes.shared.telemetry import Recorder
 from reactor import Backoff, Connection, Dialer, Reactor
 
@@ -26,6 +27,8 @@ GAP_CHECK_INTERVAL = 1.0  # seconds between looks at the decoder's gap counter (
 GAP_LOG_EVERY = 10.0      # at most one gap line per this many seconds while gaps keep coming
 LOGGED_REJECTS = 5        # malformed/unknown frames logged one by one; the rest only counted
 MAX_PRICE_FRAME = 256     # bytes; a longer price frame closes the feed connection
+CLOCK_SKEW_WARN = 1.0     # seconds between a tick's send and write stamps that cannot be latency
+CLOCK_SLOTS = 16          # slots the clock check reads (their minimum is the closest to the skew)
 
 
 class OrderBookService:
@@ -47,6 +50,8 @@ class OrderBookService:
         self._gap_logged_at = float("-inf")
         self.repairs = 0           # corrupted parts of our segment rewritten (check_segment)
         self.recreated = 0         # segments re-created after ours was unlinked or replaced
+        self.clock_skew_s = 0.0    # write - send stamps, at best; far from 0: another host's clock
+        self._skew_warned = False  # once per connection
         self._repairing = False    # a corruption episode is on (logged at start and end)
         self._lock_skips_seen = 0
         self._lock_episode = False
@@ -65,11 +70,13 @@ class OrderBookService:
         self.reactor.call_every(telemetry.FOLD_INTERVAL, self._drain_latencies)
         self._gaps_by_symbol = [0] * self.book.nsymbols
         self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_gaps)
-        self.dialer = Dialer(self.reactor, net.host, net.price_port,
+        self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_clock)
+        self.dialer = Dialer(self.reactor, net.gateway_host, net.price_port,
                              on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_data=self.decoder.feed, backoff=Backoff(),
                              max_frame=MAX_PRICE_FRAME, read_capacity=1 << 18,
-                             sockopts=_feed_sockopts(self.cfg.gateway.socket_buffer))
+                             sockopts=_feed_sockopts(self.cfg.gateway.socket_buffer)
+                             + DEAD_PEER_SOCKOPTS)
         self.dialer.start()
         return {"shm_name": self.book.name, "symbols": self.book.nsymbols,
                 "bytes": self.book.size, "impl": IMPLEMENTATION, "codec": WIRE_IMPLEMENTATION}
@@ -100,6 +107,7 @@ class OrderBookService:
                 "lock_skips": self.book.lock_skips if self.book else 0,
                 "repairs": self.repairs, "recreated": self.recreated,
                 "connected": bool(self.dialer and self.dialer.connected),
+                "clock_skew_s": round(self.clock_skew_s, 3),
                 "reconnects": self.dialer.reconnects if self.dialer else 0}
 
     # --- the segment we own: heartbeat, repair, re-create (timer, never per tick) ----------------
@@ -175,6 +183,32 @@ class OrderBookService:
     # --- feed ------------------------------------------------------------------------------------
     def _on_connect(self, conn: Connection) -> None:
         log.info("connected to price feed %s", conn.peer)
+        self._skew_warned = False
+
+    def _check_clock(self) -> None:
+        """Timer: warn once per connection when the Gateway's CLOCK_MONOTONIC is not ours.
+
+        Ticks carry the Gateway's send time, which every reader compares with its own clock
+        (staleness, the tick -> X latencies). On one host, or in network namespaces of one
+        kernel, that is one clock; across real hosts each clock counts from its own boot, so
+        every price looks stale (never traded) or never does. The smallest write - send
+        difference over a few slots is latency plus that offset.
+        """
+        book = self.book
+        if book is None or self._skew_warned:
+            return
+        gaps = [w - s for _, s, _, w in map(book.read_slot, range(min(book.nsymbols,
+                                                                        CLOCK_SLOTS))) if s and w]
+        if not gaps:
+            return
+        self.clock_skew_s = min(gaps) / 1e9
+        if abs(self.clock_skew_s) > CLOCK_SKEW_WARN:
+            self._skew_warned = True
+            log.error("the Gateway's clock is %+.1f s off this host's (CLOCK_MONOTONIC counts "
+                      "from each host's boot): strategy.max_price_age will judge every price "
+                      "stale or none, and tick latencies are meaningless. Across real hosts set "
+                      "strategy.max_price_age = 0 (README, \"More than one host\")",
+                      self.clock_skew_s)
 
     def _on_disconnect(self, reason: str | None) -> None:
         if self.dialer is not None and self.dialer.closed:

@@ -37,7 +37,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class Network:
-    host: str = "127.0.0.1"
+    """Where the stack's ports are: the dialling side's view (what a process binds is its own
+    section's `listen`)."""
+    gateway_host: str = "127.0.0.1"  # the OrderBook and the Strategy dial the Gateway here
+    order_host: str = "127.0.0.1"    # the Strategy dials the OrderManager here
     price_port: int = 5001
     news_port: int = 5002
     order_port: int = 5003
@@ -51,6 +54,8 @@ class Market:
 
 @dataclass
 class Gateway(Placement):
+    listen: str = "127.0.0.1"    # address the price and news ports bind (not loopback: a warning,
+                                 # the feed is unauthenticated)
     tick_rate: float = 1000.0
     news_rate: float = 4.0
     volatility: float = 0.0005
@@ -92,6 +97,8 @@ class Strategy(Placement):
 
 @dataclass
 class OrderManager(Placement):
+    listen: str = "127.0.0.1"   # address the order port binds; not loopback needs a token
+    allow_no_token: bool = False  # let a non-loopback listen start without a token
     order_log: str = "logs/orders.jsonl"
     fsync: bool = False         # fsync the order log per order (survives power loss; ~ms each)
     token: str = ""             # clients must send it in their hello; "" = none required;
@@ -356,8 +363,12 @@ def validate(cfg: Config) -> None:
         port = getattr(cfg.network, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"network.{name}: {port} is not a TCP port")
-    if not cfg.network.host.strip():
-        raise ConfigError("network.host: must not be empty")
+    for key, value in (("network.gateway_host", cfg.network.gateway_host),
+                       ("network.order_host", cfg.network.order_host),
+                       ("gateway.listen", cfg.gateway.listen),
+                       ("order_manager.listen", cfg.order_manager.listen)):
+        if not re.fullmatch(r"[A-Za-z0-9_.:%-]{1,253}", value):
+            raise ConfigError(f"{key}: {value!r} must be an IP address or a host name")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", cfg.market.shm_name):
         raise ConfigError(f"market.shm_name: {cfg.market.shm_name!r} must be 1-200 of "
                           "A-Z a-z 0-9 _ . - (it names a file in /dev/shm)")
@@ -465,8 +476,11 @@ def effective_token(configured: str) -> str:
 
 # --- command line -------------------------------------------------------------------------------
 
-_FLAG_NAMES = {("logging", "dir"): "--log-dir", ("logging", "level"): "--log-level"}
-_COMMON = (("network", "host"), ("market", "symbols"), ("market", "shm_name"),
+_FLAG_NAMES = {("logging", "dir"): "--log-dir", ("logging", "level"): "--log-level",
+               ("gateway", "listen"): "--gateway-listen",
+               ("order_manager", "listen"): "--order-listen"}
+_COMMON = (("network", "gateway_host"), ("network", "order_host"), ("market", "symbols"),
+           ("market", "shm_name"),
            ("logging", "level"), ("logging", "dir"))
 
 

@@ -31,6 +31,7 @@ from ext.layout import ReaderLost
 from ext.segment import BAND_REANCHOR_S, SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import runtime
+from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
 from processes.shared.protocol import MAX_FRAME, Ack, Order, ProtocolError, Reject, parse_news
 from processes.shared.telemetry import Recorder
 from processes.strategy.api import BUY, SELL, SIGN, OrderReply, Strategy, Tick, check_submit
@@ -127,12 +128,12 @@ class StrategyHost:
         self.order_to_ack = Recorder("order_to_ack")          # our send -> OrderManager's ack
         self.tick_to_ack = Recorder("tick_to_ack")            # Gateway send -> ack received
         net = cfg.network
-        self.news_dialer = Dialer(reactor, net.host, net.news_port, on_frame=self._on_news,
+        self.news_dialer = Dialer(reactor, net.gateway_host, net.news_port, on_frame=self._on_news,
                                   on_connect=lambda c: self.log.info("connected to news %s",
                                                                      c.peer),
                                   on_disconnect=self._on_news_lost, backoff=Backoff(),
-                                  max_frame=MAX_FRAME)
-        self.orders_out = OrderClient(reactor, net.host, net.order_port, self._on_reply,
+                                  max_frame=MAX_FRAME, sockopts=DEAD_PEER_SOCKOPTS)
+        self.orders_out = OrderClient(reactor, net.order_host, net.order_port, self._on_reply,
                                       s.name, config_mod.effective_token(s.token), self.log)
 
     # --- Context ---------------------------------------------------------------------------------

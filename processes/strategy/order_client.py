@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
 from processes.shared.protocol import (
     MAX_FRAME,
     Ack,
@@ -63,7 +64,8 @@ class OrderClient:
         # close makes us reconnect and resend everything pending instead.
         self.dialer = Dialer(reactor, host, port, on_connect=self._on_connect,
                              on_disconnect=self._on_disconnect, on_frame=self._on_frame,
-                             backoff=Backoff(), max_frame=MAX_FRAME, overflow="close")
+                             backoff=Backoff(), max_frame=MAX_FRAME, overflow="close",
+                             sockopts=DEAD_PEER_SOCKOPTS)
 
     @property
     def connected(self) -> bool:

@@ -2,7 +2,8 @@
 
 The order: OrderManager, Gateway, OrderBook, then one Strategy process per strategy of the
 config ("strategy", then "strategy.NAME" per [strategies.NAME]); they stop in reverse, the
-strategies first.
+strategies first. A role starts part of it on this host (ROLES): the "core" (OrderManager and
+Gateway) or a "trading" host (OrderBook and strategies, dialling the core's address).
 
 Each child is started only when the one before it reports ready through a pipe (port bound,
 segment created): no sleeps, and ports may be 0 (ephemeral) because each child reports the port it
@@ -35,6 +36,10 @@ log = logging.getLogger("main")
 READY_TIMEOUT = 15.0   # seconds a child may take to report ready
 STOP_TIMEOUT = 5.0     # seconds a child may take to exit after SIGTERM before SIGKILL
 ORDER = ("order_manager", "gateway", "orderbook", "strategy")   # with the default config
+# The config sections each role runs ("strategy" stands for every strategy process).
+ROLES = {"all": ("order_manager", "gateway", "orderbook", "strategy"),
+         "core": ("order_manager", "gateway"),
+         "trading": ("orderbook", "strategy")}
 # The module whose run() is each process, by config section (`python -m processes.<name>` runs
 # its main()).
 ENTRY = {"gateway": "processes.gateway.service", "orderbook": "processes.orderbook.service",
@@ -53,9 +58,26 @@ def _child(name: str, cfg: config_mod.Config, ready: Any, lock: Any) -> None:
     raise SystemExit(module.run(cfg, **kwargs))
 
 
-def process_order(cfg: config_mod.Config) -> tuple[str, ...]:
-    """The stack's process names in start-up order: the feed, then every strategy."""
-    return ORDER[:-1] + tuple(name for name, _ in config_mod.strategy_processes(cfg))
+def process_order(cfg: config_mod.Config, role: str = "all") -> tuple[str, ...]:
+    """The process names of `role` in start-up order: the feed, then every strategy."""
+    sections = ROLES[role]
+    names = tuple(name for name in ORDER[:-1] if name in sections)
+    if "strategy" in sections:
+        names += tuple(name for name, _ in config_mod.strategy_processes(cfg))
+    return names
+
+
+def role_problem(cfg: config_mod.Config, role: str) -> str | None:
+    """Why `cfg` cannot run as `role`, or None: a trading host dials the core's ports, which an
+    ephemeral port (0) would not tell it."""
+    if role != "trading":
+        return None
+    zero = [f"network.{key}" for key in ("price_port", "news_port", "order_port")
+            if getattr(cfg.network, key) == 0]
+    if zero:
+        return (f"--role trading dials the core's ports: {', '.join(zero)} must be the port "
+                "the core listens on, not 0")
+    return None
 
 
 def describe_exit(code: int | None) -> str:
@@ -89,10 +111,10 @@ class StartInterrupted(Exception):
 class Stack:
     """The running processes of one stack; `stop()` is safe to call at any point, more than once."""
 
-    def __init__(self, cfg: config_mod.Config) -> None:
+    def __init__(self, cfg: config_mod.Config, role: str = "all") -> None:
         self.cfg = copy.deepcopy(cfg)
         self.ctx = mp.get_context("spawn")
-        self.order = process_order(self.cfg)
+        self.order = process_order(self.cfg, role)
         self.procs: dict[str, mp.process.BaseProcess] = {}
         self.info: dict[str, dict[str, Any]] = {}
         self.lock = self.ctx.Lock()   # shared by every writer of the price book
@@ -310,14 +332,15 @@ class Supervisor:
     """
 
     def __init__(self, cfg: config_mod.Config, duration: float | None = None,
-                 hook: LoopHook | None = None) -> None:
+                 hook: LoopHook | None = None, role: str = "all") -> None:
         self.cfg = cfg
         self.duration = duration
         self.hook = hook
+        self.role = role
         self.stop_reason: list[str] = []
         self.stack: Stack | None = None
         self.code = 0
-        self.policy = RestartPolicy(cfg.supervisor, process_order(cfg))
+        self.policy = RestartPolicy(cfg.supervisor, process_order(cfg, role))
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._old_wakeup = -1
@@ -335,7 +358,7 @@ class Supervisor:
         self._old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
         self._old_handlers = {s: signal.signal(s, self._on_signal)
                               for s in (signal.SIGINT, signal.SIGTERM)}
-        self.stack = Stack(self.cfg)
+        self.stack = Stack(self.cfg, self.role)
         self.stack.start(stop_fd=self._wake_r)
         log.info("stack running%s; Ctrl+C to stop",
                  f" for {self.duration:.0f}s" if self.duration else "")
