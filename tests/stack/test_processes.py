@@ -22,6 +22,7 @@ from stackutil import (
 )
 
 from ext import SharedPriceBook
+from processes.shared import telemetry
 from processes.shared.protocol import Order as OrderMsg
 from processes.shared.protocol import (
     encode_hello,
@@ -356,6 +357,76 @@ def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
         venue.say("AAPL", 90)                   # bullish news while falling: disagree
         assert order_after(-0.05, timeout=1.0) is None
         assert len({buy["id"], sell["id"]}) == 2 and buy["client"] == cfg.strategy.name
+    finally:
+        venue.close()
+        for child in children:
+            child.stop()
+        book.close()
+        book.unlink()
+    assert not shm_exists(cfg.market.shm_name)
+
+
+@pytest.mark.timeout(60)
+def test_strategy_process_trades_only_strictly_past_each_threshold(tmp_path, children):
+    """Exact boundary values through the real Strategy process (windows 2/4, bullish 60,
+    bearish 40): sentiment AT a threshold with the trend agreeing, and bullish news while the
+    short MA EQUALS the long one, must each send nothing. No "nothing within N s" window: after
+    the boundary inputs the test waits until the Strategy's own counters show it has seen every
+    one of them, then feeds the one input that must trade; the first order to arrive must be
+    that input's (an order made at a boundary would arrive before it, on the same connection)."""
+    cfg, venue, book = strategy_rig(tmp_path, **{"strategy.params.quantity": 10,
+                                                 "logging.stats_interval": 0.05})
+    stats_file = tmp_path / "logs" / "stats" / "strategy.json"
+
+    def counters() -> dict:
+        snap = telemetry.read_snapshot(stats_file)
+        return snap["counters"] if snap else {}
+
+    seen = [0]
+
+    def tick(symbol: str, price: float) -> None:
+        """Write one price and wait until the Strategy has decided on it."""
+        book.update(symbol, price, time.monotonic_ns(), 0)
+        seen[0] += 1
+        wait_until(lambda: counters().get("ticks", 0) >= seen[0], 10,
+                   what=f"the Strategy to see {symbol} {price}")
+
+    def say(symbol: str, sentiment: int) -> None:
+        venue.say(symbol, sentiment)
+        j = cfg.market.symbols.index(symbol)
+        wait_until(lambda: (counters().get("sentiment") or [None] * 2)[j] == sentiment, 10,
+                   what=f"the Strategy to hear {symbol} {sentiment}")
+
+    def first_order() -> tuple:
+        order = venue.next_order(10)
+        assert order is not None, "no order for the input that must trade"
+        return order["side"], order["qty"], order["symbol"], order["price"]
+
+    try:
+        start(children, "strategy", cfg)
+        venue.accept()
+        wait_until(lambda: "ticks" in counters(), 10, what="the Strategy's first snapshot")
+        # Sentiment exactly at bullish, averages rising: neutral (>= would buy at 100.20).
+        say("AAPL", 60)
+        for k in range(1, 7):
+            tick("AAPL", 100.0 + 0.05 * k)
+        say("AAPL", 61)
+        tick("AAPL", 100.35)
+        assert first_order() == ("BUY", 10, "AAPL", 100.35)
+        # Bullish news, flat prices: short MA == long MA, neutral (>= would buy at 50.00).
+        say("MSFT", 90)
+        for _ in range(6):
+            tick("MSFT", 50.0)
+        tick("MSFT", 50.01)
+        assert first_order() == ("BUY", 10, "MSFT", 50.01)
+        # Sentiment exactly at bearish, averages falling: neutral (<= would sell).
+        say("MSFT", 40)
+        for k in range(1, 7):
+            tick("MSFT", 50.0 - 0.05 * k)
+        say("MSFT", 39)
+        tick("MSFT", 49.65)
+        assert first_order() == ("SELL", 20, "MSFT", 49.65)
+        assert counters()["orders"] == 3
     finally:
         venue.close()
         for child in children:
