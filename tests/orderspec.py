@@ -22,7 +22,8 @@ MAX_STAMP = 2 ** 64 - 1
 STAMPS = ("tick_ns", "tick_seq", "sent_ns")
 
 # The reject reasons, by the rule broken: what each reason starts with.
-MALFORMED = "malformed "        # not a JSON object ("malformed JSON: ...", "malformed order: ...")
+MALFORMED = "malformed "        # not strict JSON ("malformed JSON: ...")
+NOT_AN_OBJECT = "expected a JSON object"
 BAD_ID = "bad order id "
 UNKNOWN_SYMBOL = "unknown symbol "
 BAD_SIDE = "bad side "
@@ -97,7 +98,7 @@ def judge(frame: bytes, symbols: frozenset[str] | set[str]) -> Verdict:
     except ValueError:
         return Verdict(None, MALFORMED)
     if not isinstance(obj, dict):
-        return Verdict(None, MALFORMED)
+        return Verdict(None, NOT_AN_OBJECT)
     echo = _echo(obj.get("id"))
 
     def reject(reason: str) -> Verdict:
@@ -146,7 +147,10 @@ class Book:
         """The verdict on `frame` and the reply it must get (a reject's reason as its start)."""
         verdict = judge(frame, self.symbols)
         if not verdict.valid:
-            return verdict, {"type": "reject", "id": verdict.echo, "reason": verdict.reason}
+            # A frame that is not a JSON object is told the order format: "malformed JSON: ...;
+            # an order is ..." or "malformed order: ... is not JSON; an order is ...".
+            reason = MALFORMED if verdict.reason == NOT_AN_OBJECT else verdict.reason
+            return verdict, {"type": "reject", "id": verdict.echo, "reason": reason}
         key = (client, verdict.fields["id"])
         if key not in self.booked:
             self.booked[key] = self.next_order_no
