@@ -348,9 +348,25 @@ def test_an_encoded_hello_is_decoded_by_the_typed_path_alone(client, token, vers
     assert (hello.client, hello.token, hello.version) == (client, token, version)
 
 
+# Orders of the typed decoder's shape (the right JSON types, no other key), any value in range or
+# out of it: what the typed path must still check by value.
+_edge_ints = st.integers() | st.sampled_from([0, 1, -1, protocol.MAX_I64, protocol.MAX_I64 + 1,
+                                              protocol.MAX_U64, protocol.MAX_U64 + 1])
+typed_shaped = st.fixed_dictionaries({
+    "id": st.text(max_size=130) | st.sampled_from(["", "x" * 128, "x" * 129]),
+    "symbol": st.sampled_from([*sorted(SYMBOLS), "ZZZ", "aapl", ""]),
+    "side": st.sampled_from(["BUY", "SELL", "HOLD", "buy", ""]),
+    "qty": _edge_ints,
+    "price": st.floats(allow_nan=False, allow_infinity=False) | _edge_ints
+    | st.sampled_from([0.0, -0.0, 5e-324, protocol.MAX_PRICE, 1000000000.0000001])},
+    optional={"client": st.text(max_size=130), "tick_ns": _edge_ints, "tick_seq": _edge_ints,
+              "sent_ns": _edge_ints})
+
+
 @FAST
 @given(st.binary(max_size=300)
        | order_like.map(lambda d: json.dumps(d, separators=(",", ":")).encode())
+       | typed_shaped.map(lambda d: json.dumps(d, separators=(",", ":")).encode())
        | canonical_orders.map(lambda o: protocol.encode_order(o)[:-1]))
 def test_decode_order_is_what_the_spec_says(frame):
     """For ANY bytes, decode_order gives exactly the order tests/orderspec.py (the documented
