@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stackutil import Child, make_config, record_fault, recv_frames, wait_until
+from stackutil import Child, hold_port, make_config, record_fault, recv_frames, wait_until
 
 from processes.shared import telemetry
 from processes.shared.protocol import Order, encode_hello, encode_order
@@ -71,6 +71,8 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
         "logging.level": "DEBUG", "logging.stats_interval": 0.1,
     })
     children: list[Child] = []
+    held = hold_port()          # the restarted OrderManager binds the same port: nobody else may
+    cfg.network.order_port = held.getsockname()[1]
 
     def start(name: str) -> dict:
         child = Child(name, cfg)
@@ -78,7 +80,7 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
         return child.start()
 
     try:
-        cfg.network.order_port = start("order_manager")["order_port"]
+        assert start("order_manager")["order_port"] == cfg.network.order_port
         gw = start("gateway")
         cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
         start("orderbook")
@@ -125,6 +127,7 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
     finally:
         for child in reversed(children):
             child.stop()
+        held.close()
 
     made = CREATED.findall((tmp_path / "logs" / "strategy.log").read_text())
     records = booked(tmp_path)

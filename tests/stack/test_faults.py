@@ -10,6 +10,7 @@ port is in test_hostile.py.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import pytest
 from stackutil import (
     CTX,
     Child,
+    hold_port,
     make_config,
     record_fault,
     rss_bytes,
@@ -74,35 +76,55 @@ def trading_config(tmp_path: Path, **extra):
 
 @pytest.mark.timeout(60)
 def test_kill_9_the_gateway_and_restart_it_ticks_flow_again(tmp_path, children):
-    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "logging.stats_interval": 0.1})
-    gw = start(children, "gateway", cfg)
-    cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
-    start(children, "orderbook", cfg)
-    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
-        wait_until(lambda: newest_write(book) > time.monotonic_ns() - 50_000_000, 10,
-                   what="ticks in shared memory")
-        children[0].kill()                                   # SIGKILL mid-stream
-        kill_ns = time.monotonic_ns()
-        time.sleep(0.5)
-        assert newest_write(book) < kill_ns + 20_000_000, "ticks without a Gateway"
-        restarted = Child("gateway", cfg)                    # the same ports
-        children.append(restarted)
-        restart_ns = time.monotonic_ns()
-        restarted.start()
-        ready_ns = time.monotonic_ns()
-        first = [0]
+    """The restarted Gateway (on the same ports, held by the test so that nobody takes them
+    meanwhile) starts its sequences again. It runs at a slower rate than the killed one had
+    run up to, so every symbol's first new sequence is below its old one: the OrderBook counts
+    exactly one reset per symbol, and no gap."""
+    held = [hold_port(), hold_port()]
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "logging.stats_interval": 0.1,
+                                   "network.price_port": held[0].getsockname()[1],
+                                   "network.news_port": held[1].getsockname()[1]})
+    slow = copy.deepcopy(cfg)
+    slow.gateway.tick_rate = 100       # 20 per symbol and second: far below the old sequences
+    try:
+        start(children, "gateway", cfg)
+        start(children, "orderbook", cfg)
+        with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
+            n = book.nsymbols
+            wait_until(lambda: min(book.read_slot(i)[2] for i in range(n)) >= 1000, 20,
+                       what="1000 ticks of every symbol")
+            mark = time.monotonic_ns()
+            wait_until(lambda: counters(tmp_path, "orderbook", mark), 5, what="a fresh snapshot")
+            before = counters(tmp_path, "orderbook", mark)
+            assert before["seq_resets"] == 0 and before["reconnects"] == 0, before
+            children[0].kill()                                   # SIGKILL mid-stream
+            kill_ns = time.monotonic_ns()
+            time.sleep(0.5)
+            assert newest_write(book) < kill_ns + 20_000_000, "ticks without a Gateway"
+            mark = time.monotonic_ns()
+            wait_until(lambda: counters(tmp_path, "orderbook", mark), 5, what="a fresh snapshot")
+            gaps_at_kill = counters(tmp_path, "orderbook", mark)["gaps"]
+            restarted = Child("gateway", slow)                   # the same ports
+            children.append(restarted)
+            restart_ns = time.monotonic_ns()
+            restarted.start()
+            ready_ns = time.monotonic_ns()
+            first = [0]
 
-        def fresh() -> bool:
-            writes = [w for w in (book.read_slot(i)[3] for i in range(book.nsymbols))
-                      if w > restart_ns]
-            if writes:
-                first[0] = min(writes)
-            return bool(writes)
+            def fresh() -> bool:
+                writes = [w for w in (book.read_slot(i)[3] for i in range(n)) if w > restart_ns]
+                if writes:
+                    first[0] = min(writes)
+                return bool(writes)
 
-        wait_until(fresh, 15, interval=0.001, what="the first tick after the restart")
-        wait_until(lambda: counters(tmp_path, "orderbook").get("reconnects", 0) >= 1, 5)
-    # The new Gateway's sequences start again: a reset, or a gap if they had already passed
-    # the old ones by the time the OrderBook redialed.
+            wait_until(fresh, 15, interval=0.001, what="the first tick after the restart")
+            wait_until(lambda: all(book.read_slot(i)[3] > restart_ns for i in range(n)), 15,
+                       what="a new tick of every symbol")
+            wait_until(lambda: counters(tmp_path, "orderbook").get("seq_resets", 0) >= n, 5,
+                       what="a reset per symbol")
+    finally:
+        for sock in held:
+            sock.close()
     ob = counters(tmp_path, "orderbook")
     result = record_fault(
         "kill9_gateway", (first[0] - restart_ns) / 1e9,
@@ -111,6 +133,8 @@ def test_kill_9_the_gateway_and_restart_it_ticks_flow_again(tmp_path, children):
         restart_to_ready_s=(ready_ns - restart_ns) / 1e9, reconnects=ob["reconnects"],
         seq_resets=ob["seq_resets"], gaps=ob["gaps"])
     assert ob["reconnects"] == 1
+    assert ob["seq_resets"] == n, ob
+    assert ob["gaps"] == gaps_at_kill, "the new sequences start below the old: no gap"
     assert result["recovery_s"] < 10
 
 

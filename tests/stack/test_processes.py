@@ -12,6 +12,7 @@ from stackutil import (
     CTX,
     Child,
     cpu_seconds,
+    hold_port,
     make_config,
     parse_price,
     recv_frames,
@@ -175,12 +176,13 @@ def test_shared_memory_updates_propagate_across_processes(tmp_path, children, pl
 
 @pytest.mark.timeout(60)
 def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
-    cfg = make_config(tmp_path, **{"gateway.tick_rate": 500})
-    gw = start(children, "gateway", cfg)
-    cfg.network.price_port = gw["price_port"]
-    cfg.network.news_port = gw["news_port"]
+    held = [hold_port(), hold_port()]   # the restart binds them again: nobody may take them
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 500,
+                                   "network.price_port": held[0].getsockname()[1],
+                                   "network.news_port": held[1].getsockname()[1]})
+    start(children, "gateway", cfg)
     start(children, "orderbook", cfg)
-    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
+    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book, held[0], held[1]:
         wait_until(lambda: book.read_slot(0)[2] > 0, 10, what="ticks")
         children[0].kill()                      # the Gateway dies mid-stream
         time.sleep(0.3)
