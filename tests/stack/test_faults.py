@@ -138,6 +138,48 @@ def test_kill_9_the_gateway_and_restart_it_ticks_flow_again(tmp_path, children):
     assert result["recovery_s"] < 10
 
 
+@pytest.mark.timeout(60)
+def test_the_strategy_redials_the_news_of_a_restarted_gateway(tmp_path, children):
+    """kill -9 the Gateway under a Strategy: the Strategy logs the lost news feed, redials with
+    backoff, and hears the restarted Gateway's news (its order connection is not touched)."""
+    held = [hold_port(), hold_port()]
+    orders = socket.create_server(("127.0.0.1", 0))   # connections wait in its backlog
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 100, "gateway.news_rate": 200,
+                                   "logging.stats_interval": 0.05,
+                                   "network.price_port": held[0].getsockname()[1],
+                                   "network.news_port": held[1].getsockname()[1],
+                                   "network.order_port": orders.getsockname()[1]})
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    strategy_log = tmp_path / "logs" / "strategy.log"
+    try:
+        start(children, "gateway", cfg)
+        start(children, "strategy", cfg)
+        wait_until(lambda: counters(tmp_path, "strategy").get("news", 0) >= 20, 15,
+                   what="news to reach the Strategy")
+        children[0].kill()
+        wait_until(lambda: "news feed lost" in strategy_log.read_text(), 10,
+                   what="the Strategy to notice the lost feed")
+        mark = time.monotonic_ns()
+        wait_until(lambda: counters(tmp_path, "strategy", mark), 5, what="a fresh snapshot")
+        lost = counters(tmp_path, "strategy", mark)
+        assert lost["reconnects"] == 0, lost
+        start(children, "gateway", cfg)                    # the same ports
+        restart_ns = time.monotonic_ns()
+        wait_until(lambda: counters(tmp_path, "strategy", restart_ns).get("news", 0)
+                   >= lost["news"] + 20, 15, what="news from the restarted Gateway")
+        heard = counters(tmp_path, "strategy", restart_ns)
+        assert strategy_log.read_text().count("news feed lost") == 1
+    finally:
+        for sock in (*held, orders):
+            sock.close()
+        for child in reversed(children):
+            child.stop()
+        book.close()
+        book.unlink()
+    assert heard["reconnects"] == 1, "one redial, of the news feed"
+    assert heard["bad_news"] == 0 and heard["unknown_news"] == 0
+
+
 # --- kill -9 the OrderBook ------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
