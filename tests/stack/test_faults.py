@@ -414,6 +414,43 @@ def test_main_restarts_a_killed_child_and_keeps_trading(tmp_path):
                      **rec)
 
 
+@pytest.mark.timeout(90)
+def test_main_stops_the_stack_when_a_child_has_used_up_its_restarts(tmp_path):
+    """supervisor.max_restarts 2: the Gateway is restarted twice; its third death in a row
+    stops the whole stack, downstream first, and main.py exits 1, leaving nothing behind."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    run = tm.MainRun(tmp_path, shm, "--set", "supervisor.max_restarts=2",
+                     "--set", "supervisor.backoff=0.05", "--set", "supervisor.backoff_max=0.1")
+    pids: list[int] = []
+    try:
+        run.wait_for("stack running")
+        pid = tm.child_pids(run.output)["gateway"]
+        for k in (1, 2):
+            mark = len(run.lines)
+            os.kill(pid, signal.SIGKILL)
+            pids.append(pid)
+            run.wait_for(rf"gateway died with exit code -9; restarting it in [\d.]+s "
+                         rf"\(restart {k} of 2\)$", 10, mark)
+            pid = int(run.wait_for(r"gateway restarted \(pid (\d+)\)", 30, mark)[1])
+        mark = len(run.lines)
+        os.kill(pid, signal.SIGKILL)
+        pids.append(pid)
+        run.wait_for(r"gateway died with exit code -9; stopping the stack \(it was restarted 2 "
+                     r"times in a row \(supervisor.max_restarts\)\)$", 10, mark)
+        run.proc.wait(40)
+        run._reader.join(5)
+    finally:
+        run.close()
+    out = run.output
+    assert run.proc.returncode == 1, out[-3000:]
+    assert len(set(pids)) == 3 and not any(pid_alive(p) for p in pids)
+    assert re.search(r"children exited badly: gateway killed by SIGKILL$", out, re.M), out[-2000:]
+    assert re.search(r"stopped: order_manager exit 0, gateway killed by SIGKILL, orderbook exit "
+                     r"0, strategy exit 0$", out, re.M), out[-2000:]
+    assert "restarting it" not in out[out.index("stopping the stack"):]
+    tm.assert_nothing_left(out, shm)
+
+
 @pytest.mark.timeout(60)
 def test_sigterm_to_main_mid_run_leaves_nothing(tmp_path):
     """The clean-stop path as a fault: how long SIGTERM -> every process gone, no segment."""
