@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -196,6 +198,38 @@ def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
         # A restarted Gateway starts its sequences from 1 again: any new write proves the reconnect.
         wait_until(lambda: book.read_slot(0)[2] != stalled, 10, what="reconnect")
         assert time.monotonic() - t0 < 5
+
+
+def socket_memory(port: int, side: str) -> list[dict[str, int]]:
+    """`ss -tm` of the established loopback connections whose `side` ("sport" or "dport") is
+    `port`: each one's skmem fields (rb = receive buffer, tb = send buffer, in bytes)."""
+    out = subprocess.run(["ss", "-tmnH", "state", "established", f"( {side} = :{port} )"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return [{m[0]: int(m[1]) for m in re.findall(r"([a-z]+)(\d+)", mem)}
+            for mem in re.findall(r"skmem:\(([^)]*)\)", out)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read another "
+                    "process's socket buffers")
+def test_socket_buffer_caps_the_feeds_kernel_buffers(tmp_path, children):
+    """gateway.socket_buffer is the Gateway's SO_SNDBUF for every price and news client and
+    the OrderBook's SO_RCVBUF (Linux doubles what is set, for its bookkeeping, and stops
+    autotuning it), so a fast feed cannot queue megabytes in the kernel."""
+    size = 40960
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "gateway.socket_buffer": size})
+    gw = start(children, "gateway", cfg)
+    cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
+    start(children, "orderbook", cfg)
+    with socket.create_connection(("127.0.0.1", gw["news_port"]), timeout=5) as news:
+        recv_frames(news, 1)                                  # connected and served
+        wait_until(lambda: len(socket_memory(gw["price_port"], "sport")) == 1, 10,
+                   what="the OrderBook's price connection")
+        gateway_price, = socket_memory(gw["price_port"], "sport")
+        orderbook_price, = socket_memory(gw["price_port"], "dport")
+        gateway_news, = socket_memory(gw["news_port"], "sport")
+    assert gateway_price["tb"] == gateway_news["tb"] == 2 * size, (gateway_price, gateway_news)
+    assert orderbook_price["rb"] == 2 * size, orderbook_price
 
 
 def _order(i: int, symbol: str = "AAPL", **kw) -> bytes:
