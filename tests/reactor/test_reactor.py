@@ -1012,10 +1012,12 @@ def test_dialer_backs_off_from_a_peer_that_accepts_and_closes(reactor: Reactor,
 
 
 def test_dialer_refused_counts_failures_without_disconnect(reactor: Reactor, cleanup: list) -> None:
+    # A port with nothing listening: bound and kept (never listening) for the whole test, so it
+    # refuses every connect and no other process can take it meanwhile.
     probe = socket.socket()
+    cleanup.append(probe)
     probe.bind((LOCALHOST, 0))
     port = probe.getsockname()[1]
-    probe.close()  # a port with nothing listening
     disconnects: list[str | None] = []
     dialer = Dialer(
         reactor,
