@@ -34,6 +34,20 @@ def make_config(tmp_path: Path, **overrides: Any) -> config.Config:
     return config.load(None, base)
 
 
+def hold_port() -> socket.socket:
+    """A loopback port reserved for the whole test: bound with SO_REUSEADDR and never listening.
+
+    A process the test starts on this port (our Servers set SO_REUSEADDR) binds and listens
+    beside it; while none listens, e.g. between killing a process and starting it again on the
+    same port, nobody else can take the port: an ephemeral bind or connect skips a bound port,
+    and a plain bind of it fails. Close it at the end of the test.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 def parse_price(frame: bytes | memoryview) -> tuple[bytes, float, int, int]:
     """(symbol, price, seq, sent_ns) of a price frame by the twin decoder's grammar (what the
     OrderBook accepts); a malformed frame fails the test with the decoder's reason."""

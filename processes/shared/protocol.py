@@ -246,13 +246,22 @@ def encode_hello(client: str, token: str = "", version: int = PROTOCOL_VERSION) 
     return _frame(Hello(version=version, client=client, token=token))
 
 
+_HELLO_TAG = b'{"type":"hello",'
+
+
 def decode_hello(frame: memoryview | bytes) -> Hello:
     """The Hello of a first frame; ProtocolError names what is wrong. Always the result of
-    validate_hello(decode_json(frame))."""
-    try:
-        hello = _decode_hello(frame)
-    except _DECODE_ERRORS:
-        hello = None
+    validate_hello(decode_json(frame)).
+
+    The typed decoder reads a tagged Struct without its tag as well, so it only gets frames
+    that start with the tag as encode_hello writes it; any other spelling is checked rule by
+    rule (where a frame with no "type" is not a hello)."""
+    hello = None
+    if frame[:len(_HELLO_TAG)] == _HELLO_TAG:
+        try:
+            hello = _decode_hello(frame)
+        except _DECODE_ERRORS:
+            hello = None
     if (hello is not None and CLIENT_NAME.fullmatch(hello.client)
             and len(hello.token) <= MAX_TOKEN):
         return hello

@@ -5,6 +5,12 @@ strategy settings that make orders flow. The OrderManager is frozen (SIGSTOP) un
 in flight, then SIGKILLed; the Strategy keeps trading into its outbox, and a new OrderManager
 starts on the same port and order log. Then the feed stops, every order must be answered, and the
 ids the Strategy made (its DEBUG "created" lines) must be exactly the ids in the order log, once.
+
+The frozen OrderManager reads nothing, so the orders the Strategy resends were never booked. The
+other half of dedup after a restart, a resend of an order the dead process DID book (its ack
+lost with the connection), is what a client under the Strategy's own name does: it resends the
+Strategy's last order booked before the kill, frame for frame, and must get that order's number
+back with nothing booked again.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
-from stackutil import Child, make_config, record_fault, wait_until
+from stackutil import Child, hold_port, make_config, record_fault, recv_frames, wait_until
 
 from processes.shared import telemetry
+from processes.shared.protocol import Order, encode_hello, encode_order
 
 CREATED = re.compile(r"order (\S+) created: ")
 
@@ -41,6 +49,18 @@ def booked(tmp_path: Path) -> list[dict]:
     return [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
 
 
+def resend_as(port: int, client: str, record: dict) -> dict:
+    """Send a booked order-log record's order again as `client` (a client whose ack was lost);
+    the OrderManager's reply."""
+    order = Order(**{k: record[k] for k in Order.__struct_fields__})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(encode_hello(client))
+        welcome, = recv_frames(sock, 1)
+        assert json.loads(welcome)["type"] == "welcome", welcome
+        sock.sendall(encode_order(order))
+        return json.loads(recv_frames(sock, 1)[0])
+
+
 @pytest.mark.timeout(90)
 def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path):
     cfg = make_config(tmp_path, **{
@@ -51,6 +71,8 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
         "logging.level": "DEBUG", "logging.stats_interval": 0.1,
     })
     children: list[Child] = []
+    held = hold_port()          # the restarted OrderManager binds the same port: nobody else may
+    cfg.network.order_port = held.getsockname()[1]
 
     def start(name: str) -> dict:
         child = Child(name, cfg)
@@ -58,7 +80,7 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
         return child.start()
 
     try:
-        cfg.network.order_port = start("order_manager")["order_port"]
+        assert start("order_manager")["order_port"] == cfg.network.order_port
         gw = start("gateway")
         cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
         start("orderbook")
@@ -83,6 +105,13 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
         info = restarted.start()
         ready_ns = time.monotonic_ns()
         assert info["replayed"] == before_kill and info["next_order_no"] == before_kill + 1
+        # An order the killed process booked, resent: deduplicated from the order log alone.
+        last_booked = booked(tmp_path)[before_kill - 1]
+        again = resend_as(info["order_port"], cfg.strategy.name, last_booked)
+        assert again == {"type": "ack", "id": last_booked["id"],
+                         "order_no": last_booked["order_no"]}, (
+            f"a resend of {last_booked['id']}, booked before the kill as order "
+            f"{last_booked['order_no']}, was not deduplicated: {again}")
 
         wait_until(lambda: counter(tmp_path, "strategy", "resent") >= 6, 15,
                    what="the Strategy to reconnect and resend")
@@ -94,9 +123,11 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
                    what="every order answered")
         children[3].stop()                           # the Strategy: final snapshot
         restarted.stop()
+        om_final = snapshot(tmp_path, "order_manager")
     finally:
         for child in reversed(children):
             child.stop()
+        held.close()
 
     made = CREATED.findall((tmp_path / "logs" / "strategy.log").read_text())
     records = booked(tmp_path)
@@ -112,6 +143,10 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
     assert [r["order_no"] for r in records] == list(range(1, len(records) + 1))
     assert stats["acks"] == stats["orders"] and stats["rejects"] == 0 and stats["pending"] == 0
     assert stats["unsent"] >= 3 and stats["resent"] >= 6   # in flight at the kill + outbox
+    assert [r["order_no"] for r in records if r["id"] == last_booked["id"]] == [
+        last_booked["order_no"]], "the resent booked order is in the log once"
+    assert om_final["final"] and om_final["pid"] == info["pid"]
+    assert om_final["counters"]["duplicates"] >= 1, om_final["counters"]
 
     # Recovery: restart -> the first order made before the restart that the new process booked.
     waiting = [r["received_ns"] for r in records[before_kill:] if r["tick_ns"] < restart_ns]

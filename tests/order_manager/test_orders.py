@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stackutil import Child, make_config, wait_until
+from stackutil import Child, hold_port, make_config, wait_until
 
 from ext import SharedPriceBook
 from processes.order_manager import service as om_mod
@@ -113,7 +113,8 @@ class OMs:
         self.tmp_path = tmp_path
         self.children: list[Child] = []
         self.clients: list[OMClient] = []
-        self.port = 0
+        self._held = hold_port()   # a restart binds the same port, and nobody may take it
+        self.port = self._held.getsockname()[1]
 
     def start(self, **overrides) -> Child:
         """An OrderManager; a restart reuses the port and order log of the first one."""
@@ -137,6 +138,7 @@ class OMs:
             cli.close()
         for child in reversed(self.children):
             child.stop()
+        self._held.close()
 
 
 @pytest.fixture

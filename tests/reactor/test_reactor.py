@@ -70,8 +70,32 @@ def get_wakeup_fd() -> int:
 # -- timers -------------------------------------------------------------------------------
 
 
-def test_exports() -> None:
-    assert Timer and IdleSource and FrameReader and FrameTooLarge
+def test_the_package_exports_what_the_reactor_itself_uses(reactor: Reactor) -> None:
+    """`from reactor import X` is the very type the reactor hands out and raises: a timer is a
+    Timer, an oversized frame raises FrameTooLarge, an idle source is checked against
+    IdleSource (a runtime-checkable protocol)."""
+    import reactor as package
+    assert sorted(package.__all__) == ["Backoff", "Connection", "Dialer", "FrameReader",
+                                       "FrameTooLarge", "IdleSource", "Reactor", "Server", "Timer"]
+    timer = reactor.call_later(60, lambda: None)
+    assert type(timer) is Timer
+    timer.cancel()
+    reader = FrameReader(lambda _frame: None, max_frame=4, capacity=16)
+    reader.get_buffer()[:6] = b"abcdef"
+    with pytest.raises(FrameTooLarge):
+        reader.buffer_updated(6)
+
+    class Source:
+        def poll(self) -> bool:
+            return False
+
+        def arm(self) -> bool:
+            return True
+
+        def disarm(self) -> None:
+            pass
+
+    assert isinstance(Source(), IdleSource) and not isinstance(object(), IdleSource)
 
 
 def test_timers_run_in_deadline_order(reactor: Reactor) -> None:
@@ -988,10 +1012,12 @@ def test_dialer_backs_off_from_a_peer_that_accepts_and_closes(reactor: Reactor,
 
 
 def test_dialer_refused_counts_failures_without_disconnect(reactor: Reactor, cleanup: list) -> None:
+    # A port with nothing listening: bound and kept (never listening) for the whole test, so it
+    # refuses every connect and no other process can take it meanwhile.
     probe = socket.socket()
+    cleanup.append(probe)
     probe.bind((LOCALHOST, 0))
     port = probe.getsockname()[1]
-    probe.close()  # a port with nothing listening
     disconnects: list[str | None] = []
     dialer = Dialer(
         reactor,

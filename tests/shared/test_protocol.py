@@ -16,6 +16,7 @@ from processes.shared.protocol import (
     ProtocolError,
     Reject,
     Welcome,
+    decode_hello,
     decode_json,
     decode_order,
     decode_reply,
@@ -158,3 +159,13 @@ def test_ack_round_trip_equals_json(oid, order_no):
     assert body.count(b"*") == 0
     assert json.loads(body) == {"type": "ack", "id": oid, "order_no": order_no}
     assert decode_reply(body) == Ack(oid, order_no)
+
+
+@pytest.mark.parametrize("frame", [b'{"version":1,"client":"c"}',
+                                   b'{"version":1,"client":"c","token":""}',
+                                   memoryview(b'{"client":"c","version":1}')])
+def test_a_first_frame_without_the_hello_tag_is_not_a_hello(frame):
+    """The typed decoder alone would read these as a Hello (it does not require the tag)."""
+    with pytest.raises(ProtocolError, match="expected a hello first"):
+        decode_hello(frame)
+    assert decode_hello(memoryview(b'{"type":"hello","version":1,"client":"c"}')).client == "c"

@@ -10,6 +10,7 @@ port is in test_hostile.py.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import pytest
 from stackutil import (
     CTX,
     Child,
+    hold_port,
     make_config,
     record_fault,
     rss_bytes,
@@ -74,35 +76,55 @@ def trading_config(tmp_path: Path, **extra):
 
 @pytest.mark.timeout(60)
 def test_kill_9_the_gateway_and_restart_it_ticks_flow_again(tmp_path, children):
-    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "logging.stats_interval": 0.1})
-    gw = start(children, "gateway", cfg)
-    cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
-    start(children, "orderbook", cfg)
-    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
-        wait_until(lambda: newest_write(book) > time.monotonic_ns() - 50_000_000, 10,
-                   what="ticks in shared memory")
-        children[0].kill()                                   # SIGKILL mid-stream
-        kill_ns = time.monotonic_ns()
-        time.sleep(0.5)
-        assert newest_write(book) < kill_ns + 20_000_000, "ticks without a Gateway"
-        restarted = Child("gateway", cfg)                    # the same ports
-        children.append(restarted)
-        restart_ns = time.monotonic_ns()
-        restarted.start()
-        ready_ns = time.monotonic_ns()
-        first = [0]
+    """The restarted Gateway (on the same ports, held by the test so that nobody takes them
+    meanwhile) starts its sequences again. It runs at a slower rate than the killed one had
+    run up to, so every symbol's first new sequence is below its old one: the OrderBook counts
+    exactly one reset per symbol, and no gap."""
+    held = [hold_port(), hold_port()]
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "logging.stats_interval": 0.1,
+                                   "network.price_port": held[0].getsockname()[1],
+                                   "network.news_port": held[1].getsockname()[1]})
+    slow = copy.deepcopy(cfg)
+    slow.gateway.tick_rate = 100       # 20 per symbol and second: far below the old sequences
+    try:
+        start(children, "gateway", cfg)
+        start(children, "orderbook", cfg)
+        with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
+            n = book.nsymbols
+            wait_until(lambda: min(book.read_slot(i)[2] for i in range(n)) >= 1000, 20,
+                       what="1000 ticks of every symbol")
+            mark = time.monotonic_ns()
+            wait_until(lambda: counters(tmp_path, "orderbook", mark), 5, what="a fresh snapshot")
+            before = counters(tmp_path, "orderbook", mark)
+            assert before["seq_resets"] == 0 and before["reconnects"] == 0, before
+            children[0].kill()                                   # SIGKILL mid-stream
+            kill_ns = time.monotonic_ns()
+            time.sleep(0.5)
+            assert newest_write(book) < kill_ns + 20_000_000, "ticks without a Gateway"
+            mark = time.monotonic_ns()
+            wait_until(lambda: counters(tmp_path, "orderbook", mark), 5, what="a fresh snapshot")
+            gaps_at_kill = counters(tmp_path, "orderbook", mark)["gaps"]
+            restarted = Child("gateway", slow)                   # the same ports
+            children.append(restarted)
+            restart_ns = time.monotonic_ns()
+            restarted.start()
+            ready_ns = time.monotonic_ns()
+            first = [0]
 
-        def fresh() -> bool:
-            writes = [w for w in (book.read_slot(i)[3] for i in range(book.nsymbols))
-                      if w > restart_ns]
-            if writes:
-                first[0] = min(writes)
-            return bool(writes)
+            def fresh() -> bool:
+                writes = [w for w in (book.read_slot(i)[3] for i in range(n)) if w > restart_ns]
+                if writes:
+                    first[0] = min(writes)
+                return bool(writes)
 
-        wait_until(fresh, 15, interval=0.001, what="the first tick after the restart")
-        wait_until(lambda: counters(tmp_path, "orderbook").get("reconnects", 0) >= 1, 5)
-    # The new Gateway's sequences start again: a reset, or a gap if they had already passed
-    # the old ones by the time the OrderBook redialed.
+            wait_until(fresh, 15, interval=0.001, what="the first tick after the restart")
+            wait_until(lambda: all(book.read_slot(i)[3] > restart_ns for i in range(n)), 15,
+                       what="a new tick of every symbol")
+            wait_until(lambda: counters(tmp_path, "orderbook").get("seq_resets", 0) >= n, 5,
+                       what="a reset per symbol")
+    finally:
+        for sock in held:
+            sock.close()
     ob = counters(tmp_path, "orderbook")
     result = record_fault(
         "kill9_gateway", (first[0] - restart_ns) / 1e9,
@@ -111,7 +133,51 @@ def test_kill_9_the_gateway_and_restart_it_ticks_flow_again(tmp_path, children):
         restart_to_ready_s=(ready_ns - restart_ns) / 1e9, reconnects=ob["reconnects"],
         seq_resets=ob["seq_resets"], gaps=ob["gaps"])
     assert ob["reconnects"] == 1
+    assert ob["seq_resets"] == n, ob
+    assert ob["gaps"] == gaps_at_kill, "the new sequences start below the old: no gap"
     assert result["recovery_s"] < 10
+
+
+@pytest.mark.timeout(60)
+def test_the_strategy_redials_the_news_of_a_restarted_gateway(tmp_path, children):
+    """kill -9 the Gateway under a Strategy: the Strategy logs the lost news feed, redials with
+    backoff, and hears the restarted Gateway's news (its order connection is not touched)."""
+    held = [hold_port(), hold_port()]
+    orders = socket.create_server(("127.0.0.1", 0))   # connections wait in its backlog
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 100, "gateway.news_rate": 200,
+                                   "logging.stats_interval": 0.05,
+                                   "network.price_port": held[0].getsockname()[1],
+                                   "network.news_port": held[1].getsockname()[1],
+                                   "network.order_port": orders.getsockname()[1]})
+    book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
+    strategy_log = tmp_path / "logs" / "strategy.log"
+    try:
+        start(children, "gateway", cfg)
+        start(children, "strategy", cfg)
+        wait_until(lambda: counters(tmp_path, "strategy").get("news", 0) >= 20, 15,
+                   what="news to reach the Strategy")
+        children[0].kill()
+        wait_until(lambda: "news feed lost" in strategy_log.read_text(), 10,
+                   what="the Strategy to notice the lost feed")
+        mark = time.monotonic_ns()
+        wait_until(lambda: counters(tmp_path, "strategy", mark), 5, what="a fresh snapshot")
+        lost = counters(tmp_path, "strategy", mark)
+        assert lost["reconnects"] == 0, lost
+        start(children, "gateway", cfg)                    # the same ports
+        restart_ns = time.monotonic_ns()
+        wait_until(lambda: counters(tmp_path, "strategy", restart_ns).get("news", 0)
+                   >= lost["news"] + 20, 15, what="news from the restarted Gateway")
+        heard = counters(tmp_path, "strategy", restart_ns)
+        assert strategy_log.read_text().count("news feed lost") == 1
+    finally:
+        for sock in (*held, orders):
+            sock.close()
+        for child in reversed(children):
+            child.stop()
+        book.close()
+        book.unlink()
+    assert heard["reconnects"] == 1, "one redial, of the news feed"
+    assert heard["bad_news"] == 0 and heard["unknown_news"] == 0
 
 
 # --- kill -9 the OrderBook ------------------------------------------------------------------------
@@ -346,6 +412,43 @@ def test_main_restarts_a_killed_child_and_keeps_trading(tmp_path):
                      what=f"kill -9 the {name} under main.py: restarted by the supervisor; "
                           "recovery = kill -> first order booked on a tick sent after the kill",
                      **rec)
+
+
+@pytest.mark.timeout(90)
+def test_main_stops_the_stack_when_a_child_has_used_up_its_restarts(tmp_path):
+    """supervisor.max_restarts 2: the Gateway is restarted twice; its third death in a row
+    stops the whole stack, downstream first, and main.py exits 1, leaving nothing behind."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    run = tm.MainRun(tmp_path, shm, "--set", "supervisor.max_restarts=2",
+                     "--set", "supervisor.backoff=0.05", "--set", "supervisor.backoff_max=0.1")
+    pids: list[int] = []
+    try:
+        run.wait_for("stack running")
+        pid = tm.child_pids(run.output)["gateway"]
+        for k in (1, 2):
+            mark = len(run.lines)
+            os.kill(pid, signal.SIGKILL)
+            pids.append(pid)
+            run.wait_for(rf"gateway died \(killed by SIGKILL\); restarting it in [\d.]+s "
+                         rf"\(restart {k} of 2\)$", 10, mark)
+            pid = int(run.wait_for(r"gateway restarted \(pid (\d+)\)", 30, mark)[1])
+        mark = len(run.lines)
+        os.kill(pid, signal.SIGKILL)
+        pids.append(pid)
+        run.wait_for(r"gateway died \(killed by SIGKILL\); stopping the stack \(it was restarted 2 "
+                     r"times in a row \(supervisor.max_restarts\)\)$", 10, mark)
+        run.proc.wait(40)
+        run._reader.join(5)
+    finally:
+        run.close()
+    out = run.output
+    assert run.proc.returncode == 1, out[-3000:]
+    assert len(set(pids)) == 3 and not any(pid_alive(p) for p in pids)
+    assert re.search(r"children exited badly: gateway killed by SIGKILL$", out, re.M), out[-2000:]
+    assert re.search(r"stopped: order_manager exit 0, gateway killed by SIGKILL, orderbook exit "
+                     r"0, strategy exit 0$", out, re.M), out[-2000:]
+    assert "restarting it" not in out[out.index("stopping the stack"):]
+    tm.assert_nothing_left(out, shm)
 
 
 @pytest.mark.timeout(60)

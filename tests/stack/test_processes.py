@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -12,6 +14,7 @@ from stackutil import (
     CTX,
     Child,
     cpu_seconds,
+    hold_port,
     make_config,
     parse_price,
     recv_frames,
@@ -22,6 +25,7 @@ from stackutil import (
 )
 
 from ext import SharedPriceBook
+from processes.shared import telemetry
 from processes.shared.protocol import Order as OrderMsg
 from processes.shared.protocol import (
     encode_hello,
@@ -174,12 +178,13 @@ def test_shared_memory_updates_propagate_across_processes(tmp_path, children, pl
 
 @pytest.mark.timeout(60)
 def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
-    cfg = make_config(tmp_path, **{"gateway.tick_rate": 500})
-    gw = start(children, "gateway", cfg)
-    cfg.network.price_port = gw["price_port"]
-    cfg.network.news_port = gw["news_port"]
+    held = [hold_port(), hold_port()]   # the restart binds them again: nobody may take them
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 500,
+                                   "network.price_port": held[0].getsockname()[1],
+                                   "network.news_port": held[1].getsockname()[1]})
+    start(children, "gateway", cfg)
     start(children, "orderbook", cfg)
-    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
+    with SharedPriceBook(name=cfg.market.shm_name, create=False) as book, held[0], held[1]:
         wait_until(lambda: book.read_slot(0)[2] > 0, 10, what="ticks")
         children[0].kill()                      # the Gateway dies mid-stream
         time.sleep(0.3)
@@ -193,6 +198,38 @@ def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
         # A restarted Gateway starts its sequences from 1 again: any new write proves the reconnect.
         wait_until(lambda: book.read_slot(0)[2] != stalled, 10, what="reconnect")
         assert time.monotonic() - t0 < 5
+
+
+def socket_memory(port: int, side: str) -> list[dict[str, int]]:
+    """`ss -tm` of the established loopback connections whose `side` ("sport" or "dport") is
+    `port`: each one's skmem fields (rb = receive buffer, tb = send buffer, in bytes)."""
+    out = subprocess.run(["ss", "-tmnH", "state", "established", f"( {side} = :{port} )"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return [{m[0]: int(m[1]) for m in re.findall(r"([a-z]+)(\d+)", mem)}
+            for mem in re.findall(r"skmem:\(([^)]*)\)", out)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read another "
+                    "process's socket buffers")
+def test_socket_buffer_caps_the_feeds_kernel_buffers(tmp_path, children):
+    """gateway.socket_buffer is the Gateway's SO_SNDBUF for every price and news client and
+    the OrderBook's SO_RCVBUF (Linux doubles what is set, for its bookkeeping, and stops
+    autotuning it), so a fast feed cannot queue megabytes in the kernel."""
+    size = 40960
+    cfg = make_config(tmp_path, **{"gateway.tick_rate": 2000, "gateway.socket_buffer": size})
+    gw = start(children, "gateway", cfg)
+    cfg.network.price_port, cfg.network.news_port = gw["price_port"], gw["news_port"]
+    start(children, "orderbook", cfg)
+    with socket.create_connection(("127.0.0.1", gw["news_port"]), timeout=5) as news:
+        recv_frames(news, 1)                                  # connected and served
+        wait_until(lambda: len(socket_memory(gw["price_port"], "sport")) == 1, 10,
+                   what="the OrderBook's price connection")
+        gateway_price, = socket_memory(gw["price_port"], "sport")
+        orderbook_price, = socket_memory(gw["price_port"], "dport")
+        gateway_news, = socket_memory(gw["news_port"], "sport")
+    assert gateway_price["tb"] == gateway_news["tb"] == 2 * size, (gateway_price, gateway_news)
+    assert orderbook_price["rb"] == 2 * size, orderbook_price
 
 
 def _order(i: int, symbol: str = "AAPL", **kw) -> bytes:
@@ -356,6 +393,76 @@ def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
         venue.say("AAPL", 90)                   # bullish news while falling: disagree
         assert order_after(-0.05, timeout=1.0) is None
         assert len({buy["id"], sell["id"]}) == 2 and buy["client"] == cfg.strategy.name
+    finally:
+        venue.close()
+        for child in children:
+            child.stop()
+        book.close()
+        book.unlink()
+    assert not shm_exists(cfg.market.shm_name)
+
+
+@pytest.mark.timeout(60)
+def test_strategy_process_trades_only_strictly_past_each_threshold(tmp_path, children):
+    """Exact boundary values through the real Strategy process (windows 2/4, bullish 60,
+    bearish 40): sentiment AT a threshold with the trend agreeing, and bullish news while the
+    short MA EQUALS the long one, must each send nothing. No "nothing within N s" window: after
+    the boundary inputs the test waits until the Strategy's own counters show it has seen every
+    one of them, then feeds the one input that must trade; the first order to arrive must be
+    that input's (an order made at a boundary would arrive before it, on the same connection)."""
+    cfg, venue, book = strategy_rig(tmp_path, **{"strategy.params.quantity": 10,
+                                                 "logging.stats_interval": 0.05})
+    stats_file = tmp_path / "logs" / "stats" / "strategy.json"
+
+    def counters() -> dict:
+        snap = telemetry.read_snapshot(stats_file)
+        return snap["counters"] if snap else {}
+
+    seen = [0]
+
+    def tick(symbol: str, price: float) -> None:
+        """Write one price and wait until the Strategy has decided on it."""
+        book.update(symbol, price, time.monotonic_ns(), 0)
+        seen[0] += 1
+        wait_until(lambda: counters().get("ticks", 0) >= seen[0], 10,
+                   what=f"the Strategy to see {symbol} {price}")
+
+    def say(symbol: str, sentiment: int) -> None:
+        venue.say(symbol, sentiment)
+        j = cfg.market.symbols.index(symbol)
+        wait_until(lambda: (counters().get("sentiment") or [None] * 2)[j] == sentiment, 10,
+                   what=f"the Strategy to hear {symbol} {sentiment}")
+
+    def first_order() -> tuple:
+        order = venue.next_order(10)
+        assert order is not None, "no order for the input that must trade"
+        return order["side"], order["qty"], order["symbol"], order["price"]
+
+    try:
+        start(children, "strategy", cfg)
+        venue.accept()
+        wait_until(lambda: "ticks" in counters(), 10, what="the Strategy's first snapshot")
+        # Sentiment exactly at bullish, averages rising: neutral (>= would buy at 100.20).
+        say("AAPL", 60)
+        for k in range(1, 7):
+            tick("AAPL", 100.0 + 0.05 * k)
+        say("AAPL", 61)
+        tick("AAPL", 100.35)
+        assert first_order() == ("BUY", 10, "AAPL", 100.35)
+        # Bullish news, flat prices: short MA == long MA, neutral (>= would buy at 50.00).
+        say("MSFT", 90)
+        for _ in range(6):
+            tick("MSFT", 50.0)
+        tick("MSFT", 50.01)
+        assert first_order() == ("BUY", 10, "MSFT", 50.01)
+        # Sentiment exactly at bearish, averages falling: neutral (<= would sell).
+        say("MSFT", 40)
+        for k in range(1, 7):
+            tick("MSFT", 50.0 - 0.05 * k)
+        say("MSFT", 39)
+        tick("MSFT", 49.65)
+        assert first_order() == ("SELL", 20, "MSFT", 49.65)
+        assert counters()["orders"] == 3
     finally:
         venue.close()
         for child in children:

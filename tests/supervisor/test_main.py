@@ -223,3 +223,85 @@ def test_print_config_into_a_closed_pipe_and_a_missing_config_file(tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].endswith("x.toml: no such file")
     assert "Traceback" not in missing.stderr
+
+
+def _stamp_s(line: str) -> float:
+    """Seconds since midnight of a log line's HH:MM:SS.mmm stamp."""
+    h, m, s = line.split(" ", 1)[0].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def _line_index(lines: list[str], pattern: str) -> int:
+    hits = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+    assert len(hits) == 1, (pattern, hits, "".join(lines[-60:]))
+    return hits[0]
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_to_main_stops_downstream_first_and_prints_the_summary(tmp_path):
+    """`kill <main pid>` is an orderly stop, not just a quick one: main.py says why it stops,
+    SIGTERMs the children downstream first (each one's final stats snapshot, written on its
+    way out, is later than the one stopped before it), prints the exit summary from those
+    snapshots, then one line of how each child stopped. A main.py that died at once would
+    leave the children to PR_SET_PDEATHSIG: none of that would be printed."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc, lines = start_main(tmp_path, shm, "--set", "logging.stats_interval=0.1")
+    try:
+        pids = child_pids("".join(lines))
+        stats = tmp_path / "logs" / "stats"
+        wait_until(lambda: all((stats / f"{n}.json").exists() for n in pids), 20,
+                   what="every child's first snapshot")
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=40)
+    finally:
+        reap(proc)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    tail = rest.splitlines(keepends=True)
+    stopping = _line_index(tail, r" main +INFO +stopping \(SIGTERM\)$")
+    summary_at = _line_index(tail, r"tradestack summary")
+    stopped = _line_index(tail, r" main +INFO +stopped: ")
+    assert stopping < summary_at < stopped, "".join(tail)
+    assert tail[stopped].rstrip().endswith(
+        "stopped: order_manager exit 0, gateway exit 0, orderbook exit 0, strategy exit 0"), tail
+    snaps = {n: json.loads((stats / f"{n}.json").read_text()) for n in pids}
+    assert all(s["final"] and s["pid"] == pids[n] for n, s in snaps.items()), snaps
+    stop_order = sorted(snaps, key=lambda n: snaps[n]["mono_ns"])
+    assert stop_order == ["strategy", "orderbook", "gateway", "order_manager"], (
+        "children must stop downstream first", stop_order)
+    for name in pids:
+        own_log = (tmp_path / "logs" / f"{name}.log").read_text()
+        assert re.search(r" INFO +stopping: ", own_log), name
+    assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(90)
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    """A child that does not act on SIGTERM (here SIGSTOPped, so the signal stays pending)
+    gets STOP_TIMEOUT seconds, then SIGKILL; the others still stop, the crashed OrderBook's
+    segment is removed, and main.py exits 1 naming the child it had to kill."""
+    from processes.supervisor.stack import STOP_TIMEOUT
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    proc, lines = start_main(tmp_path, shm)
+    try:
+        pids = child_pids("".join(lines))
+        os.kill(pids["orderbook"], signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        reap(proc)
+        for pid in child_pids("".join(lines)).values():
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    out = "".join(lines) + rest
+    assert proc.returncode == 1, out[-3000:]
+    tail = rest.splitlines(keepends=True)
+    stopping = _line_index(tail, r" main +INFO +stopping \(SIGTERM\)$")
+    killing = _line_index(tail, rf"orderbook ignored SIGTERM for {STOP_TIMEOUT:.0f}s; killing it$")
+    # The grace period is a lower bound (no upper one: that would be a timing assert).
+    assert _stamp_s(tail[killing]) - _stamp_s(tail[stopping]) >= STOP_TIMEOUT - 0.002, tail
+    assert re.search(r"children exited badly: orderbook killed by SIGKILL$", rest, re.M), rest
+    assert re.search(r"stopped: order_manager exit 0, gateway exit 0, orderbook killed by "
+                     r"SIGKILL, strategy exit 0$", rest, re.M), rest[-2000:]
+    assert re.search(r"removed segment /dev/shm/\S+ left by a crashed OrderBook", rest), rest
+    assert_nothing_left(out, shm)
