@@ -12,12 +12,13 @@ because a reconnect has a new port). Then, per order:
 2. kill switch (SIGUSR1 toggles it): while on, every new order is rejected;
 3. pre-trade risk: max_notional, max_position (per client and symbol), max_order_rate (per
    client, sliding 1 s window); a reject names the rule;
-4. the order is numbered and booked: one JSON line goes to the order log with a single
-   write(2) (and an fsync if configured), THEN the ack, then the console line. An ack therefore
-   means "in the kernel's page cache" (or "on disk" with fsync), so killing the OrderManager
-   can never lose an order it acked (an ack sent before the write would be lost to a SIGKILL
-   landing between the two). The write adds to the ack latency; the console line, by far the
-   slower I/O, still follows the ack.
+4. the order is numbered and booked: its JSON record is committed to the order journal, a
+   preallocated memory-mapped file (processes.shared.journal: two stores into the page cache,
+   no system call; an msync too if fsync is configured), THEN the ack. An ack therefore means
+   "in the kernel's page cache" (or "on disk" with fsync), so killing the OrderManager can
+   never lose an order it acked (an ack sent before the commit would be lost to a SIGKILL
+   landing between the two). The same line goes to the JSONL order log and the console line
+   to the log a moment after the ack (_flush_lines), both write(2)s off the order's path.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
@@ -45,6 +46,7 @@ import msgspec
 from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import runtime
+from processes.shared.journal import Journal, journal_dir, read_records
 from processes.shared.pnl import PnLBook
 from processes.shared.protocol import (
     MAX_FRAME,
@@ -77,6 +79,7 @@ REFUSE_LINGER = 1.0   # seconds a refused client is kept (input discarded) befor
 KILL_SWITCH_REASON = "kill switch on"
 RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
+MIRROR_RETRY = 1.0    # s between retries of a failed order-log (JSONL) write
 LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
 
 
@@ -94,32 +97,75 @@ class OrderLogError(RuntimeError):
 
 
 class OrderLog:
-    """Append-only JSONL of booked orders, one line each, one write(2) per line; read back on start.
+    """The booked orders: a memory-mapped journal (processes.shared.journal), the durable record
+    committed before the ack, and its human-readable mirror, the JSONL file (one line per order),
+    written after the ack, off the hot path (OrderManager._flush_lines, a moment later).
 
-    Unbuffered, so a line is in the kernel when append() returns and survives our death; with
-    fsync it is on disk.
+    Both hold the same JSON text per order. The mirror is what people and tools read and what
+    start-up reads back; the journal holds only what this run booked, so after a kill -9 the
+    orders acked but not yet mirrored are there: open() appends them to the mirror (the orders
+    past its last order_no) before starting a fresh journal. A clean close mirrors everything
+    and removes the journal.
 
-    A crash can only leave a torn LAST line (the process died inside a write); that line is
-    skipped with a warning and cut off, so the next record starts on a line of its own. A bad
-    line anywhere else is not a crash artefact, and starting on a log we cannot trust could book
-    an order twice, so it is fatal and names the line.
+    The mirror's own rules: a crash can only leave a torn LAST line (the process died inside a
+    write); that line is skipped with a warning and cut off, so the next record starts on a
+    line of its own. A bad line anywhere else is not a crash artefact, and starting on a log we
+    cannot trust could book an order twice, so it is fatal and names the line.
     """
 
     def __init__(self, path: Path, fsync: bool = False) -> None:
         self.path = path
         self.fsync = fsync
+        self.journal = Journal(journal_dir(path), sync=fsync)
         self._file: IO[bytes] | None = None
         self._fd = -1
-        self.size = 0  # bytes of whole lines: where a failed write is cut back to
+        self.size = 0  # bytes of whole lines: where a failed mirror write is cut back to
+        self._unmirrored: list[bytes] = []   # committed to the journal, not yet in the JSONL
+        self.mirror_failed: str | None = None  # the last mirror write's error, until one works
 
     def open(self) -> list[dict[str, Any]]:
-        """Read the existing records back (repairing a torn tail), then open for appending."""
+        """Read the records back (repairing a torn tail, mirroring what only the journal
+        holds), then open for appending with a fresh journal."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         records = self._read_back() if self.path.exists() else []
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
         self._fd = self._file.fileno()
         self.size = os.fstat(self._fd).st_size
+        records += self._recover_journal(max((r["order_no"] for r in records), default=0))
+        self.journal.open()
         return records
+
+    def _recover_journal(self, mirrored_up_to: int) -> list[dict[str, Any]]:
+        """The journal's records past the mirror's last order_no (acked, then the process died
+        before mirroring them), appended to the mirror; the journal is removed after that."""
+        payloads, torn = read_records(self.journal.directory)
+        if torn:
+            log.warning("order journal %s: %d torn record(s) at its end (a write cut short by a "
+                        "crash, never acked) ignored", self.journal.directory, torn)
+        missing: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        for payload in payloads:
+            try:
+                rec = parse_record(payload)
+            except ValueError as exc:   # its checksum matched: written so by a writer, not torn
+                raise OrderLogError(f"order journal {self.journal.directory} holds a record "
+                                    f"that is not an order ({exc}); fix or move it before "
+                                    "starting") from None
+            if rec["order_no"] > mirrored_up_to:
+                missing.append(rec)
+                lines.append(payload)
+        if lines:
+            self._unmirrored = lines
+            self.mirror()
+            if self.mirror_failed:
+                raise OrderLogError(f"order log {self.path}: the journal's {len(lines)} orders "
+                                    f"could not be copied into it ({self.mirror_failed})")
+            if self.fsync:
+                os.fsync(self._fd)
+            log.warning("order log %s: %d orders committed before a crash recovered from the "
+                        "journal %s",
+                        self.path, len(lines), self.journal.directory)
+        return missing
 
     def _read_back(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
@@ -149,28 +195,53 @@ class OrderLog:
                 fh.write(b"\n")
         return records
 
-    def append(self, record: dict[str, Any] | bytes) -> None:
-        """Write one line (a record, or its JSON text); on OSError (disk full...) cut any
-        partial line off, then raise."""
-        if self._file is None:
+    def append(self, line: bytes) -> None:
+        """Commit one record (its JSON text) to the journal: durable when this returns (hot
+        path). OSError (no journal chunk can be made: disk full) means nothing was committed."""
+        self.journal.append(line)
+        self._unmirrored.append(line)
+
+    def mirror(self) -> None:
+        """Off the hot path: the committed records not yet in the JSONL, in one write(2) (an
+        fsync too if configured). On OSError any partial line is cut off and the records wait
+        for the next call; the journal keeps them meanwhile."""
+        lines = self._unmirrored
+        if not lines or self._file is None:
             return
-        line = (record if isinstance(record, bytes) else msgspec.json.encode(record)) + b"\n"
+        data = b"\n".join(lines) + b"\n"
         try:
-            written = os.write(self._fd, line)
-            while written < len(line):  # regular files write all at once, barring errors
-                written += os.write(self._fd, line[written:])
+            written = os.write(self._fd, data)
+            while written < len(data):  # regular files write all at once, barring errors
+                written += os.write(self._fd, data[written:])
             if self.fsync:
                 os.fsync(self._fd)
-        except OSError:
+        except OSError as exc:
             try:
                 os.ftruncate(self._fd, self.size)
             except OSError:
                 pass
-            raise
-        self.size += len(line)
+            if self.mirror_failed is None:
+                log.error("order log %s: write failed (%s); the orders are safe in the journal "
+                          "%s, retrying", self.path, exc, self.journal.directory)
+            self.mirror_failed = str(exc)
+            return
+        if self.mirror_failed is not None:
+            log.info("order log %s written again", self.path)
+            self.mirror_failed = None
+        self.size += len(data)
+        self._unmirrored = []
 
     def close(self) -> None:
+        """Mirror what is left; the journal is removed only when the mirror holds all of it."""
+        self.mirror()
         if self._file is not None:
+            if self._unmirrored:
+                log.error("order log %s: %d orders could not be mirrored; kept in the journal "
+                          "%s for the next start", self.path, len(self._unmirrored),
+                          self.journal.directory)
+                self.journal.close()
+            else:
+                self.journal.discard()
             self._file.close()
             self._file = None
             self._fd = -1
@@ -479,7 +550,17 @@ class OrderManager:
             self.reactor.call_later(LINE_DELAY, self._flush_lines)
 
     def _flush_lines(self) -> None:
+        """After the acks: the JSONL mirror of the orders just booked, the journal's next chunk
+        if it is due, then the console lines."""
         self._flush_scheduled = False
+        self.order_log.mirror()
+        if self.order_log.mirror_failed and self.server is not None:   # retry until it works
+            self._flush_scheduled = True
+            self.reactor.call_later(MIRROR_RETRY, self._flush_lines)
+        try:
+            self.order_log.journal.prepare()
+        except OSError as exc:   # disk full: the order that needs the chunk is rejected
+            log.error("order journal: next chunk not made (%s)", exc)
         lines, self._lines = self._lines, []
         for line in lines:
             log.info("Received Order %d: %s %d %s @ %.2f", *line)
@@ -512,8 +593,9 @@ class OrderManager:
         return None
 
     def _write(self, order: Order, order_no: int, received_ns: int, conn: Connection) -> bool:
-        """The order-log line, before the ack. If the log cannot be written, nothing can be
-        booked safely: reject, and turn the kill switch on until an operator has looked."""
+        """The order's record, committed to the journal before the ack. If it cannot be
+        committed, nothing can be booked safely: reject, and turn the kill switch on until an
+        operator has looked."""
         try:
             # The order's own frame is already its JSON; the record wraps it with our fields, in
             # the same key order as {"order_no", "received_ns", "peer", "session",
