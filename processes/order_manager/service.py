@@ -274,10 +274,14 @@ def parse_record(raw: bytes) -> dict[str, Any]:
 class Session:
     """One client connection: who it is (after its hello) and how much garbage it sent."""
 
-    __slots__ = ("conn", "client", "welcomed", "closing", "bad_streak")
+    __slots__ = ("conn", "client", "welcomed", "closing", "bad_streak", "record_fields")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, session_json: bytes) -> None:
         self.conn = conn
+        # The order-log fields that are the same for every order of this connection, as JSON
+        # text made once: the hot path only formats the order's own.
+        self.record_fields = b'"peer":%s,"session":%s,' % (msgspec.json.encode(conn.peer),
+                                                           session_json)
         self.client = ""
         self.welcomed = False
         self.closing = False  # refused: input is discarded until the close
@@ -419,7 +423,7 @@ class OrderManager:
     # --- sessions --------------------------------------------------------------------------------
     def _on_client(self, conn: Connection) -> None:
         self.clients += 1
-        sess = Session(conn)
+        sess = Session(conn, self._session_json)
         conn.on_frame = lambda frame: self._on_frame(sess, frame)
         conn.on_close = self._on_close
         log.info("order client %s connected", conn.peer)
@@ -525,7 +529,7 @@ class OrderManager:
             return
         order_no = self.order_no + 1
         self.order_checked.record(now() - received_ns)
-        if not self._write(order, order_no, received_ns, conn):
+        if not self._write(order, order_no, received_ns, sess):
             return
         self.order_journaled.record(now() - received_ns)
         self.order_no = order_no
@@ -592,7 +596,7 @@ class OrderManager:
                                           f"exceeded for client {order.client}")
         return None
 
-    def _write(self, order: Order, order_no: int, received_ns: int, conn: Connection) -> bool:
+    def _write(self, order: Order, order_no: int, received_ns: int, sess: Session) -> bool:
         """The order's record, committed to the journal before the ack. If it cannot be
         committed, nothing can be booked safely: reject, and turn the kill switch on until an
         operator has looked."""
@@ -600,15 +604,14 @@ class OrderManager:
             # The order's own frame is already its JSON; the record wraps it with our fields, in
             # the same key order as {"order_no", "received_ns", "peer", "session",
             # **order.to_json()}.
-            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,"session":%s,%s}' % (
-                order_no, received_ns, _peer_json(conn), self._session_json,
-                encode_order(order)[1:-2]))
+            self.order_log.append(b'{"order_no":%d,"received_ns":%d,%s%s}' % (
+                order_no, received_ns, sess.record_fields, encode_order(order)[1:-2]))
         except OSError as exc:
             log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
                       exc, order.id)
             if not self.kill_switch:
                 self.toggle_kill_switch()
-            self._reject(conn, order.id, f"order log write failed: {exc}")
+            self._reject(sess.conn, order.id, f"order log write failed: {exc}")
             return False
         return True
 
@@ -634,11 +637,6 @@ class OrderManager:
             log.warning("rejected order %s from %s: %s", order_id, conn.peer, reason)
         elif self.rejects == LOGGED_REJECTS + 1:
             log.warning("more rejects follow; only counted from now on (see the stats line)")
-
-
-def _peer_json(conn: Connection) -> bytes:
-    """The connection's peer as JSON text."""
-    return msgspec.json.encode(conn.peer)
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:
