@@ -117,6 +117,10 @@ class OrderLog:
         self.path = path
         self.fsync = fsync
         self.journal = Journal(journal_dir(path), sync=fsync)
+        # commit(order_no, received_ns, fields, frame): one order's record into the journal,
+        # durable when it returns (the hot path: the journal's own method, no wrapper). OSError
+        # (no journal chunk can be made: disk full) means nothing was committed.
+        self.commit = self.journal.commit_order
         self._file: IO[bytes] | None = None
         self._fd = -1
         self.size = 0  # bytes of whole lines: where a failed mirror write is cut back to
@@ -195,16 +199,11 @@ class OrderLog:
                 fh.write(b"\n")
         return records
 
-    def append(self, line: bytes) -> None:
-        """Commit one record (its JSON text) to the journal: durable when this returns (hot
-        path). OSError (no journal chunk can be made: disk full) means nothing was committed."""
-        self.journal.append(line)
-        self._unmirrored.append(line)
-
     def mirror(self) -> None:
         """Off the hot path: the committed records not yet in the JSONL, in one write(2) (an
         fsync too if configured). On OSError any partial line is cut off and the records wait
         for the next call; the journal keeps them meanwhile."""
+        self._unmirrored += self.journal.take()
         lines = self._unmirrored
         if not lines or self._file is None:
             return
@@ -343,6 +342,7 @@ class OrderManager:
         self.session = choose_session(self.order_log.path, self.resume)
         self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
+        self._commit = self.order_log.commit   # bound once: the hot path's call
         net = self.cfg.network
         # overflow="close": a client that stops reading acks is closed, never silently
         # short of an ack for an order we booked.
@@ -601,11 +601,10 @@ class OrderManager:
         committed, nothing can be booked safely: reject, and turn the kill switch on until an
         operator has looked."""
         try:
-            # The order's own frame is already its JSON; the record wraps it with our fields, in
-            # the same key order as {"order_no", "received_ns", "peer", "session",
-            # **order.to_json()}.
-            self.order_log.append(b'{"order_no":%d,"received_ns":%d,%s%s}' % (
-                order_no, received_ns, sess.record_fields, encode_order(order)[1:-2]))
+            # The record is {"order_no", "received_ns", "peer", "session", **order.to_json()}
+            # as JSON text: the order's own encoded frame wrapped with our fields, built and
+            # stored by one native call (ext.journal_py.put_order).
+            self._commit(order_no, received_ns, sess.record_fields, encode_order(order))
         except OSError as exc:
             log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
                       exc, order.id)

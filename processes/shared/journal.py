@@ -3,7 +3,8 @@ OrderManager's durable order record; Chronicle Queue's design in miniature).
 
 Layout: a directory of chunk files `00000001.chunk`, `00000002.chunk`, ... each `chunk_bytes`
 long, preallocated (posix_fallocate: no block allocation, so no ENOSPC and no SIGBUS, on the
-hot path) and zero-filled. A record is, at an 8-byte aligned offset:
+hot path) and zero-filled. Records follow each other at 8-byte aligned offsets, written by
+ext.journal_records (compiled ext._journal, or its twin ext.journal_py, which states the format):
 
     u32 length (> 0) | u32 crc32(payload) | payload | zero padding to the next 8-byte boundary
 
@@ -29,12 +30,13 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-HEADER = struct.Struct("<II")      # length, crc32 of the payload
+from ext import journal_records
+from ext.journal_py import HEADER
+
 CHUNK_BYTES = 16 * 1024 * 1024     # per chunk file; tens of thousands of orders
 SUFFIX = ".chunk"
 PAGE = mmap.PAGESIZE
@@ -67,9 +69,11 @@ def read_records(directory: Path) -> tuple[list[bytes], int]:
     return out, torn
 
 
-def _records(data: bytes) -> Iterator[bytes | None]:
-    """The payloads of one chunk's bytes; None for a torn record (then the iteration ends)."""
-    off, size = 0, len(data)
+def _records(data: bytes | mmap.mmap, off: int = 0, size: int = -1) -> Iterator[bytes | None]:
+    """The payloads of a chunk's bytes from `off` (up to `size`); None for a torn record (then
+    the iteration ends)."""
+    if size < 0:
+        size = len(data)
     while off + HEADER.size <= size:
         length, crc = HEADER.unpack_from(data, off)
         if length == 0:
@@ -125,9 +129,9 @@ class Journal:
     make the next chunk before it is needed), `discard` (remove every chunk once the records
     are safely elsewhere)."""
 
-    def __init__(self, directory: Path, chunk_bytes: int = CHUNK_BYTES, sync: bool = False) -> None:
+    def __init__(self, directory: Path, chunk_bytes: int = 0, sync: bool = False) -> None:
         self.directory = directory
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
         self.sync = sync
         self._chunk: _Chunk | None = None
         self._spare: _Chunk | None = None
@@ -135,6 +139,8 @@ class Journal:
         self._mm: mmap.mmap | None = None
         self._off = 0
         self._size = 0
+        self._taken = 0                  # records before this offset were handed to take()
+        self._untaken: list[bytes] = []  # of chunks already left, not yet taken
         self.records = 0
 
     def open(self) -> None:
@@ -151,34 +157,61 @@ class Journal:
     def _use(self, chunk: _Chunk) -> None:
         self._chunk = chunk
         self._mm = chunk.mm
-        self._off = 0
+        self._off = self._taken = 0
         self._size = chunk.size
 
     def append(self, payload: bytes) -> None:
         """Commit one record (see the module docstring for why it survives a kill -9 once this
         returns). OSError if no chunk can be made for it (disk full): nothing is committed."""
-        end = self._off + HEADER.size + len(payload)
-        if end > self._size:
-            self._next(len(payload))
-            end = self._off + HEADER.size + len(payload)
-        mm, off = self._mm, self._off
-        mm[off + HEADER.size:end] = payload
-        HEADER.pack_into(mm, off, len(payload), zlib.crc32(payload))   # the commit marker: last
+        off = self._off
+        end = journal_records.put(self._mm, off, payload) if self._mm is not None else -1
+        if end < 0:
+            off = self._next(HEADER.size + len(payload))
+            end = journal_records.put(self._mm, off, payload)
+        self._committed(off, end)
+
+    def commit_order(self, order_no: int, received_ns: int, fields: bytes, frame: bytes) -> None:
+        """append() of an order-log record (ext.journal_py.put_order: its text is built and
+        stored by one native call, the hot path of the OrderManager)."""
+        off = self._off
+        end = (journal_records.put_order(self._mm, off, order_no, received_ns, fields, frame)
+               if self._mm is not None else -1)
+        if end < 0:
+            off = self._next(HEADER.size + 69 + len(fields) + len(frame))
+            end = journal_records.put_order(self._mm, off, order_no, received_ns, fields, frame)
+        self._committed(off, end)
+
+    def _committed(self, off: int, end: int) -> None:
+        if end < 0:   # cannot happen after _next's size check; never ack on it
+            raise OSError("journal record did not fit a fresh chunk")
         if self.sync:
-            msync(mm, off, end - off)
-        self._off = (end + 7) & ~7
+            msync(self._mm, off, end - off)
+        self._off = end
         self.records += 1
 
-    def _next(self, length: int) -> None:
-        if HEADER.size + length > self.chunk_bytes:
+    def take(self) -> list[bytes]:
+        """The payloads committed since the last take(), oldest first (read back from the
+        mapping: the hot path keeps no copy)."""
+        out, self._untaken = self._untaken, []
+        if self._mm is not None and self._taken < self._off:
+            out += [p for p in _records(self._mm, self._taken, self._off) if p is not None]
+            self._taken = self._off
+        return out
+
+    def _next(self, length: int) -> int:
+        """Move to the next chunk (the spare if made); its first offset."""
+        if length > self.chunk_bytes:
             raise ValueError(f"a record of {length} bytes does not fit a journal chunk")
         if self._mm is None:
             raise OSError("journal is not open")
         spare, self._spare = self._spare, None
+        nxt = spare if spare is not None else self._new_chunk()   # OSError: nothing changes
+        self._untaken += self.take()
         old = self._chunk
-        self._use(spare if spare is not None else self._new_chunk())
+        self._use(nxt)
         if old is not None:
             old.close()
+        return 0
 
     def prepare(self) -> None:
         """Off the hot path: make the next chunk once the current one is half full, so append

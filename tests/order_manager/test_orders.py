@@ -464,7 +464,9 @@ def test_fsync_option_syncs_each_order_before_its_ack(tmp_path, monkeypatch, fsy
 
 
 def test_an_unwritable_order_log_rejects_and_trips_the_kill_switch(tmp_path, monkeypatch):
-    """Nothing is acked that is not in the log: a failed write rejects and halts trading."""
+    """Nothing is acked that is not in the log: when the disk is full (the journal's next chunk
+    cannot be preallocated) the order that needs it is rejected and trading halts."""
+    monkeypatch.setattr(journal_mod, "CHUNK_BYTES", 4096)   # a few orders fill a chunk
     cfg = make_config(tmp_path)
     reactor = Reactor()
     om = om_mod.OrderManager(reactor, cfg)
@@ -476,19 +478,20 @@ def test_an_unwritable_order_log_rejects_and_trips_the_kill_switch(tmp_path, mon
 
             def full(*args: object) -> None:
                 raise OSError(28, "No space left on device")
-            # The disk is full: the journal's next chunk cannot be preallocated, and the
-            # current one is used up.
             monkeypatch.setattr(os, "posix_fallocate", full)
-            monkeypatch.setattr(om.order_log.journal, "_size", om.order_log.journal._off)
-            replies = _exchange(reactor, sock, order("w-2") + order("w-3"), 2)
-            monkeypatch.undo()
-        assert replies[0]["type"] == "reject" and "order log write failed" in replies[0]["reason"]
-        assert replies[1] == {"type": "reject", "id": "w-3", "reason": "kill switch on"}
-        assert om.kill_switch and om.order_no == 1
+            replies = _exchange(reactor, sock, b"".join(order(f"w-{i}") for i in range(2, 40)),
+                                38)
+        types = [r["type"] for r in replies]
+        first = types.index("reject")
+        assert 0 < first < 37 and types[:first] == ["ack"] * first
+        assert "order log write failed" in replies[first]["reason"]
+        assert all(r == {"type": "reject", "id": f"w-{i + 2}", "reason": "kill switch on"}
+                   for i, r in enumerate(replies) if i > first)
+        assert om.kill_switch and om.order_no == 1 + first
     finally:
         om.close()
         reactor.close()
-    assert [r["id"] for r in booked(tmp_path)] == ["w-1"]
+    assert [r["id"] for r in booked(tmp_path)] == [f"w-{i}" for i in range(1, first + 2)]
 
 
 def _exchange(reactor: Reactor, sock: socket.socket, data: bytes, count: int) -> list[dict]:
@@ -569,11 +572,14 @@ def test_a_reject_echoes_the_id_exactly_as_sent(oms, oid):
 # --- crash safety of the journal -------------------------------------------------------------
 
 @pytest.mark.timeout(150)
-def test_kill_9_at_random_points_loses_no_acked_order(oms, tmp_path):
+@pytest.mark.parametrize("pure_python", ["0", "1"], ids=["cython", "python"])
+def test_kill_9_at_random_points_loses_no_acked_order(oms, tmp_path, monkeypatch, pure_python):
     """Rounds of: a burst of pipelined orders, a kill -9 after a random number of acks (the
     OrderManager is then mid-burst: committing, acking, mirroring), a restart. Every order acked
     before a kill is read back (a resend gets the same order_no) and is in the JSONL once, and
-    nothing torn is read as an order (the numbering stays unique and gapless)."""
+    nothing torn is read as an order (the numbering stays unique and gapless). With the
+    compiled journal writer (ext._journal) and its twin (ext.journal_py)."""
+    monkeypatch.setenv("TRADESTACK_PURE_PYTHON", pure_python)
     rng = random.Random(os.getpid())
     acked: dict[str, int] = {}
     burst = 300
