@@ -299,6 +299,7 @@ class OrderManager:
         self.max_position = om.max_position
         self.max_order_rate = om.max_order_rate
         self.max_notional = om.max_notional
+        self._risk_limits = bool(om.max_position or om.max_order_rate or om.max_notional)
         self.max_bad_frames = om.max_bad_frames
         self.kill_switch = om.kill_switch
         self.server: Server | None = None
@@ -523,13 +524,22 @@ class OrderManager:
         pkey = (client, order.symbol)
         before = self.positions.get(pkey, 0)
         after = before + order.qty if order.side == "BUY" else before - order.qty
-        broken = self._risk(order, before, after, received_ns)
-        if broken is not None:
-            self._reject_rule(conn, order.id, *broken)
-            return
+        if self._risk_limits:
+            broken = self._risk(order, before, after, received_ns)
+            if broken is not None:
+                self._reject_rule(conn, order.id, *broken)
+                return
         order_no = self.order_no + 1
         self.order_checked.record(now() - received_ns)
-        if not self._write(order, order_no, received_ns, sess):
+        # The order's record, committed to the journal before the ack: {"order_no",
+        # "received_ns", "peer", "session", **order.to_json()} as JSON text, the order's own
+        # encoded frame wrapped with our fields, built and stored by one native call
+        # (ext.journal_py.put_order). Inline, not a method: each Python call is microseconds
+        # on a process woken cold.
+        try:
+            self._commit(order_no, received_ns, sess.record_fields, encode_order(order))
+        except OSError as exc:
+            self._commit_failed(sess, order, exc)
             return
         self.order_journaled.record(now() - received_ns)
         self.order_no = order_no
@@ -596,23 +606,14 @@ class OrderManager:
                                           f"exceeded for client {order.client}")
         return None
 
-    def _write(self, order: Order, order_no: int, received_ns: int, sess: Session) -> bool:
-        """The order's record, committed to the journal before the ack. If it cannot be
-        committed, nothing can be booked safely: reject, and turn the kill switch on until an
-        operator has looked."""
-        try:
-            # The record is {"order_no", "received_ns", "peer", "session", **order.to_json()}
-            # as JSON text: the order's own encoded frame wrapped with our fields, built and
-            # stored by one native call (ext.journal_py.put_order).
-            self._commit(order_no, received_ns, sess.record_fields, encode_order(order))
-        except OSError as exc:
-            log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
-                      exc, order.id)
-            if not self.kill_switch:
-                self.toggle_kill_switch()
-            self._reject(sess.conn, order.id, f"order log write failed: {exc}")
-            return False
-        return True
+    def _commit_failed(self, sess: Session, order: Order, exc: OSError) -> None:
+        """The order's record could not be committed: nothing can be booked safely. Reject,
+        and turn the kill switch on until an operator has looked."""
+        log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
+                  exc, order.id)
+        if not self.kill_switch:
+            self.toggle_kill_switch()
+        self._reject(sess.conn, order.id, f"order log write failed: {exc}")
 
     # --- rejects ---------------------------------------------------------------------------------
     def _malformed(self, sess: Session, order_id: IdEcho, reason: str) -> None:

@@ -93,7 +93,8 @@ class Strategy(Placement):
 @dataclass
 class OrderManager(Placement):
     order_log: str = "logs/orders.jsonl"
-    fsync: bool = False         # fsync the order log per order (survives power loss; ~ms each)
+    fsync: bool = False         # msync each order's journal record before its ack (survives
+                                # power loss; ~ms each)
     token: str = ""             # clients must send it in their hello; "" = none required;
                                 # TRADESTACK_TOKEN overrides
     max_position: int = 0       # |net position| per client and symbol after an order; 0 = no limit
