@@ -75,9 +75,12 @@ class Recorder:
         ("window"), each encoded (see encode_pairs): a JSON list of thousands of pairs is
         slow to publish, on the same core as the ticks."""
         hist = self.hist
-        window = encode_pairs(hist.encode(True)) if reset_window else ""
+        if reset_window:
+            total, window = hist.encode_both()
+            return {"count": self.count, "max": self.max, "pairs": encode_pairs(total),
+                    "window": encode_pairs(window)}
         return {"count": self.count, "max": self.max, "pairs": encode_pairs(hist.encode()),
-                "window": window}
+                "window": ""}
 
 
 def encode_pairs(blob: bytes) -> str:

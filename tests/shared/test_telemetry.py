@@ -60,6 +60,22 @@ def test_histogram_counts_windows_and_twin_agree(impl):
     assert h.max == twin.max == max(values)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_encode_both_is_encode_then_the_window(impl):
+    """A snapshot's two encodings in one call: the same bytes as encode() and then
+    encode(window=True), window reset included."""
+    rng = np.random.default_rng(4)
+    h, ref = impl.LatencyHistogram(), hist_py.LatencyHistogram()
+    assert h.encode_both() == (b"", b"")
+    for n in (3000, 0, 700):
+        for v in (rng.lognormal(11, 1.5, n).astype(np.int64) + 1).tolist():
+            h.record(v)
+            ref.record(v)
+        total, window = h.encode_both()
+        assert (total, window) == (ref.encode(), ref.encode(True))
+        assert sum(c for _, c in hist_py.decode(window)) == n
+
+
 def test_recorder_percentiles_equal_a_direct_hdrhistogram():
     rng = np.random.default_rng(5)
     values = rng.lognormal(10.5, 0.6, 20_000).astype(np.int64) + 1
