@@ -509,7 +509,8 @@ class OrderManager:
                 reason = not_an_order_reason(frame, reason)   # tell a CSV client the protocol
             self._malformed(sess, exc.id, reason)
             return
-        self.order_decoded.record(now() - received_ns)
+        # Phase stamps are taken on the way and recorded after the ack: a record() call can wait.
+        decoded_ns = now()
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
         key = (client, order.id)
@@ -530,7 +531,7 @@ class OrderManager:
                 self._reject_rule(conn, order.id, *broken)
                 return
         order_no = self.order_no + 1
-        self.order_checked.record(now() - received_ns)
+        checked_ns = now()
         # The order's record, committed to the journal before the ack: {"order_no",
         # "received_ns", "peer", "session", **order.to_json()} as JSON text, the order's own
         # encoded frame wrapped with our fields, built and stored by one native call
@@ -541,10 +542,13 @@ class OrderManager:
         except OSError as exc:
             self._commit_failed(sess, order, exc)
             return
-        self.order_journaled.record(now() - received_ns)
+        journaled_ns = now()
         self.order_no = order_no
         conn.send(encode_ack(order.id, order_no))
         self.order_to_ack_sent.record(now() - received_ns)
+        self.order_decoded.record(decoded_ns - received_ns)
+        self.order_checked.record(checked_ns - received_ns)
+        self.order_journaled.record(journaled_ns - received_ns)
         self.booked[key] = order_no
         self.positions[pkey] = after
         if self.max_order_rate:
