@@ -31,6 +31,7 @@ order_manager.resume (main.py --resume) the log's last session, else a new one.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -461,14 +462,20 @@ class OrderManager:
             self._refuse(sess, f"bad token for client {hello.client}")
             return
         sess.client = hello.client
-        sess.welcomed = True
+        self._welcome(sess)
         sess.conn.send(encode_welcome(hello.client, self.kill_switch))
         log.info("order client %s is %s (protocol %d)", sess.conn.peer, hello.client,
                  hello.version)
 
+    def _welcome(self, sess: Session) -> None:
+        """From now on every frame is an order: handed straight to _on_order (a C-level
+        partial, no Python frame in between on the hot path)."""
+        sess.welcomed = True
+        sess.conn.on_frame = functools.partial(self._on_order, sess)
+
     def _implicit_hello(self, sess: Session, frame: memoryview) -> None:
         sess.client = "peer-" + sess.conn.peer.replace(":", "-").replace("[", "").replace("]", "")
-        sess.welcomed = True
+        self._welcome(sess)
         log.info("order client %s sent no hello: booked as %s", sess.conn.peer, sess.client)
         self._on_order(sess, frame)
 
