@@ -1,4 +1,5 @@
-"""Build the tradestack packages and the Cython extensions ext._pricebook and ext._wire.
+"""Build the tradestack packages and the Cython extensions (ext._pricebook, ext._wire,
+ext._journal, ext._hist).
 
     python setup.py build_ext --inplace
 
@@ -28,6 +29,11 @@ extensions = [
         depends=["ext/seqlock.h", "ext/_pricebook.pxd"],
         extra_compile_args=[*CFLAGS, "-ffp-contract=off"],
         libraries=["m"],
+    ),
+    Extension(
+        "ext._journal",
+        sources=["ext/_journal.pyx"],
+        extra_compile_args=CFLAGS,
     ),
     Extension(
         "ext._hist",

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.timeout(300)
 
 ROUNDS, FULL_SECONDS = 3, 12.0
 SMOKE_ROUNDS, SMOKE_SECONDS = 1, 1.0
-HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "om_ack", "order_to_ack",
-        "tick_to_ack")
+HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "om_ack",
+        "order_to_ack", "tick_to_ack")
 
 
 def merged(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from processes.shared import telemetry  # noqa: E402
 
-HOPS = ("tick_to_shm", "tick_to_decision", "order_to_ack", "tick_to_ack")
+HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "om_journaled", "om_ack",
+        "order_to_ack", "tick_to_ack")
 PERCENTILES = ("p50", "p99", "p99.9", "max")
 # bench_e2e's trading configuration: 1,000 ticks/s, fast news, short windows, a zero-width
 # sentiment band, so a run books orders often enough for ack percentiles.

@@ -553,13 +553,48 @@ def floor_targets(info: dict, check: Any) -> None:
             f"{ratio:.2f}x ({fmt_us(info.get(f'stack_{hop}_p50_us'))} vs "
             f"{fmt_us(info.get(f'floor_{hop}_p50_us'))} us)")
         check(f"{label} p50 / floor p50 ({where})", f"<= {goal}x", value,
-              None if ratio is None else ratio <= goal, why)
+              None if ratio is None else ratio <= goal, holding_hop(info, hop) or why)
     for hop, label in (("tick_to_decision", "tick -> decision"), ("tick_to_ack", "tick -> ack")):
         tail = info.get(f"stack_{hop}_p99_over_p50")
         floor_tail = info.get(f"floor_{hop}_p99_over_p50")
         check(f"{label} p99 / p50 ({info['layout']})", "<= 3x",
               "-" if tail is None else f"{tail:.1f}x (floor {floor_tail:.1f}x)",
               None if tail is None else tail <= 3, WHY_TAIL)
+
+
+# The parts of each end-to-end hop that the stack and the floor both measure: (label, the hop
+# that ends there, the hops before it within the same end-to-end hop).
+HOP_PARTS = {
+    "tick_to_ack": (("tick -> decision", "tick_to_decision", ()),
+                    ("decision -> OrderManager received", "tick_to_order", ("tick_to_decision",)),
+                    ("order received -> ack sent (inside the OrderManager)", "om_ack", ()),
+                    ("ack sent -> ack handled by the Strategy", "order_to_ack",
+                     ("send_to_order", "om_ack"))),
+    "tick_to_decision": (("tick -> shm (OrderBook)", "tick_to_shm", ()),
+                         ("shm -> decision (Strategy wake-up and on_tick)", "tick_to_decision",
+                          ("tick_to_shm",))),
+}
+
+
+def holding_hop(info: dict, hop: str) -> str:
+    """Which part of `hop` holds most of the stack's excess over the floor (p50 minus p50 per
+    part), with the figures; "" when the run lacks a part."""
+    gaps = []
+    for label, end, before in HOP_PARTS.get(hop, ()):
+        sides = []
+        for side in ("stack", "floor"):
+            total = info.get(f"{side}_{end}_p50_us")
+            if total is None or any(info.get(f"{side}_{b}_p50_us") is None for b in before):
+                return ""
+            sides.append(total - sum(info[f"{side}_{b}_p50_us"] for b in before))
+        gaps.append((sides[0] - sides[1], label, *sides))
+    if not gaps:
+        return ""
+    total = info[f"stack_{hop}_p50_us"] - info[f"floor_{hop}_p50_us"]
+    gap, label, ours, floor = max(gaps)
+    return (f"Held by {label}: {fmt_us(ours)} vs the floor's {fmt_us(floor)} us p50, "
+            f"{fmt_us(gap)} of the {fmt_us(total)} us gap (p50 differences of the parts; see "
+            "\"Against the Python floor\" for every hop).")
 
 
 def floor_info(doc: dict) -> dict | None:

@@ -4,8 +4,10 @@ codec (PriceFeedDecoder, TickEncoder).
 Picks the compiled ``ext._pricebook`` when it is importable, else the pure-Python twin
 ``ext.pricebook_py`` (with a RuntimeWarning, because it is ~20x slower). Set
 ``TRADESTACK_PURE_PYTHON=1`` to force the twin (tests, debugging, platforms without a
-compiler). The codec follows the book: ``ext._wire`` with the compiled book (its decoder
-writes through the book's C fast paths), ``ext.wire_py`` otherwise. Every module stays
+compiler). The order journal's record writer (``ext._journal``, twin ``ext.journal_py``)
+and the histograms follow the book too. The codec follows the book: ``ext._wire`` with the
+compiled book (its decoder writes through the book's C fast paths), ``ext.wire_py``
+otherwise. Every module stays
 importable for tests: ``ext.pricebook_py``, ``ext.wire_py`` and, when built,
 ``ext._pricebook`` and ``ext._wire``. This package must not import ``reactor`` or
 ``processes``.
@@ -18,7 +20,7 @@ import os
 import warnings
 from types import ModuleType
 
-from ext import hist_py, layout, pricebook_py, wire_py
+from ext import hist_py, journal_py, layout, pricebook_py, wire_py
 from ext.layout import LayoutError, footprint, segment_size
 
 _pricebook: ModuleType | None = None
@@ -63,6 +65,13 @@ if _impl is _pricebook:
     except ImportError:  # an older build: the twin records the same buckets, slower
         pass
 
+_journal_impl: ModuleType = journal_py
+if _impl is _pricebook:
+    try:
+        _journal_impl = importlib.import_module("ext._journal")
+    except ImportError:  # an older build: the twin writes the same records, slower
+        pass
+
 SharedPriceBook = _impl.SharedPriceBook
 PriceReader = _impl.PriceReader
 IMPLEMENTATION: str = "cython" if _impl is _pricebook else "python"
@@ -71,9 +80,12 @@ TickEncoder = _wire_impl.TickEncoder
 FrameTooLong = wire_py.FrameTooLong  # one class, shared by both codecs
 WIRE_IMPLEMENTATION: str = "cython" if _wire_impl is _wire else "python"
 LatencyHistogram = _hist_impl.LatencyHistogram
+journal_records = _journal_impl   # put / put_order: the order journal's record writer
+JOURNAL_IMPLEMENTATION: str = "python" if _journal_impl is journal_py else "cython"
 
 __all__ = [
     "IMPLEMENTATION",
+    "JOURNAL_IMPLEMENTATION",
     "WIRE_IMPLEMENTATION",
     "FrameTooLong",
     "LatencyHistogram",
@@ -84,6 +96,8 @@ __all__ = [
     "TickEncoder",
     "footprint",
     "hist_py",
+    "journal_py",
+    "journal_records",
     "layout",
     "pricebook_py",
     "segment_size",

@@ -76,6 +76,10 @@ class LatencyHistogram:
     def pairs(self) -> list[tuple[int, int]]:
         return [(_value(i), c) for i, c in sorted(self._counts.items())]
 
+    def encode_both(self) -> tuple[bytes, bytes]:
+        """(encode(), encode(window=True)), as the compiled twin returns them in one call."""
+        return self.encode(), self.encode(True)
+
     def window(self) -> list[tuple[int, int]]:
         out = [(_value(i), c - self._seen.get(i, 0)) for i, c in sorted(self._counts.items())
                if c != self._seen.get(i, 0)]

@@ -12,12 +12,13 @@ because a reconnect has a new port). Then, per order:
 2. kill switch (SIGUSR1 toggles it): while on, every new order is rejected;
 3. pre-trade risk: max_notional, max_position (per client and symbol), max_order_rate (per
    client, sliding 1 s window); a reject names the rule;
-4. the order is numbered and booked: one JSON line goes to the order log with a single
-   write(2) (and an fsync if configured), THEN the ack, then the console line. An ack therefore
-   means "in the kernel's page cache" (or "on disk" with fsync), so killing the OrderManager
-   can never lose an order it acked (an ack sent before the write would be lost to a SIGKILL
-   landing between the two). The write adds to the ack latency; the console line, by far the
-   slower I/O, still follows the ack.
+4. the order is numbered and booked: its JSON record is committed to the order journal, a
+   preallocated memory-mapped file (processes.shared.journal: two stores into the page cache,
+   no system call; an msync too if fsync is configured), THEN the ack. An ack therefore means
+   "in the kernel's page cache" (or "on disk" with fsync), so killing the OrderManager can
+   never lose an order it acked (an ack sent before the commit would be lost to a SIGKILL
+   landing between the two). The same line goes to the JSONL order log and the console line
+   to the log a moment after the ack (_flush_lines), both write(2)s off the order's path.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
@@ -30,6 +31,7 @@ order_manager.resume (main.py --resume) the log's last session, else a new one.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -45,6 +47,7 @@ import msgspec
 from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import exposure, runtime
+from processes.shared.journal import Journal, journal_dir, read_records
 from processes.shared.pnl import PnLBook
 from processes.shared.protocol import (
     MAX_FRAME,
@@ -77,6 +80,7 @@ REFUSE_LINGER = 1.0   # seconds a refused client is kept (input discarded) befor
 KILL_SWITCH_REASON = "kill switch on"
 RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
+MIRROR_RETRY = 1.0    # s between retries of a failed order-log (JSONL) write
 LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
 
 
@@ -94,32 +98,79 @@ class OrderLogError(RuntimeError):
 
 
 class OrderLog:
-    """Append-only JSONL of booked orders, one line each, one write(2) per line; read back on start.
+    """The booked orders: a memory-mapped journal (processes.shared.journal), the durable record
+    committed before the ack, and its human-readable mirror, the JSONL file (one line per order),
+    written after the ack, off the hot path (OrderManager._flush_lines, a moment later).
 
-    Unbuffered, so a line is in the kernel when append() returns and survives our death; with
-    fsync it is on disk.
+    Both hold the same JSON text per order. The mirror is what people and tools read and what
+    start-up reads back; the journal holds only what this run booked, so after a kill -9 the
+    orders acked but not yet mirrored are there: open() appends them to the mirror (the orders
+    past its last order_no) before starting a fresh journal. A clean close mirrors everything
+    and removes the journal.
 
-    A crash can only leave a torn LAST line (the process died inside a write); that line is
-    skipped with a warning and cut off, so the next record starts on a line of its own. A bad
-    line anywhere else is not a crash artefact, and starting on a log we cannot trust could book
-    an order twice, so it is fatal and names the line.
+    The mirror's own rules: a crash can only leave a torn LAST line (the process died inside a
+    write); that line is skipped with a warning and cut off, so the next record starts on a
+    line of its own. A bad line anywhere else is not a crash artefact, and starting on a log we
+    cannot trust could book an order twice, so it is fatal and names the line.
     """
 
     def __init__(self, path: Path, fsync: bool = False) -> None:
         self.path = path
         self.fsync = fsync
+        self.journal = Journal(journal_dir(path), sync=fsync)
+        # commit(order_no, received_ns, fields, frame): one order's record into the journal,
+        # durable when it returns (the hot path: the journal's own method, no wrapper). OSError
+        # (no journal chunk can be made: disk full) means nothing was committed.
+        self.commit = self.journal.commit_order
         self._file: IO[bytes] | None = None
         self._fd = -1
-        self.size = 0  # bytes of whole lines: where a failed write is cut back to
+        self.size = 0  # bytes of whole lines: where a failed mirror write is cut back to
+        self._unmirrored: list[bytes] = []   # committed to the journal, not yet in the JSONL
+        self.mirror_failed: str | None = None  # the last mirror write's error, until one works
 
     def open(self) -> list[dict[str, Any]]:
-        """Read the existing records back (repairing a torn tail), then open for appending."""
+        """Read the records back (repairing a torn tail, mirroring what only the journal
+        holds), then open for appending with a fresh journal."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         records = self._read_back() if self.path.exists() else []
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
         self._fd = self._file.fileno()
         self.size = os.fstat(self._fd).st_size
+        records += self._recover_journal(max((r["order_no"] for r in records), default=0))
+        self.journal.open()
         return records
+
+    def _recover_journal(self, mirrored_up_to: int) -> list[dict[str, Any]]:
+        """The journal's records past the mirror's last order_no (acked, then the process died
+        before mirroring them), appended to the mirror; the journal is removed after that."""
+        payloads, torn = read_records(self.journal.directory)
+        if torn:
+            log.warning("order journal %s: %d torn record(s) at its end (a write cut short by a "
+                        "crash, never acked) ignored", self.journal.directory, torn)
+        missing: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        for payload in payloads:
+            try:
+                rec = parse_record(payload)
+            except ValueError as exc:   # its checksum matched: written so by a writer, not torn
+                raise OrderLogError(f"order journal {self.journal.directory} holds a record "
+                                    f"that is not an order ({exc}); fix or move it before "
+                                    "starting") from None
+            if rec["order_no"] > mirrored_up_to:
+                missing.append(rec)
+                lines.append(payload)
+        if lines:
+            self._unmirrored = lines
+            self.mirror()
+            if self.mirror_failed:
+                raise OrderLogError(f"order log {self.path}: the journal's {len(lines)} orders "
+                                    f"could not be copied into it ({self.mirror_failed})")
+            if self.fsync:
+                os.fsync(self._fd)
+            log.warning("order log %s: %d orders committed before a crash recovered from the "
+                        "journal %s",
+                        self.path, len(lines), self.journal.directory)
+        return missing
 
     def _read_back(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
@@ -149,28 +200,48 @@ class OrderLog:
                 fh.write(b"\n")
         return records
 
-    def append(self, record: dict[str, Any] | bytes) -> None:
-        """Write one line (a record, or its JSON text); on OSError (disk full...) cut any
-        partial line off, then raise."""
-        if self._file is None:
+    def mirror(self) -> None:
+        """Off the hot path: the committed records not yet in the JSONL, in one write(2) (an
+        fsync too if configured). On OSError any partial line is cut off and the records wait
+        for the next call; the journal keeps them meanwhile."""
+        self._unmirrored += self.journal.take()
+        lines = self._unmirrored
+        if not lines or self._file is None:
             return
-        line = (record if isinstance(record, bytes) else msgspec.json.encode(record)) + b"\n"
+        data = b"\n".join(lines) + b"\n"
         try:
-            written = os.write(self._fd, line)
-            while written < len(line):  # regular files write all at once, barring errors
-                written += os.write(self._fd, line[written:])
+            written = os.write(self._fd, data)
+            while written < len(data):  # regular files write all at once, barring errors
+                written += os.write(self._fd, data[written:])
             if self.fsync:
                 os.fsync(self._fd)
-        except OSError:
+        except OSError as exc:
             try:
                 os.ftruncate(self._fd, self.size)
             except OSError:
                 pass
-            raise
-        self.size += len(line)
+            if self.mirror_failed is None:
+                log.error("order log %s: write failed (%s); the orders are safe in the journal "
+                          "%s, retrying", self.path, exc, self.journal.directory)
+            self.mirror_failed = str(exc)
+            return
+        if self.mirror_failed is not None:
+            log.info("order log %s written again", self.path)
+            self.mirror_failed = None
+        self.size += len(data)
+        self._unmirrored = []
 
     def close(self) -> None:
+        """Mirror what is left; the journal is removed only when the mirror holds all of it."""
+        self.mirror()
         if self._file is not None:
+            if self._unmirrored:
+                log.error("order log %s: %d orders could not be mirrored; kept in the journal "
+                          "%s for the next start", self.path, len(self._unmirrored),
+                          self.journal.directory)
+                self.journal.close()
+            else:
+                self.journal.discard()
             self._file.close()
             self._file = None
             self._fd = -1
@@ -203,10 +274,14 @@ def parse_record(raw: bytes) -> dict[str, Any]:
 class Session:
     """One client connection: who it is (after its hello) and how much garbage it sent."""
 
-    __slots__ = ("conn", "client", "welcomed", "closing", "bad_streak")
+    __slots__ = ("conn", "client", "welcomed", "closing", "bad_streak", "record_fields")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, session_json: bytes) -> None:
         self.conn = conn
+        # The order-log fields that are the same for every order of this connection, as JSON
+        # text made once: the hot path only formats the order's own.
+        self.record_fields = b'"peer":%s,"session":%s,' % (msgspec.json.encode(conn.peer),
+                                                           session_json)
         self.client = ""
         self.welcomed = False
         self.closing = False  # refused: input is discarded until the close
@@ -225,6 +300,7 @@ class OrderManager:
         self.max_position = om.max_position
         self.max_order_rate = om.max_order_rate
         self.max_notional = om.max_notional
+        self._risk_limits = bool(om.max_position or om.max_order_rate or om.max_notional)
         self.max_bad_frames = om.max_bad_frames
         self.kill_switch = om.kill_switch
         self.server: Server | None = None
@@ -268,6 +344,7 @@ class OrderManager:
         self.session = choose_session(self.order_log.path, self.resume)
         self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
+        self._commit = self.order_log.commit   # bound once: the hot path's call
         net = self.cfg.network
         exposure.check_order_manager(self.cfg, log)
         # overflow="close": a client that stops reading acks is closed, never silently
@@ -349,7 +426,7 @@ class OrderManager:
     # --- sessions --------------------------------------------------------------------------------
     def _on_client(self, conn: Connection) -> None:
         self.clients += 1
-        sess = Session(conn)
+        sess = Session(conn, self._session_json)
         conn.on_frame = lambda frame: self._on_frame(sess, frame)
         conn.on_close = self._on_close
         log.info("order client %s connected", conn.peer)
@@ -386,14 +463,20 @@ class OrderManager:
             self._refuse(sess, f"bad token for client {hello.client}")
             return
         sess.client = hello.client
-        sess.welcomed = True
+        self._welcome(sess)
         sess.conn.send(encode_welcome(hello.client, self.kill_switch))
         log.info("order client %s is %s (protocol %d)", sess.conn.peer, hello.client,
                  hello.version)
 
+    def _welcome(self, sess: Session) -> None:
+        """From now on every frame is an order: handed straight to _on_order (a C-level
+        partial, no Python frame in between on the hot path)."""
+        sess.welcomed = True
+        sess.conn.on_frame = functools.partial(self._on_order, sess)
+
     def _implicit_hello(self, sess: Session, frame: memoryview) -> None:
         sess.client = "peer-" + sess.conn.peer.replace(":", "-").replace("[", "").replace("]", "")
-        sess.welcomed = True
+        self._welcome(sess)
         log.info("order client %s sent no hello: booked as %s", sess.conn.peer, sess.client)
         self._on_order(sess, frame)
 
@@ -434,7 +517,8 @@ class OrderManager:
                 reason = not_an_order_reason(frame, reason)   # tell a CSV client the protocol
             self._malformed(sess, exc.id, reason)
             return
-        self.order_decoded.record(now() - received_ns)
+        # Phase stamps are taken on the way and recorded after the ack: a record() call can wait.
+        decoded_ns = now()
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
         key = (client, order.id)
@@ -449,18 +533,30 @@ class OrderManager:
         pkey = (client, order.symbol)
         before = self.positions.get(pkey, 0)
         after = before + order.qty if order.side == "BUY" else before - order.qty
-        broken = self._risk(order, before, after, received_ns)
-        if broken is not None:
-            self._reject_rule(conn, order.id, *broken)
-            return
+        if self._risk_limits:
+            broken = self._risk(order, before, after, received_ns)
+            if broken is not None:
+                self._reject_rule(conn, order.id, *broken)
+                return
         order_no = self.order_no + 1
-        self.order_checked.record(now() - received_ns)
-        if not self._write(order, order_no, received_ns, conn):
+        checked_ns = now()
+        # The order's record, committed to the journal before the ack: {"order_no",
+        # "received_ns", "peer", "session", **order.to_json()} as JSON text, the order's own
+        # encoded frame wrapped with our fields, built and stored by one native call
+        # (ext.journal_py.put_order). Inline, not a method: each Python call is microseconds
+        # on a process woken cold.
+        try:
+            self._commit(order_no, received_ns, sess.record_fields, encode_order(order))
+        except OSError as exc:
+            self._commit_failed(sess, order, exc)
             return
-        self.order_journaled.record(now() - received_ns)
+        journaled_ns = now()
         self.order_no = order_no
         conn.send(encode_ack(order.id, order_no))
         self.order_to_ack_sent.record(now() - received_ns)
+        self.order_decoded.record(decoded_ns - received_ns)
+        self.order_checked.record(checked_ns - received_ns)
+        self.order_journaled.record(journaled_ns - received_ns)
         self.booked[key] = order_no
         self.positions[pkey] = after
         if self.max_order_rate:
@@ -480,7 +576,17 @@ class OrderManager:
             self.reactor.call_later(LINE_DELAY, self._flush_lines)
 
     def _flush_lines(self) -> None:
+        """After the acks: the JSONL mirror of the orders just booked, the journal's next chunk
+        if it is due, then the console lines."""
         self._flush_scheduled = False
+        self.order_log.mirror()
+        if self.order_log.mirror_failed and self.server is not None:   # retry until it works
+            self._flush_scheduled = True
+            self.reactor.call_later(MIRROR_RETRY, self._flush_lines)
+        try:
+            self.order_log.journal.prepare()
+        except OSError as exc:   # disk full: the order that needs the chunk is rejected
+            log.error("order journal: next chunk not made (%s)", exc)
         lines, self._lines = self._lines, []
         for line in lines:
             log.info("Received Order %d: %s %d %s @ %.2f", *line)
@@ -512,24 +618,14 @@ class OrderManager:
                                           f"exceeded for client {order.client}")
         return None
 
-    def _write(self, order: Order, order_no: int, received_ns: int, conn: Connection) -> bool:
-        """The order-log line, before the ack. If the log cannot be written, nothing can be
-        booked safely: reject, and turn the kill switch on until an operator has looked."""
-        try:
-            # The order's own frame is already its JSON; the record wraps it with our fields, in
-            # the same key order as {"order_no", "received_ns", "peer", "session",
-            # **order.to_json()}.
-            self.order_log.append(b'{"order_no":%d,"received_ns":%d,"peer":%s,"session":%s,%s}' % (
-                order_no, received_ns, _peer_json(conn), self._session_json,
-                encode_order(order)[1:-2]))
-        except OSError as exc:
-            log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
-                      exc, order.id)
-            if not self.kill_switch:
-                self.toggle_kill_switch()
-            self._reject(conn, order.id, f"order log write failed: {exc}")
-            return False
-        return True
+    def _commit_failed(self, sess: Session, order: Order, exc: OSError) -> None:
+        """The order's record could not be committed: nothing can be booked safely. Reject,
+        and turn the kill switch on until an operator has looked."""
+        log.error("order log %s write failed (%s): order %s rejected", self.order_log.path,
+                  exc, order.id)
+        if not self.kill_switch:
+            self.toggle_kill_switch()
+        self._reject(sess.conn, order.id, f"order log write failed: {exc}")
 
     # --- rejects ---------------------------------------------------------------------------------
     def _malformed(self, sess: Session, order_id: IdEcho, reason: str) -> None:
@@ -553,11 +649,6 @@ class OrderManager:
             log.warning("rejected order %s from %s: %s", order_id, conn.peer, reason)
         elif self.rejects == LOGGED_REJECTS + 1:
             log.warning("more rejects follow; only counted from now on (see the stats line)")
-
-
-def _peer_json(conn: Connection) -> bytes:
-    """The connection's peer as JSON text."""
-    return msgspec.json.encode(conn.peer)
 
 
 def run(cfg: config_mod.Config, ready: Any = None, supervised: bool = False) -> int:

@@ -100,7 +100,8 @@ class OrderManager(Placement):
     listen: str = "127.0.0.1"   # address the order port binds; not loopback needs a token
     allow_no_token: bool = False  # let a non-loopback listen start without a token
     order_log: str = "logs/orders.jsonl"
-    fsync: bool = False         # fsync the order log per order (survives power loss; ~ms each)
+    fsync: bool = False         # msync each order's journal record before its ack (survives
+                                # power loss; ~ms each)
     token: str = ""             # clients must send it in their hello; "" = none required;
                                 # TRADESTACK_TOKEN overrides
     max_position: int = 0       # |net position| per client and symbol after an order; 0 = no limit

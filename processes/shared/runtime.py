@@ -145,6 +145,7 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
                 publisher.publish(final=True)
             except OSError as exc:
                 log.warning("final stats snapshot not written: %s", exc)
+            publisher.close()
         if service is not None:
             service.close()
         reactor.close()

@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from processes.shared.journal import journal_dir, read_records
+
 SESSION_ENV = "TRADESTACK_SESSION"
 
 
@@ -23,10 +25,19 @@ def new_session_id() -> str:
 
 def last_session(path: Path) -> str | None:
     """The session of the order log's last record ("" for a log older than sessions), or None
-    for no log or no record: what --resume continues."""
+    for no log or no record: what --resume continues. The last record is the order journal's
+    when it holds any (an OrderManager killed before it mirrored them into the JSONL)."""
+    session = None
+    for payload in reversed(read_records(journal_dir(path))[0]):
+        try:
+            rec = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            got = rec.get("session", "")
+            return got if isinstance(got, str) else ""
     if not path.exists():
         return None
-    session = None
     with open(path, "rb") as fh:
         for raw in fh:
             try:

@@ -157,25 +157,27 @@ class StrategyHost:
                                       price)
         now = time.monotonic_ns()
         in_tick = self._tick_j >= 0
+        decided = 0   # this tick's decision latency, recorded after the send (it can wait)
         if in_tick and not self._decided:
             self._decided = True
             if self._tick.sent_ns and self._tick.sent_ns >= self._live_ns:
-                self.tick_to_decision.record(now - self._tick.sent_ns)
+                decided = now - self._tick.sent_ns
         key = 2 * j + (sign > 0)
         if self._pending[key]:
-            return self._refuse(key, "pending", "an order of that side is still in flight")
+            return self._refuse(key, "pending", "an order of that side is still in flight",
+                                decided)
         # Never trade on a stale price: the symbol's last tick's age (Gateway send time), or for
         # a plain feed, which carries none, the symbol's state from the last _watch.
         if self.max_age_ns:
             last = self._last_tick_ns[j]
             if self.prices[j] is None:   # an order from on_start or on_news before any tick
-                return self._refuse(key, "stale", "it has had no valid price yet")
+                return self._refuse(key, "stale", "it has had no valid price yet", decided)
             if now - last > self.max_age_ns if last else self.stale[j]:
                 return self._refuse(key, "stale", f"its price is older than "
-                                    f"{self.max_age_ns / 1e9:g}s")
+                                    f"{self.max_age_ns / 1e9:g}s", decided)
         if self._backoff_until[key]:
             if now < self._backoff_until[key]:
-                return self._refuse(key, "backoff", "")
+                return self._refuse(key, "backoff", "", decided)
             self._end_backoff(key, "over")
         self._refusing[key] = None
         tick = self._tick
@@ -190,11 +192,16 @@ class StrategyHost:
         self._pending[key] += 1
         self.orders += 1
         self.orders_out.submit(order)
+        if decided:
+            self.tick_to_decision.record(decided)
         return order.id
 
-    def _refuse(self, key: int, reason: str, why: str) -> None:
-        """Count the refusal; log it when this symbol and side starts being refused for it (a
-        strategy asks again on every tick: that is not worth a line each time)."""
+    def _refuse(self, key: int, reason: str, why: str, decided: int = 0) -> None:
+        """Count the refusal (and record the tick's decision latency, if the refused submit
+        decided it); log it when this symbol and side starts being refused for it (a strategy
+        asks again on every tick: that is not worth a line each time)."""
+        if decided:
+            self.tick_to_decision.record(decided)
         self.refused[reason] += 1
         if self._refusing[key] != reason:
             self._refusing[key] = reason

@@ -3,7 +3,6 @@ file to a raw socket subscriber."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from stackutil import Child, make_config, parse_price, recv_frames, wait_until
 
 from processes.gateway.replay import CsvPrices
+from processes.shared import telemetry
 from processes.shared.market_file import ReplayError, load, parse_rows, parse_timestamp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,9 +176,9 @@ def test_gateway_streams_a_csv_to_a_raw_subscriber(tmp_path):
             assert sent_ns > 0
             last[sym] = seq
         stats = tmp_path / "logs" / "stats" / "gateway.json"
-        wait_until(lambda: stats.exists() and json.loads(stats.read_text())["counters"].get(
+        wait_until(lambda: (telemetry.read_snapshot(stats) or {}).get("counters", {}).get(
             "replay_done"), 10, what="replay_done in the gateway's stats")
-        counters = json.loads(stats.read_text())["counters"]
+        counters = telemetry.read_snapshot(stats)["counters"]
         assert counters["ticks"] == counters["replay_sent"] == len(rows)
     finally:
         assert gw.stop() == 0

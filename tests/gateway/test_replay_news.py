@@ -3,7 +3,6 @@ and a real Gateway's start rule (prices and news on one clock, started by both s
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from stackutil import Child, make_config, parse_price, recv_frames, wait_until
 
 from processes.gateway.replay import CsvMarket
+from processes.shared import telemetry
 from processes.shared.market_file import Event, load_events, parse_events
 from processes.shared.protocol import parse_news
 
@@ -111,10 +111,7 @@ def _subscribe(port: int) -> socket.socket:
 
 def _snapshot(tmp_path: Path) -> dict:
     path = tmp_path / "logs" / "stats" / "gateway.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    return telemetry.read_snapshot(path) or {}
 
 
 def _counters(tmp_path: Path) -> dict:

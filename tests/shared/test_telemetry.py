@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -59,6 +60,22 @@ def test_histogram_counts_windows_and_twin_agree(impl):
     assert h.max == twin.max == max(values)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_encode_both_is_encode_then_the_window(impl):
+    """A snapshot's two encodings in one call: the same bytes as encode() and then
+    encode(window=True), window reset included."""
+    rng = np.random.default_rng(4)
+    h, ref = impl.LatencyHistogram(), hist_py.LatencyHistogram()
+    assert h.encode_both() == (b"", b"")
+    for n in (3000, 0, 700):
+        for v in (rng.lognormal(11, 1.5, n).astype(np.int64) + 1).tolist():
+            h.record(v)
+            ref.record(v)
+        total, window = h.encode_both()
+        assert (total, window) == (ref.encode(), ref.encode(True))
+        assert sum(c for _, c in hist_py.decode(window)) == n
+
+
 def test_recorder_percentiles_equal_a_direct_hdrhistogram():
     rng = np.random.default_rng(5)
     values = rng.lognormal(10.5, 0.6, 20_000).astype(np.int64) + 1
@@ -106,6 +123,48 @@ def test_publisher_writes_atomic_snapshots_with_rates(tmp_path):
     assert telemetry.read_all(tmp_path / "stats")["proc"]["counters"]["ticks"] == 500
     (tmp_path / "stats" / "broken.json").write_text("{")
     assert set(telemetry.read_all(tmp_path / "stats")) == {"proc"}
+    pub.close()
+
+
+def test_snapshots_are_written_in_place_and_a_torn_one_is_never_read(tmp_path):
+    """One file, rewritten in place (same inode, shorter text padded), read by a thread while
+    another rewrites it as fast as it can: every snapshot read is one whole publish (its
+    counters agree with each other), never a mix of two."""
+    state = {"n": 0}
+    pub = telemetry.Publisher("proc", tmp_path, lambda: {"a": state["n"], "pad": "x" * (
+        state["n"] % 3000), "b": state["n"]}, lambda: ())
+    path = tmp_path / "proc.json"
+    pub.publish()
+    inode = path.stat().st_ino
+    state["n"] = 2999
+    pub.publish()
+    state["n"] = 3000                        # much shorter text over the long one
+    pub.publish()
+    assert json.loads(path.read_text())["counters"]["a"] == 3000   # still one JSON document
+    assert path.stat().st_ino == inode and [p.name for p in tmp_path.iterdir()] == ["proc.json"]
+    raw = path.read_bytes()
+    cut = raw.index(b'"b":')
+    torn = raw[:cut] + raw[cut:].replace(b'"b":3000', b'"b":3001')
+    assert telemetry.parse_snapshot(torn) is None            # the checksum tells
+    assert telemetry.parse_snapshot(raw)["counters"]["b"] == 3000
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            state["n"] += 1
+            pub.publish()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        reads = [telemetry.read_snapshot(path) for _ in range(2000)]
+    finally:
+        stop.set()
+        thread.join(10)
+    pub.close()
+    whole = [r for r in reads if r is not None]
+    assert len(whole) > 1000
+    assert all(r["counters"]["a"] == r["counters"]["b"] for r in whole)
+    assert all(len(r["counters"]["pad"]) == r["counters"]["a"] % 3000 for r in whole)
 
 
 def test_summary_renders_flow_latency_and_problems():

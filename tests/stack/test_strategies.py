@@ -18,7 +18,7 @@ from mainutil import MainRun, assert_nothing_left, child_pids, main_cmd
 from stackutil import make_config, wait_until
 
 from ext.layout import pid_alive
-from processes.shared import config
+from processes.shared import config, telemetry
 from processes.supervisor.stack import Stack, process_order
 
 
@@ -36,7 +36,7 @@ def booked(tmp_path) -> list[dict]:
 
 
 def snapshot(tmp_path, process: str) -> dict:
-    return json.loads((tmp_path / "logs" / "stats" / f"{process}.json").read_text())
+    return telemetry.read_snapshot(tmp_path / "logs" / "stats" / f"{process}.json")
 
 
 @pytest.mark.timeout(90)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from stackutil import make_config, wait_until
 
+from processes.shared import telemetry
 from processes.shared.market_file import Event, load_events
 from processes.strategy import backtest
 from processes.strategy.builtin import MovingAverageSentiment, MovingAverageSentimentConfig
@@ -32,10 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _stats(tmp_path: Path, name: str) -> dict:
-    try:
-        return json.loads((tmp_path / "logs" / "stats" / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return telemetry.read_snapshot(tmp_path / "logs" / "stats" / f"{name}.json") or {}
 
 
 def _orders(result: backtest.BacktestResult) -> list[tuple]:

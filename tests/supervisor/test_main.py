@@ -16,6 +16,7 @@ from mainutil import ROOT, assert_nothing_left, child_pids, main_cmd, reap, star
 from stackutil import shm_exists, wait_until
 
 from ext.layout import pid_alive
+from processes.shared import telemetry
 
 
 @pytest.mark.timeout(90)
@@ -41,7 +42,7 @@ def test_main_duration_trades_and_exits_clean(tmp_path, impl):
                   "tick -> order received (OrderManager)", "tick -> ack (Strategy)"):
         assert label in out, out[-3000:]
     stats_dir = tmp_path / "logs" / "stats"
-    snaps = {p.stem: json.loads(p.read_text()) for p in stats_dir.glob("*.json")}
+    snaps = {p.stem: telemetry.read_snapshot(p) for p in stats_dir.glob("*.json")}
     assert set(snaps) == {"gateway", "orderbook", "strategy", "order_manager"}
     assert all(s["final"] for s in snaps.values())
     assert snaps["strategy"]["latency"]["tick_to_ack"]["count"] == len(orders)
@@ -62,7 +63,7 @@ def test_each_main_run_is_a_new_session_unless_resumed(tmp_path):
         proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "3", *extra), cwd=tmp_path,
                               capture_output=True, text=True, timeout=40)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-        snap = json.loads((tmp_path / "logs" / "stats" / "order_manager.json").read_text())
+        snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / "order_manager.json")
         return snap["counters"]
 
     def records() -> list[dict]:
@@ -264,7 +265,7 @@ def test_sigterm_to_main_stops_downstream_first_and_prints_the_summary(tmp_path)
     assert stopping < summary_at < stopped, "".join(tail)
     assert tail[stopped].rstrip().endswith(
         "stopped: order_manager exit 0, gateway exit 0, orderbook exit 0, strategy exit 0"), tail
-    snaps = {n: json.loads((stats / f"{n}.json").read_text()) for n in pids}
+    snaps = {n: telemetry.read_snapshot(stats / f"{n}.json") for n in pids}
     assert all(s["final"] and s["pid"] == pids[n] for n, s in snaps.items()), snaps
     stop_order = sorted(snaps, key=lambda n: snaps[n]["mono_ns"])
     assert stop_order == ["strategy", "orderbook", "gateway", "order_manager"], (
