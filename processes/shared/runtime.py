@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from processes.shared import config as config_mod
 from processes.shared import telemetry
 from processes.shared.placement import pin, set_rt_priority, unpaced
+from processes.shared.rt_budget import RtBudget
 from reactor import Reactor
 
 PR_SET_PDEATHSIG = 1
@@ -115,6 +116,11 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     # OrderBook unlinks its segment), not the default handler's instant death.
     for signum in (signal.SIGINT, signal.SIGTERM):
         reactor.add_signal_handler(signum, reactor.stop)
+    # A real-time rank is kept only while the process keeps blocking (see rt_budget): one
+    # client's flood of orders must not stop the price path.
+    budget = RtBudget(name, rt, log) if rt else None
+    if budget is not None:
+        reactor.add_source(budget)
     service = None
     publisher: telemetry.Publisher | None = None
     try:
@@ -122,7 +128,7 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         info = service.start()
         info.update(pid=os.getpid(), cpus=cpus, idle=place.idle, rt_priority=rt)
         log.info("ready %s", format_stats(info))
-        publisher = _publisher(name, cfg.logging, service)
+        publisher = _publisher(name, cfg.logging, service, budget)
         quiet_gc()
         if ready is not None:
             ready.send(info)
@@ -148,6 +154,8 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         if service is not None:
             service.close()
         reactor.close()
+        if budget is not None:
+            budget.close()
         logging.shutdown()
 
 
@@ -180,9 +188,11 @@ def quiet_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _publisher(name: str, cfg: config_mod.Logging, service: Service) -> telemetry.Publisher:
+def _publisher(name: str, cfg: config_mod.Logging, service: Service,
+               budget: RtBudget | None) -> telemetry.Publisher:
     recorders = getattr(service, "recorders", None) or (lambda: ())
-    return telemetry.Publisher(name, telemetry.stats_dir(cfg.dir, cfg.stats_dir), service.stats,
+    stats = service.stats if budget is None else lambda: {**service.stats(), **budget.stats()}
+    return telemetry.Publisher(name, telemetry.stats_dir(cfg.dir, cfg.stats_dir), stats,
                                recorders, cfg.stats_interval)
 
 

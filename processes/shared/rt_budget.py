@@ -1,0 +1,119 @@
+"""A real-time process may hold its core only so long without blocking: the kernel measures it.
+
+Why: on a shared core, SCHED_FIFO ranks are absolute. A process that always has work (the
+OrderManager with one client flooding valid orders, a Strategy whose on_tick never ends, a feed
+that never sleeps) never blocks, so every process ranked below it never runs: measured in the
+default layout (performance_report.md, "Order flood"), a flooded OrderManager at rt 35 blocked 7
+times in 4 s and used the whole real-time share of its core (the kernel's sched_rt_runtime_us
+throttle), while the Gateway (rt 20) and the OrderBook (rt 30) got milliseconds and no price
+reached shared memory for seconds; ksoftirqd (where deferred NET_RX work runs) barely ran, so
+loopback softirqs were not the cause. Ranking the OrderManager below the feed is not enough: its
+flood work is still real-time work, and once the real-time class as a whole uses up its share,
+the kernel throttles all of it, the feed included, for the rest of each period. Nor can the
+OrderManager fix it by reading in turns or by backpressure on acks: the flood client reads its
+acks, so nothing but CPU limits it, and under SCHED_FIFO only blocking (or losing the rank)
+hands the core to a lower rank; sched_yield() only yields to an equal one.
+
+So the rank is kept only while it is used as intended, waking, working briefly and blocking:
+RLIMIT_RTTIME makes the kernel send SIGXCPU once the process has run BUDGET_US on its CPU at
+real-time priority without a blocking call; the handler drops it to SCHED_OTHER at once, below
+every real-time process, so its backlog runs on what the ranked processes leave over. It gets
+its rank back just before it next may block (the reactor's arm() of this IdleSource), once it
+has blocked at least once since: its backlog is gone. Taking the rank back then, not later, also
+matters to the kernel's count: it restarts at a real-time wake-up, so the wake-up after that
+block starts a fresh budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+from typing import Any
+
+# us at SCHED_FIFO without blocking before the rank goes. The kernel counts it in scheduler ticks
+# and signals at the first tick past it, so the feed waits at most this plus two ticks; a process
+# working as intended blocks after tens of us, so only a flood (or a pause of that order, which
+# then runs unranked until the next block) reaches it.
+BUDGET_US = 5_000
+LOGGED = 5   # demotions logged one by one; the rest are counted (rt_demotions in the stats)
+
+
+def _blocks() -> int:
+    """Voluntary context switches of this thread: times it blocked."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+class RtBudget:
+    """SCHED_FIFO at `priority` while the process keeps blocking, SCHED_OTHER from the moment it
+    has run BUDGET_US without blocking until it has blocked again. Add it to the process's
+    reactor (an IdleSource: it never has work of its own) after SCHED_FIFO is set; close() it
+    before the process exits."""
+
+    def __init__(self, name: str, priority: int, log: logging.Logger) -> None:
+        self.name = name
+        self.priority = priority
+        self.log = log
+        self.demoted = False
+        self.demotions = 0
+        self._blocks_then = 0
+        self._stuck = False   # the rank could not be taken back (CAP_SYS_NICE lost): stop trying
+        # The handler before the limit: SIGXCPU's default action kills the process.
+        self._previous = signal.signal(signal.SIGXCPU, self._over_budget)
+        self._limit = resource.getrlimit(resource.RLIMIT_RTTIME)
+        hard = self._limit[1]
+        # Past a hard limit the kernel kills: stay below one, if there is one.
+        self._soft = BUDGET_US if hard == resource.RLIM_INFINITY else min(BUDGET_US, hard)
+        resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, self._limit[1]))
+
+    def _over_budget(self, _signum: int, _frame: Any) -> None:
+        # Runs between two bytecodes of whatever the loop is doing: a syscall and plain
+        # attributes only (no reactor calls, no logging); the loop side follows in arm().
+        if self.demoted:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            return
+        self.demoted = True
+        self.demotions += 1
+        self._blocks_then = _blocks()
+
+    # --- IdleSource --------------------------------------------------------------------------
+    def poll(self) -> bool:
+        return False
+
+    def arm(self) -> bool:
+        if self.demoted and not self._stuck and _blocks() != self._blocks_then:
+            self._promote()
+        return True
+
+    def disarm(self) -> None:
+        pass
+
+    def _promote(self) -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))
+            # Firing raised the soft limit by a second (the kernel's "again each second").
+            resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, self._limit[1]))
+        except OSError as exc:
+            self._stuck = True
+            self.log.warning("%s: SCHED_FIFO %d not restored after a flood (%s); running with "
+                             "normal scheduling", self.name, self.priority, exc)
+            return
+        self.demoted = False
+        if self.demotions <= LOGGED:
+            self.log.warning("%s ran %d us at SCHED_FIFO %d without blocking (a flood of work): "
+                             "it ran at normal priority until it blocked%s", self.name,
+                             self._soft, self.priority,
+                             "; more such events are only counted (rt_demotions)"
+                             if self.demotions == LOGGED else "")
+
+    def stats(self) -> dict[str, Any]:
+        return {"rt_demotions": self.demotions, "rt_demoted": self.demoted}
+
+    def close(self) -> None:
+        """The limit off first, then the handler back (SIGXCPU's default kills)."""
+        resource.setrlimit(resource.RLIMIT_RTTIME, self._limit)
+        signal.signal(signal.SIGXCPU, self._previous)
