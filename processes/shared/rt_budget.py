@@ -2,20 +2,21 @@
 
 Why: on a shared core, SCHED_FIFO ranks are absolute. A process that always has work (the
 OrderManager with one client flooding valid orders, a Strategy whose on_tick never ends, a feed
-that never sleeps) never blocks, so every process ranked below it never runs: measured in the
-default layout (performance_report.md, "Order flood"), a flooded OrderManager at rt 35 blocked 7
-times in 4 s and used the whole real-time share of its core (the kernel's sched_rt_runtime_us
-throttle), while the Gateway (rt 20) and the OrderBook (rt 30) got milliseconds and no price
-reached shared memory for seconds; ksoftirqd (where deferred NET_RX work runs) barely ran, so
-loopback softirqs were not the cause. Ranking the OrderManager below the feed is not enough: its
-flood work is still real-time work, and once the real-time class as a whole uses up its share,
-the kernel throttles all of it, the feed included, for the rest of each period. Nor can the
-OrderManager fix it by reading in turns or by backpressure on acks: the flood client reads its
-acks, so nothing but CPU limits it, and under SCHED_FIFO only blocking (or losing the rank)
-hands the core to a lower rank; sched_yield() only yields to an equal one.
+that never sleeps) never blocks, so no process ranked below it runs. Measured in the default
+layout with one client flooding the OrderManager (bench/bench_flood.py; figures in
+performance_report.md, "Order flood"): the OrderManager almost never blocked and used the whole
+real-time share of its core, the Gateway and the OrderBook below it got a few milliseconds of
+CPU, and no price reached shared memory for seconds at a time. ksoftirqd, where deferred NET_RX
+work would wait, barely ran: the loopback softirqs ran inline in the senders. Ranking the
+OrderManager below the feed is not enough: its flood work is still real-time work, and once the
+real-time class has used its share of the period (sched_rt_runtime_us), the kernel throttles
+all of it, the feed included, for the rest of the period. Nor can the OrderManager fix it by
+reading its clients in turns or by backpressure on acks: the flood client reads its acks, so
+only CPU limits it, and under SCHED_FIFO only blocking (or losing the rank) hands the core to a
+lower rank; sched_yield() yields to an equal one only.
 
 So the rank is kept only while it is used as intended, waking, working briefly and blocking:
-RLIMIT_RTTIME makes the kernel send SIGXCPU once the process has run BUDGET_US on its CPU at
+RLIMIT_RTTIME makes the kernel send SIGXCPU once the process has run rt_budget_us on its CPU at
 real-time priority without a blocking call; the handler drops it to SCHED_OTHER at once, below
 every real-time process, so its backlog runs on what the ranked processes leave over. It gets
 its rank back just before it next may block (the reactor's arm() of this IdleSource), once it
@@ -32,11 +33,6 @@ import resource
 import signal
 from typing import Any
 
-# us at SCHED_FIFO without blocking before the rank goes. The kernel counts it in scheduler ticks
-# and signals at the first tick past it, so the feed waits at most this plus two ticks; a process
-# working as intended blocks after tens of us, so only a flood (or a pause of that order, which
-# then runs unranked until the next block) reaches it.
-BUDGET_US = 5_000
 LOGGED = 5   # demotions logged one by one; the rest are counted (rt_demotions in the stats)
 
 
@@ -47,11 +43,11 @@ def _blocks() -> int:
 
 class RtBudget:
     """SCHED_FIFO at `priority` while the process keeps blocking, SCHED_OTHER from the moment it
-    has run BUDGET_US without blocking until it has blocked again. Add it to the process's
+    has run `budget_us` without blocking until it has blocked again. Add it to the process's
     reactor (an IdleSource: it never has work of its own) after SCHED_FIFO is set; close() it
     before the process exits."""
 
-    def __init__(self, name: str, priority: int, log: logging.Logger) -> None:
+    def __init__(self, name: str, priority: int, budget_us: int, log: logging.Logger) -> None:
         self.name = name
         self.priority = priority
         self.log = log
@@ -64,7 +60,7 @@ class RtBudget:
         self._limit = resource.getrlimit(resource.RLIMIT_RTTIME)
         hard = self._limit[1]
         # Past a hard limit the kernel kills: stay below one, if there is one.
-        self._soft = BUDGET_US if hard == resource.RLIM_INFINITY else min(BUDGET_US, hard)
+        self._soft = budget_us if hard == resource.RLIM_INFINITY else min(budget_us, hard)
         resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, self._limit[1]))
 
     def _over_budget(self, _signum: int, _frame: Any) -> None:

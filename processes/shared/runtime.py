@@ -118,7 +118,7 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         reactor.add_signal_handler(signum, reactor.stop)
     # A real-time rank is kept only while the process keeps blocking (see rt_budget): one
     # client's flood of orders must not stop the price path.
-    budget = RtBudget(name, rt, log) if rt else None
+    budget = RtBudget(name, rt, place.rt_budget_us, log) if rt and place.rt_budget_us else None
     if budget is not None:
         reactor.add_source(budget)
     service = None
