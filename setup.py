@@ -1,4 +1,5 @@
-"""Build the tradestack packages and the Cython extensions ext._pricebook and ext._wire.
+"""Build the tradestack packages and the Cython extensions (ext._pricebook, ext._wire, ext._hist,
+ext._sigxcpu).
 
     python setup.py build_ext --inplace
 
@@ -32,6 +33,11 @@ extensions = [
     Extension(
         "ext._hist",
         sources=["ext/_hist.pyx"],
+        extra_compile_args=CFLAGS,
+    ),
+    Extension(
+        "ext._sigxcpu",
+        sources=["ext/_sigxcpu.pyx"],
         extra_compile_args=CFLAGS,
     ),
 ]

@@ -39,15 +39,22 @@ def sched_fifo_problem() -> str | None:
 
 
 def watch_book(shm: str, stop: Any, out: Any) -> None:
-    """Until `stop`: every write_ns the book shows; puts the sorted list on `out`."""
+    """Until `stop`: every write_ns the book shows; puts (sorted list, longest time between two
+    looks in ns) on `out`."""
     die_with_parent()
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(WATCH_PRIORITY))
     book = SharedPriceBook(name=shm, create=False)
     read, n = book.read_slot, book.nsymbols
     seen: set[int] = set()
     last = -1
+    now = time.monotonic_ns
+    looked = now()
+    longest = 0
     try:
         while not stop.is_set():
+            t = now()
+            longest = max(longest, t - looked)
+            looked = t
             seq = book.publish_seq()
             if seq != last:
                 last = seq
@@ -57,7 +64,7 @@ def watch_book(shm: str, stop: Any, out: Any) -> None:
     finally:
         book.close()
     seen.discard(0)
-    out.put(sorted(seen))
+    out.put((sorted(seen), longest))
 
 
 def flood_orders(port: int, symbols: list[str], seconds: float, out: Any) -> None:
@@ -119,13 +126,16 @@ def flood_orders(port: int, symbols: list[str], seconds: float, out: Any) -> Non
 
 
 class BookWatch:
-    """watch_book in its own process, for a with-block; .writes after the block."""
+    """watch_book in its own process, for a with-block; .writes and .longest_look_ns (the
+    longest time between two of its looks: a gap shorter than it is measured exactly) after
+    the block."""
 
     def __init__(self, shm: str) -> None:
         self.stop, self.out = CTX.Event(), CTX.Queue()
         self.proc = CTX.Process(target=watch_book, args=(shm, self.stop, self.out),
                                 name="book-watch")
         self.writes: list[int] = []
+        self.longest_look_ns = 0
 
     def __enter__(self) -> BookWatch:
         self.proc.start()
@@ -134,7 +144,7 @@ class BookWatch:
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()
         try:
-            self.writes = self.out.get(timeout=20)
+            self.writes, self.longest_look_ns = self.out.get(timeout=20)
         finally:
             self.proc.join(5)
             if self.proc.is_alive():

@@ -17,12 +17,14 @@ lower rank; sched_yield() yields to an equal one only.
 
 So the rank is kept only while it is used as intended, waking, working briefly and blocking:
 RLIMIT_RTTIME makes the kernel send SIGXCPU once the process has run rt_budget_us on its CPU at
-real-time priority without a blocking call; the handler drops it to SCHED_OTHER at once, below
-every real-time process, so its backlog runs on what the ranked processes leave over. It gets
-its rank back just before it next may block (the reactor's arm() of this IdleSource), once it
-has blocked at least once since: its backlog is gone. Taking the rank back then, not later, also
-matters to the kernel's count: it restarts at a real-time wake-up, so the wake-up after that
-block starts a fresh budget.
+real-time priority without a blocking call, and the handler (ext.sigxcpu: C, so it acts at once
+even inside a long C call such as a garbage collection pass, which a Python handler would wait
+out) drops it to SCHED_OTHER, below every real-time process: its backlog runs on what the ranked
+processes leave over. It gets its rank back just before it next may block (the reactor's arm()
+of this IdleSource), once one of the reactor's waits has blocked since the demotion (its backlog
+is gone) and HOLD has passed. Taking the rank back then, just before a block, also matters to
+the kernel's count: it restarts at a real-time wake-up, so the wake-up after that block starts
+a fresh budget.
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import signal
+import time
 from typing import Any
 
+from ext import sigxcpu
+
 LOGGED = 5   # demotions logged one by one; the rest are counted (rt_demotions in the stats)
+# s a demotion lasts at least. Under a flood that goes on, a block is a moment's lull, and each
+# rank taken back then gives the feed below one more budget's stall before the next demotion;
+# this bounds those to one per HOLD. Unranked, the process still runs as soon as the ranked
+# ones block, so holding it a little longer costs its orders almost nothing.
+HOLD = 0.1
 
 
 def _blocks() -> int:
@@ -53,40 +62,43 @@ class RtBudget:
         self.log = log
         self.demoted = False
         self.demotions = 0
-        self._blocks_then = 0
+        self._seen = sigxcpu.demotions()
+        self._blocks_then = 0     # this thread's blocks before the reactor's wait
+        self._slept = False       # demoted, and a reactor wait has blocked since
+        self._until = 0.0         # monotonic s: not promoted before
         self._stuck = False   # the rank could not be taken back (CAP_SYS_NICE lost): stop trying
         # The handler before the limit: SIGXCPU's default action kills the process.
-        self._previous = signal.signal(signal.SIGXCPU, self._over_budget)
+        sigxcpu.install()
         self._limit = resource.getrlimit(resource.RLIMIT_RTTIME)
         hard = self._limit[1]
         # Past a hard limit the kernel kills: stay below one, if there is one.
         self._soft = budget_us if hard == resource.RLIM_INFINITY else min(budget_us, hard)
-        resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, self._limit[1]))
-
-    def _over_budget(self, _signum: int, _frame: Any) -> None:
-        # Runs between two bytecodes of whatever the loop is doing: a syscall and plain
-        # attributes only (no reactor calls, no logging); the loop side follows in arm().
-        if self.demoted:
-            return
-        try:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            return
-        self.demoted = True
-        self.demotions += 1
-        self._blocks_then = _blocks()
+        resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, hard))
 
     # --- IdleSource --------------------------------------------------------------------------
     def poll(self) -> bool:
         return False
 
     def arm(self) -> bool:
-        if self.demoted and not self._stuck and _blocks() != self._blocks_then:
-            self._promote()
+        count = sigxcpu.demotions()
+        if count != self._seen:   # demoted (by the handler) since the last look
+            self.demotions += count - self._seen
+            self._seen = count
+            self.demoted = True
+            self._slept = False
+            self._until = time.monotonic() + HOLD
+        if self.demoted and not self._stuck:
+            if self._slept and time.monotonic() >= self._until:
+                self._promote()
+            else:
+                self._blocks_then = _blocks()
         return True
 
     def disarm(self) -> None:
-        pass
+        # The wait that just ended blocked (not a write that waited on the disk, not a wait
+        # that found events at once): the backlog is gone.
+        if self.demoted and _blocks() != self._blocks_then:
+            self._slept = True
 
     def _promote(self) -> None:
         try:
@@ -104,7 +116,7 @@ class RtBudget:
                              "it ran at normal priority until it blocked%s", self.name,
                              self._soft, self.priority,
                              "; more such events are only counted (rt_demotions)"
-                             if self.demotions == LOGGED else "")
+                             if self.demotions >= LOGGED else "")
 
     def stats(self) -> dict[str, Any]:
         return {"rt_demotions": self.demotions, "rt_demoted": self.demoted}
@@ -112,4 +124,4 @@ class RtBudget:
     def close(self) -> None:
         """The limit off first, then the handler back (SIGXCPU's default kills)."""
         resource.setrlimit(resource.RLIMIT_RTTIME, self._limit)
-        signal.signal(signal.SIGXCPU, self._previous)
+        sigxcpu.uninstall()
