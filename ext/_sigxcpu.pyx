@@ -5,8 +5,8 @@ The kernel sends SIGXCPU when a real-time thread has used its RLIMIT_RTTIME with
 (processes/shared/rt_budget.py). A Python-level handler runs only between two bytecodes, so a
 long C call (a garbage collection pass over a large heap, tens of ms) would keep the thread at its
 real-time rank, starving every lower rank, until the call returns. This handler is C: it runs
-the moment the signal is delivered, whatever the thread was doing, and makes one raw syscall
-(no libc lock, errno saved and restored). Twin: ext/sigxcpu_py.py (the same, in Python).
+the moment the signal is delivered, whatever the thread was doing, and makes two raw syscalls
+(the demotion, and one byte to the loop's doorbell; no libc lock, errno saved and restored). Twin: ext/sigxcpu_py.py (the same, in Python).
 """
 
 cdef extern from *:
@@ -20,6 +20,7 @@ cdef extern from *:
 
     static volatile sig_atomic_t tsx_demotions = 0;
     static volatile pid_t tsx_tid = 0;
+    static volatile int tsx_fd = -1;
     static struct sigaction tsx_previous;
     static int tsx_installed = 0;
 
@@ -28,18 +29,25 @@ cdef extern from *:
         int saved = errno;
         struct sched_param p;
         memset(&p, 0, sizeof p);
-        if (tsx_tid && syscall(SYS_sched_setscheduler, tsx_tid, SCHED_OTHER, &p) == 0)
+        if (tsx_tid && syscall(SYS_sched_setscheduler, tsx_tid, SCHED_OTHER, &p) == 0) {
             tsx_demotions++;
+            if (tsx_fd >= 0) {
+                char one = 1;
+                ssize_t ignored = write(tsx_fd, &one, 1);   /* full pipe: already signalled */
+                (void)ignored;
+            }
+        }
         errno = saved;
     }
 
-    static int tsx_install(void) {
+    static int tsx_install(int fd) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = tsx_on_sigxcpu;
         sa.sa_flags = SA_RESTART;      /* an interrupted syscall resumes: no EINTR anywhere */
         sigemptyset(&sa.sa_mask);
         tsx_tid = (pid_t)syscall(SYS_gettid);
+        tsx_fd = fd;
         if (sigaction(SIGXCPU, &sa, tsx_installed ? NULL : &tsx_previous) != 0)
             return -1;
         tsx_installed = 1;
@@ -53,19 +61,21 @@ cdef extern from *:
             return -1;
         tsx_installed = 0;
         tsx_tid = 0;
+        tsx_fd = -1;
         return 0;
     }
 
     static long tsx_count(void) { return (long)tsx_demotions; }
     """
-    int tsx_install() nogil
+    int tsx_install(int fd) nogil
     int tsx_uninstall() nogil
     long tsx_count() nogil
 
 
-def install() -> None:
-    """From now on SIGXCPU demotes the calling thread to SCHED_OTHER (in the handler)."""
-    if tsx_install() != 0:
+def install(fd: int = -1) -> None:
+    """From now on SIGXCPU demotes the calling thread to SCHED_OTHER (in the handler), then
+    writes one byte to `fd` (a non-blocking pipe: the loop's doorbell), if given."""
+    if tsx_install(fd) != 0:
         raise OSError("sigaction(SIGXCPU) failed")
 
 

@@ -12,7 +12,8 @@ import signal
 import threading
 from typing import Any
 
-_state: dict[str, Any] = {"demotions": 0, "tid": 0, "previous": None, "installed": False}
+_state: dict[str, Any] = {"demotions": 0, "tid": 0, "fd": -1, "previous": None,
+                          "installed": False}
 
 
 def _on_sigxcpu(_signum: int, _frame: Any) -> None:
@@ -21,11 +22,18 @@ def _on_sigxcpu(_signum: int, _frame: Any) -> None:
     except OSError:
         return
     _state["demotions"] += 1
+    if _state["fd"] >= 0:
+        try:
+            os.write(_state["fd"], b"\x01")
+        except BlockingIOError:
+            pass   # a full pipe: already signalled
 
 
-def install() -> None:
-    """From now on SIGXCPU demotes the calling thread to SCHED_OTHER (in the handler)."""
+def install(fd: int = -1) -> None:
+    """From now on SIGXCPU demotes the calling thread to SCHED_OTHER (in the handler), then
+    writes one byte to `fd` (a non-blocking pipe: the loop's doorbell), if given."""
     _state["tid"] = threading.get_native_id()
+    _state["fd"] = fd
     previous = signal.signal(signal.SIGXCPU, _on_sigxcpu)
     if not _state["installed"]:
         _state["previous"] = previous
@@ -38,6 +46,7 @@ def uninstall() -> None:
         signal.signal(signal.SIGXCPU, _state["previous"])
         _state["installed"] = False
         _state["tid"] = 0
+        _state["fd"] = -1
 
 
 def demotions() -> int:

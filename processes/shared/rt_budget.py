@@ -20,11 +20,12 @@ RLIMIT_RTTIME makes the kernel send SIGXCPU once the process has run rt_budget_u
 real-time priority without a blocking call, and the handler (ext.sigxcpu: C, so it acts at once
 even inside a long C call such as a garbage collection pass, which a Python handler would wait
 out) drops it to SCHED_OTHER, below every real-time process: its backlog runs on what the ranked
-processes leave over. It gets its rank back just before it next may block (the reactor's arm()
-of this IdleSource), once one of the reactor's waits has blocked since the demotion (its backlog
-is gone) and HOLD has passed. Taking the rank back then, just before a block, also matters to
-the kernel's count: it restarts at a real-time wake-up, so the wake-up after that block starts
-a fresh budget.
+processes leave over. The handler rings a doorbell pipe in the reactor; only then does this
+object join the loop as an IdleSource (a process that is never demoted pays nothing per turn),
+and it gives the rank back just before the loop next may block (arm()) once one of the loop's
+waits has blocked since the demotion (its backlog is gone) and HOLD has passed. Taking the rank
+back just before a block also matters to the kernel's count: it restarts at a real-time wake-up,
+so the wake-up after that block starts a fresh budget.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import time
 from typing import Any
 
 from ext import sigxcpu
+from reactor import Reactor
 
 LOGGED = 5   # demotions logged one by one; the rest are counted (rt_demotions in the stats)
 # s a demotion lasts at least. Under a flood that goes on, a block is a moment's lull, and each
@@ -52,42 +54,55 @@ def _blocks() -> int:
 
 class RtBudget:
     """SCHED_FIFO at `priority` while the process keeps blocking, SCHED_OTHER from the moment it
-    has run `budget_us` without blocking until it has blocked again. Add it to the process's
-    reactor (an IdleSource: it never has work of its own) after SCHED_FIFO is set; close() it
+    has run `budget_us` without blocking until its reactor's wait has blocked again. Create it
+    in the process's main thread once SCHED_FIFO is set, just before the loop runs; close() it
     before the process exits."""
 
-    def __init__(self, name: str, priority: int, budget_us: int, log: logging.Logger) -> None:
+    def __init__(self, reactor: Reactor, name: str, priority: int, budget_us: int,
+                 log: logging.Logger) -> None:
+        self.reactor = reactor
         self.name = name
         self.priority = priority
         self.log = log
         self.demoted = False
         self.demotions = 0
-        self._seen = sigxcpu.demotions()
         self._blocks_then = 0     # this thread's blocks before the reactor's wait
         self._slept = False       # demoted, and a reactor wait has blocked since
         self._until = 0.0         # monotonic s: not promoted before
         self._stuck = False   # the rank could not be taken back (CAP_SYS_NICE lost): stop trying
+        self._bell_r, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        reactor.add_reader(self._bell_r, self._on_demoted)
         # The handler before the limit: SIGXCPU's default action kills the process.
-        sigxcpu.install()
+        sigxcpu.install(self._bell_w)
+        # The kernel counts from the last real-time wake-up, which may lie far back (start-up
+        # work): one short sleep starts the count afresh before the limit applies.
+        time.sleep(0.001)
         self._limit = resource.getrlimit(resource.RLIMIT_RTTIME)
         hard = self._limit[1]
         # Past a hard limit the kernel kills: stay below one, if there is one.
         self._soft = budget_us if hard == resource.RLIM_INFINITY else min(budget_us, hard)
         resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, hard))
 
-    # --- IdleSource --------------------------------------------------------------------------
+    def _on_demoted(self) -> None:
+        """The doorbell: the handler has demoted this thread."""
+        try:
+            os.read(self._bell_r, 64)
+        except BlockingIOError:
+            return
+        self.demotions += 1
+        if not self.demoted:
+            self.demoted = True
+            self.reactor.add_source(self)
+        self._slept = False
+        self._blocks_then = _blocks()
+        self._until = time.monotonic() + HOLD
+
+    # --- IdleSource, while demoted ------------------------------------------------------------
     def poll(self) -> bool:
         return False
 
     def arm(self) -> bool:
-        count = sigxcpu.demotions()
-        if count != self._seen:   # demoted (by the handler) since the last look
-            self.demotions += count - self._seen
-            self._seen = count
-            self.demoted = True
-            self._slept = False
-            self._until = time.monotonic() + HOLD
-        if self.demoted and not self._stuck:
+        if not self._stuck:
             if self._slept and time.monotonic() >= self._until:
                 self._promote()
             else:
@@ -97,7 +112,7 @@ class RtBudget:
     def disarm(self) -> None:
         # The wait that just ended blocked (not a write that waited on the disk, not a wait
         # that found events at once): the backlog is gone.
-        if self.demoted and _blocks() != self._blocks_then:
+        if _blocks() != self._blocks_then:
             self._slept = True
 
     def _promote(self) -> None:
@@ -111,6 +126,7 @@ class RtBudget:
                              "normal scheduling", self.name, self.priority, exc)
             return
         self.demoted = False
+        self.reactor.remove_source(self)
         if self.demotions <= LOGGED:
             self.log.warning("%s ran %d us at SCHED_FIFO %d without blocking (a flood of work): "
                              "it ran at normal priority until it blocked%s", self.name,
@@ -125,3 +141,7 @@ class RtBudget:
         """The limit off first, then the handler back (SIGXCPU's default kills)."""
         resource.setrlimit(resource.RLIMIT_RTTIME, self._limit)
         sigxcpu.uninstall()
+        self.reactor.remove_reader(self._bell_r)
+        self.reactor.remove_source(self)
+        os.close(self._bell_r)
+        os.close(self._bell_w)

@@ -116,25 +116,26 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     # OrderBook unlinks its segment), not the default handler's instant death.
     for signum in (signal.SIGINT, signal.SIGTERM):
         reactor.add_signal_handler(signum, reactor.stop)
-    # A real-time rank is kept only while the process keeps blocking (see rt_budget): one
-    # client's flood of orders must not stop the price path.
-    budget = RtBudget(name, rt, place.rt_budget_us, log) if rt and place.rt_budget_us else None
-    if budget is not None:
-        reactor.add_source(budget)
     service = None
+    budget: RtBudget | None = None
     publisher: telemetry.Publisher | None = None
     try:
         service = build(reactor)
         info = service.start()
         info.update(pid=os.getpid(), cpus=cpus, idle=place.idle, rt_priority=rt)
         log.info("ready %s", format_stats(info))
-        publisher = _publisher(name, cfg.logging, service, budget)
+        publisher = _publisher(name, cfg.logging, service, lambda: budget)
         quiet_gc()
         if ready is not None:
             ready.send(info)
             ready.close()
         reactor.call_every(cfg.logging.stats_interval, _publish, log, publisher)
         reactor.call_every(LOG_STATS_INTERVAL, _log_line, log, publisher)
+        if rt and place.rt_budget_us:
+            # A real-time rank is kept only while the process keeps blocking (see rt_budget):
+            # one client's flood of orders must not stop the price path. Start-up work is not
+            # the loop's, so the budget starts here.
+            budget = RtBudget(reactor, name, rt, place.rt_budget_us, log)
         reactor.run()
         log.info("stopping: %s", format_stats(_scalars(service.stats())))
         return 0
@@ -153,9 +154,9 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
                 log.warning("final stats snapshot not written: %s", exc)
         if service is not None:
             service.close()
-        reactor.close()
         if budget is not None:
             budget.close()
+        reactor.close()
         logging.shutdown()
 
 
@@ -189,9 +190,14 @@ def quiet_gc() -> None:
 
 
 def _publisher(name: str, cfg: config_mod.Logging, service: Service,
-               budget: RtBudget | None) -> telemetry.Publisher:
+               budget: Callable[[], RtBudget | None]) -> telemetry.Publisher:
+    """Snapshots of the service's stats, and of its real-time budget once there is one."""
     recorders = getattr(service, "recorders", None) or (lambda: ())
-    stats = service.stats if budget is None else lambda: {**service.stats(), **budget.stats()}
+
+    def stats() -> dict[str, Any]:
+        held = budget()
+        return service.stats() if held is None else {**service.stats(), **held.stats()}
+
     return telemetry.Publisher(name, telemetry.stats_dir(cfg.dir, cfg.stats_dir), stats,
                                recorders, cfg.stats_interval)
 
