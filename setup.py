@@ -1,5 +1,5 @@
 """Build the tradestack packages and the Cython extensions (ext._pricebook, ext._wire, ext._hist,
-ext._sigxcpu).
+ext._demote).
 
     python setup.py build_ext --inplace
 
@@ -36,8 +36,8 @@ extensions = [
         extra_compile_args=CFLAGS,
     ),
     Extension(
-        "ext._sigxcpu",
-        sources=["ext/_sigxcpu.pyx"],
+        "ext._demote",
+        sources=["ext/_demote.pyx"],
         extra_compile_args=CFLAGS,
     ),
 ]

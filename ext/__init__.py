@@ -18,7 +18,7 @@ import os
 import warnings
 from types import ModuleType
 
-from ext import hist_py, layout, pricebook_py, sigxcpu_py, wire_py
+from ext import demote_py, hist_py, layout, pricebook_py, wire_py
 from ext.layout import LayoutError, footprint, segment_size
 
 _pricebook: ModuleType | None = None
@@ -63,10 +63,10 @@ if _impl is _pricebook:
     except ImportError:  # an older build: the twin records the same buckets, slower
         pass
 
-_sigxcpu_impl: ModuleType = sigxcpu_py
+_demote_impl: ModuleType = demote_py
 if _impl is _pricebook:
     try:
-        _sigxcpu_impl = importlib.import_module("ext._sigxcpu")
+        _demote_impl = importlib.import_module("ext._demote")
     except ImportError:  # an older build: the twin demotes too, but only between bytecodes
         pass
 
@@ -78,7 +78,7 @@ TickEncoder = _wire_impl.TickEncoder
 FrameTooLong = wire_py.FrameTooLong  # one class, shared by both codecs
 WIRE_IMPLEMENTATION: str = "cython" if _wire_impl is _wire else "python"
 LatencyHistogram = _hist_impl.LatencyHistogram
-sigxcpu: ModuleType = _sigxcpu_impl   # install() / uninstall() / demotions()
+demote: ModuleType = _demote_impl     # install() / uninstall() / demotions()
 
 __all__ = [
     "IMPLEMENTATION",
@@ -95,7 +95,7 @@ __all__ = [
     "layout",
     "pricebook_py",
     "segment_size",
-    "sigxcpu",
-    "sigxcpu_py",
+    "demote",
+    "demote_py",
     "wire_py",
 ]

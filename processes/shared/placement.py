@@ -60,11 +60,11 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
 # real-time priorities are skipped with a warning (one-core then).
 DEFAULT_LAYOUT = "one-core-rt"
 SPIN_US = 50.0   # no layout sets it: only idle = "hybrid" reads it
-# us a real-time process may run without blocking before it drops to normal scheduling until
-# it blocks again (processes/shared/rt_budget.py says why). The kernel counts it in scheduler
-# ticks; a process working as intended blocks after tens of us, so only a flood of work (or a
-# pause that long, which then runs unranked until the next block) reaches it.
-RT_BUDGET_US = 5000
+# us of CPU per check of a real-time process's share of its core: using this much in less than
+# twice the time (over half the core) drops it to normal scheduling until it is idle again
+# (processes/shared/rt_budget.py says why). The kernel counts CPU time in scheduler ticks; a
+# process working as intended uses a few percent, so only a flood of work reaches half.
+RT_BUDGET_US = 4000
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Placement:
     idle: str = "block"                             # block | spin | hybrid
     spin_us: float = SPIN_US                        # hybrid: spin this long before blocking
     rt_priority: int = 0                            # 0 = normal; 1-99 = SCHED_FIFO
-    rt_budget_us: int = RT_BUDGET_US                # SCHED_FIFO without blocking; 0 = no limit
+    rt_budget_us: int = RT_BUDGET_US                # CPU us per share check; 0 = none
 
     def placement_problem(self, section: str) -> str | None:
         """What is wrong with these keys (naming `section`), or None."""

@@ -1,4 +1,4 @@
-"""A real-time process may hold its core only so long without blocking: the kernel measures it.
+"""A real-time process keeps its rank only while it uses at most half of its core.
 
 Why: on a shared core, SCHED_FIFO ranks are absolute. A process that always has work (the
 OrderManager with one client flooding valid orders, a Strategy whose on_tick never ends, a feed
@@ -15,17 +15,19 @@ reading its clients in turns or by backpressure on acks: the flood client reads 
 only CPU limits it, and under SCHED_FIFO only blocking (or losing the rank) hands the core to a
 lower rank; sched_yield() yields to an equal one only.
 
-So the rank is kept only while it is used as intended, waking, working briefly and blocking:
-RLIMIT_RTTIME makes the kernel send SIGXCPU once the process has run rt_budget_us on its CPU at
-real-time priority without a blocking call, and the handler (ext.sigxcpu: C, so it acts at once
-even inside a long C call such as a garbage collection pass, which a Python handler would wait
-out) drops it to SCHED_OTHER, below every real-time process: its backlog runs on what the ranked
-processes leave over. The handler rings a doorbell pipe in the reactor; only then does this
-object join the loop as an IdleSource (a process that is never demoted pays nothing per turn),
-and it gives the rank back just before the loop next may block (arm()) once one of the loop's
-waits has blocked since the demotion (its backlog is gone) and HOLD has passed. Taking the rank
-back just before a block also matters to the kernel's count: it restarts at a real-time wake-up,
-so the wake-up after that block starts a fresh budget.
+So the rank is kept only while it is used as intended, waking, working briefly and blocking.
+Each rt_budget_us of the process's CPU time (a CPU-time timer: nothing while it sleeps), a signal
+handler compares that CPU time with the wall clock since its last check; over half of the core,
+and the handler (ext.demote: C, so it acts at once even inside a long C call such as a garbage
+collection pass, which a Python handler would wait out) drops the process to SCHED_OTHER, below
+every real-time process: its backlog runs on what the ranked processes leave over. A share, not the
+kernel's RLIMIT_RTTIME (run time since the last block): a flooded OrderManager still blocks now
+and then (a write(2) that waits on the file system; "blocks" in "Order flood"), and each block
+restarts that count while the process keeps the core. The handler rings a doorbell pipe in the
+reactor; only then does this object join the loop as an IdleSource (a process that is never
+demoted pays nothing per turn), and it gives the rank back just before the loop next may block
+(arm()), once one of the loop's waits has blocked since the demotion (its backlog is gone) and
+HOLD has passed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import resource
 import time
 from typing import Any
 
-from ext import sigxcpu
+from ext import demote
 from reactor import Reactor
 
 LOGGED = 5   # demotions logged one by one; the rest are counted (rt_demotions in the stats)
@@ -53,10 +55,10 @@ def _blocks() -> int:
 
 
 class RtBudget:
-    """SCHED_FIFO at `priority` while the process keeps blocking, SCHED_OTHER from the moment it
-    has run `budget_us` without blocking until its reactor's wait has blocked again. Create it
-    in the process's main thread once SCHED_FIFO is set, just before the loop runs; close() it
-    before the process exits."""
+    """SCHED_FIFO at `priority` while the process uses at most half of its core (measured per
+    `budget_us` of CPU), SCHED_OTHER from the moment it uses more until its reactor's wait has
+    blocked again. Create it in the process's main thread once SCHED_FIFO is set, just before
+    the loop runs; close() it before the process exits."""
 
     def __init__(self, reactor: Reactor, name: str, priority: int, budget_us: int,
                  log: logging.Logger) -> None:
@@ -70,18 +72,10 @@ class RtBudget:
         self._slept = False       # demoted, and a reactor wait has blocked since
         self._until = 0.0         # monotonic s: not promoted before
         self._stuck = False   # the rank could not be taken back (CAP_SYS_NICE lost): stop trying
+        self.budget_us = budget_us
         self._bell_r, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         reactor.add_reader(self._bell_r, self._on_demoted)
-        # The handler before the limit: SIGXCPU's default action kills the process.
-        sigxcpu.install(self._bell_w)
-        # The kernel counts from the last real-time wake-up, which may lie far back (start-up
-        # work): one short sleep starts the count afresh before the limit applies.
-        time.sleep(0.001)
-        self._limit = resource.getrlimit(resource.RLIMIT_RTTIME)
-        hard = self._limit[1]
-        # Past a hard limit the kernel kills: stay below one, if there is one.
-        self._soft = budget_us if hard == resource.RLIM_INFINITY else min(budget_us, hard)
-        resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, hard))
+        demote.install(self._bell_w, budget_us)
 
     def _on_demoted(self) -> None:
         """The doorbell: the handler has demoted this thread."""
@@ -118,8 +112,6 @@ class RtBudget:
     def _promote(self) -> None:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))
-            # Firing raised the soft limit by a second (the kernel's "again each second").
-            resource.setrlimit(resource.RLIMIT_RTTIME, (self._soft, self._limit[1]))
         except OSError as exc:
             self._stuck = True
             self.log.warning("%s: SCHED_FIFO %d not restored after a flood (%s); running with "
@@ -128,9 +120,9 @@ class RtBudget:
         self.demoted = False
         self.reactor.remove_source(self)
         if self.demotions <= LOGGED:
-            self.log.warning("%s ran %d us at SCHED_FIFO %d without blocking (a flood of work): "
-                             "it ran at normal priority until it blocked%s", self.name,
-                             self._soft, self.priority,
+            self.log.warning("%s used over half of its core at SCHED_FIFO %d (a flood of work): "
+                             "it ran at normal priority until it was idle again%s", self.name,
+                             self.priority,
                              "; more such events are only counted (rt_demotions)"
                              if self.demotions >= LOGGED else "")
 
@@ -138,9 +130,7 @@ class RtBudget:
         return {"rt_demotions": self.demotions, "rt_demoted": self.demoted}
 
     def close(self) -> None:
-        """The limit off first, then the handler back (SIGXCPU's default kills)."""
-        resource.setrlimit(resource.RLIMIT_RTTIME, self._limit)
-        sigxcpu.uninstall()
+        demote.uninstall()
         self.reactor.remove_reader(self._bell_r)
         self.reactor.remove_source(self)
         os.close(self._bell_r)

@@ -1,6 +1,7 @@
-"""ext.sigxcpu (compiled, and its pure-Python twin): RLIMIT_RTTIME's SIGXCPU drops a SCHED_FIFO
-thread to SCHED_OTHER and rings the doorbell; the compiled handler does it even inside a long C
-call. Each case runs in a child process, which the kernel really signals."""
+"""ext.demote (compiled, and its pure-Python twin): a SCHED_FIFO thread using over half of its
+core drops to SCHED_OTHER and rings the doorbell; one using a tenth keeps its rank; the compiled
+handler acts even inside a long C call. Each case runs in a child process, which the kernel
+really signals."""
 
 from __future__ import annotations
 
@@ -8,27 +9,26 @@ import hashlib
 import importlib
 import multiprocessing as mp
 import os
-import resource
 import time
 
 import pytest
 from floodutil import sched_fifo_problem
 
 CTX = mp.get_context("spawn")
-BUDGET_US = 5000
+INTERVAL_US = 4000
 C_CALL_ROUNDS = 4_000_000   # pbkdf2 rounds: one C call of a second or more
 
 
 def _compiled():
     try:
-        return importlib.import_module("ext._sigxcpu")
+        return importlib.import_module("ext._demote")
     except ImportError:
         return None
 
 
-IMPLS = [pytest.param("ext.sigxcpu_py", id="python"),
-         pytest.param("ext._sigxcpu", id="cython", marks=pytest.mark.skipif(
-             _compiled() is None, reason="ext._sigxcpu is not built (python setup.py "
+IMPLS = [pytest.param("ext.demote_py", id="python"),
+         pytest.param("ext._demote", id="cython", marks=pytest.mark.skipif(
+             _compiled() is None, reason="ext._demote is not built (python setup.py "
                                          "build_ext --inplace)"))]
 
 
@@ -39,22 +39,25 @@ def _needs_sched_fifo():
         pytest.skip(problem)
 
 
-def _over_budget(impl: str, in_c_call: bool, report) -> None:
+def _work(impl: str, work: str, report) -> None:
     mod = importlib.import_module(impl)
     r, w = os.pipe2(os.O_NONBLOCK)
-    mod.install(w)
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    time.sleep(0.001)   # the kernel's count starts at a real-time wake-up
-    resource.setrlimit(resource.RLIMIT_RTTIME, (BUDGET_US, resource.RLIM_INFINITY))
+    mod.install(w, INTERVAL_US)
     report.send("start")
-    if in_c_call:
+    deadline = time.monotonic() + 2
+    if work == "c-call":
         hashlib.pbkdf2_hmac("sha256", b"flood", b"salt", C_CALL_ROUNDS)
-    else:
-        deadline = time.monotonic() + 5
+    elif work == "busy":
         while os.sched_getscheduler(0) == os.SCHED_FIFO and time.monotonic() < deadline:
             pass
+    else:   # a tenth of the core: 1 ms of work every 10 ms, for 2 s
+        while time.monotonic() < deadline:
+            until = time.monotonic() + 0.001
+            while time.monotonic() < until:
+                pass
+            time.sleep(0.009)
     policy = os.sched_getscheduler(0)
-    resource.setrlimit(resource.RLIMIT_RTTIME, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     mod.uninstall()
     try:
         bell = os.read(r, 64)
@@ -63,9 +66,9 @@ def _over_budget(impl: str, in_c_call: bool, report) -> None:
     report.send({"policy": policy, "demotions": mod.demotions(), "bell": bell})
 
 
-def _run(impl: str, in_c_call: bool, during=None) -> dict:
+def _run(impl: str, work: str, during=None) -> dict:
     parent, child = CTX.Pipe()
-    proc = CTX.Process(target=_over_budget, args=(impl, in_c_call, child))
+    proc = CTX.Process(target=_work, args=(impl, work, child))
     proc.start()
     try:
         assert parent.poll(15) and parent.recv() == "start"
@@ -82,13 +85,20 @@ def _run(impl: str, in_c_call: bool, during=None) -> dict:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_a_thread_over_its_budget_drops_to_normal_scheduling(impl):
-    got = _run(impl, in_c_call=False)
+def test_a_thread_using_its_whole_core_drops_to_normal_scheduling(impl):
+    got = _run(impl, "busy")
     assert got == {"policy": os.SCHED_OTHER, "demotions": 1, "bell": b"\x01"}
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(_compiled() is None, reason="ext._sigxcpu is not built")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_thread_using_a_tenth_of_its_core_keeps_its_rank(impl):
+    got = _run(impl, "light")
+    assert got == {"policy": os.SCHED_FIFO, "demotions": 0, "bell": b""}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(_compiled() is None, reason="ext._demote is not built")
 def test_the_compiled_handler_demotes_inside_a_long_c_call():
     """What the twin cannot do: its handler waits for the C call to return."""
     seen: list[int] = []
@@ -100,6 +110,6 @@ def test_the_compiled_handler_demotes_inside_a_long_c_call():
             except OSError:
                 return
 
-    got = _run("ext._sigxcpu", in_c_call=True, during=watch)
+    got = _run("ext._demote", "c-call", during=watch)
     assert got["demotions"] == 1 and got["policy"] == os.SCHED_OTHER, got
     assert os.SCHED_OTHER in seen, "still SCHED_FIFO for the whole C call"
