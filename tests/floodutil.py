@@ -38,7 +38,7 @@ def sched_fifo_problem() -> str | None:
             f"runtime for this cgroup): {done.stderr.strip().splitlines()[-1:]}")
 
 
-def watch_book(shm: str, stop: Any, out: Any) -> None:
+def watch_book(shm: str, stop: Any, watching: Any, out: Any) -> None:
     """Until `stop`: every write_ns the book shows; puts (sorted list, longest time between two
     looks in ns) on `out`."""
     die_with_parent()
@@ -50,6 +50,7 @@ def watch_book(shm: str, stop: Any, out: Any) -> None:
     now = time.monotonic_ns
     looked = now()
     longest = 0
+    watching.set()
     try:
         while not stop.is_set():
             t = now()
@@ -131,14 +132,20 @@ class BookWatch:
     the block."""
 
     def __init__(self, shm: str) -> None:
-        self.stop, self.out = CTX.Event(), CTX.Queue()
-        self.proc = CTX.Process(target=watch_book, args=(shm, self.stop, self.out),
+        self.stop, self.watching, self.out = CTX.Event(), CTX.Event(), CTX.Queue()
+        self.proc = CTX.Process(target=watch_book,
+                                args=(shm, self.stop, self.watching, self.out),
                                 name="book-watch")
         self.writes: list[int] = []
         self.longest_look_ns = 0
 
     def __enter__(self) -> BookWatch:
+        """Once the watcher looks at the book (a spawn takes a while on a loaded machine)."""
         self.proc.start()
+        if not self.watching.wait(30):
+            self.proc.kill()
+            self.proc.join(5)
+            raise RuntimeError(f"the book watcher did not start (exit {self.proc.exitcode})")
         return self
 
     def __exit__(self, *exc: Any) -> None:
