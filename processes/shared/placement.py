@@ -88,7 +88,7 @@ class Placement:
         if not 0 <= self.rt_priority <= 99:
             return f"{section}.rt_priority: 0 (normal) or 1..99 (SCHED_FIFO)"
         if not 0 <= self.rt_budget_us <= 10_000_000:
-            return f"{section}.rt_budget_us: 0 (no limit) or 1..10000000"
+            return f"{section}.rt_budget_us: 0 (never) or 1..10000000"
         if self.rt_priority and self.idle != "block":
             # A real-time process that never sleeps starves everything else on its core,
             # including the softirq work loopback TCP needs.

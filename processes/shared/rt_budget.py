@@ -72,18 +72,27 @@ class RtBudget:
         self._slept = False       # demoted, and a reactor wait has blocked since
         self._until = 0.0         # monotonic s: not promoted before
         self._stuck = False   # the rank could not be taken back (CAP_SYS_NICE lost): stop trying
-        self.budget_us = budget_us
         self._bell_r, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            demote.install(self._bell_w, budget_us)
+        except (OSError, ValueError):
+            os.close(self._bell_r)
+            os.close(self._bell_w)
+            raise
         reactor.add_reader(self._bell_r, self._on_demoted)
-        demote.install(self._bell_w, budget_us)
 
     def _on_demoted(self) -> None:
         """The doorbell: the handler has demoted this thread."""
         try:
-            os.read(self._bell_r, 64)
+            rung = os.read(self._bell_r, 64)
         except BlockingIOError:
             return
-        self.demotions += 1
+        self.demotions += len(rung)
+        if self.demotions <= LOGGED:
+            self.log.warning("%s used over half of its core at SCHED_FIFO %d (a flood of work): "
+                             "normal scheduling until it is idle again%s", self.name,
+                             self.priority, "; further demotions are only counted "
+                             "(rt_demotions)" if self.demotions >= LOGGED else "")
         if not self.demoted:
             self.demoted = True
             self.reactor.add_source(self)
@@ -120,11 +129,7 @@ class RtBudget:
         self.demoted = False
         self.reactor.remove_source(self)
         if self.demotions <= LOGGED:
-            self.log.warning("%s used over half of its core at SCHED_FIFO %d (a flood of work): "
-                             "it ran at normal priority until it was idle again%s", self.name,
-                             self.priority,
-                             "; more such events are only counted (rt_demotions)"
-                             if self.demotions >= LOGGED else "")
+            self.log.info("%s idle again: back at SCHED_FIFO %d", self.name, self.priority)
 
     def stats(self) -> dict[str, Any]:
         return {"rt_demotions": self.demotions, "rt_demoted": self.demoted}

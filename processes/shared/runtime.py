@@ -132,10 +132,15 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         reactor.call_every(cfg.logging.stats_interval, _publish, log, publisher)
         reactor.call_every(LOG_STATS_INTERVAL, _log_line, log, publisher)
         if rt and place.rt_budget_us:
-            # A real-time rank is kept only while the process keeps blocking (see rt_budget):
-            # one client's flood of orders must not stop the price path. Start-up work is not
-            # the loop's, so the budget starts here.
-            budget = RtBudget(reactor, name, rt, place.rt_budget_us, log)
+            # A real-time rank is kept only while the process uses at most half of its core
+            # (see rt_budget): one client's flood of orders must not stop the price path.
+            # Start-up work is not the loop's, so the budget starts here.
+            try:
+                budget = RtBudget(reactor, name, rt, place.rt_budget_us, log)
+            except OSError as exc:
+                log.warning("%s.rt_budget_us %d not applied (%s): a flood of work can starve "
+                            "the real-time processes ranked below it", name,
+                            place.rt_budget_us, exc)
         reactor.run()
         log.info("stopping: %s", format_stats(_scalars(service.stats())))
         return 0
