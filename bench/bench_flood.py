@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.benchmark(group="flood"), pytest.mark.timeout(120)]
 
 FLOOD_SECONDS = 5.0
 BEFORE_SECONDS = 1.0      # normal trading watched before the flood starts
-MAX_GAP_MS = 50.0         # the bound on a price-path stall during one client's flood
+MAX_GAP_MS = 50.0         # the bound on a price-path stall during one client's flood
 _DEFAULT = placement.layout_overrides(placement.DEFAULT_LAYOUT)
 VARIANTS = {
     placement.DEFAULT_LAYOUT: _DEFAULT,
@@ -135,7 +135,7 @@ def test_order_flood(benchmark, tmp_path: Path, variant: str) -> None:
         info: dict[str, Any] = {
             "variant": variant, "flood_seconds": round(during_s, 2), "ranks": ranks,
             "rt_runtime_us": int(Path("/proc/sys/kernel/sched_rt_runtime_us").read_text()),
-            "max_gap_ms": round(gaps.hist.get_max_value() / 1e6, 1),
+            "max_gap_ms": round(max(all_gaps) / 1e6, 1),
             "max_gap_bound_ms": MAX_GAP_MS,
             "max_gap_at_s": round((sum(all_gaps[:all_gaps.index(max(all_gaps))])) / 1e9, 3),
             "watch_longest_look_ms": round(watch.longest_look_ns / 1e6, 2),

@@ -404,7 +404,8 @@ def flood_section(doc: dict) -> list[str]:
            "each price write in the book. Gap = time between consecutive writes during the "
            f"flood (bound: < {first['max_gap_bound_ms']:g} ms). Over the flood, from /proc: CPU "
            "ms and blocks (voluntary context switches) per process, ksoftirqd and NET_RX "
-           "softirqs on the stack's core; the kernel's real-time throttle is "
+           "softirqs on the stack's core, and the Strategy's own order -> ack meanwhile (what one "
+           "client's flood costs another); the kernel's real-time throttle is "
            f"sched_rt_runtime_us = {first['rt_runtime_us']:,} per 1 s.", ""]
     body = [[f"`{i['variant']}`", f"**{i['max_gap_ms']:,.1f}**",
              "yes" if i["max_gap_ok"] else "**no**",
@@ -413,12 +414,13 @@ def flood_section(doc: dict) -> list[str]:
              f"{i['flood_acks_per_s']:,}", str(i["om_rt_demotions"]),
              f"{i['flood_order_manager_cpu_ms']:,.0f} / {i['flood_order_manager_blocks']:,}",
              f"{i['flood_gateway_cpu_ms']:,.0f} / {i['flood_orderbook_cpu_ms']:,.0f}",
-             f"{i.get('flood_ksoftirqd_cpu_ms', 0):,.1f}", f"{i['flood_net_rx']:,}"]
+             f"{i.get('flood_ksoftirqd_cpu_ms', 0):,.1f}", f"{i['flood_net_rx']:,}",
+             " / ".join(fmt_us(i.get(f"strategy_ack_{k}_us")) for k in ("p50", "p99"))]
             for i in rows]
     out += table(["run", "max gap ms", "< bound", "gap p50 / p99 / p99.9 us",
                   "writes/s before / during", "flood acks/s", "OM rank given up",
                   "OM cpu ms / blocks", "Gateway / OrderBook cpu ms", "ksoftirqd cpu ms",
-                  "NET_RX"], body)
+                  "NET_RX", "Strategy's own order -> ack p50 / p99 us"], body)
     hazard = next((i for i in rows if i["om_rt_demotions"] == 0 and i["ranks"].get(
         "order_manager")), None)
     fixed = next((i for i in rows if i["variant"] == placement.DEFAULT_LAYOUT), None)
@@ -435,8 +437,10 @@ def flood_section(doc: dict) -> list[str]:
                 + (", so deferred softirqs are not what held the feed."
                    if hazard.get("flood_ksoftirqd_cpu_ms", 0) < 10 else "."), ""]
     if fixed:
+        times = fixed["om_rt_demotions"]
         out += [f"With the budget (`{fixed['variant']}`, the default) the OrderManager gave up "
-                f"its rank {fixed['om_rt_demotions']} times (`processes/shared/rt_budget.py`): the "
+                f"its rank {times} time{'' if times == 1 else 's'}"
+                " (`processes/shared/rt_budget.py`): the "
                 f"flood got {fixed['flood_acks_per_s']:,} acks/s from what the feed left, and "
                 f"the book was written {fixed['writes_per_s_during']:,} times/s."]
     return out + [""]
