@@ -1,5 +1,5 @@
 """Build the tradestack packages and the Cython extensions (ext._pricebook, ext._wire,
-ext._journal, ext._hist).
+ext._journal, ext._hist, ext._demote).
 
     python setup.py build_ext --inplace
 
@@ -38,6 +38,11 @@ extensions = [
     Extension(
         "ext._hist",
         sources=["ext/_hist.pyx"],
+        extra_compile_args=CFLAGS,
+    ),
+    Extension(
+        "ext._demote",
+        sources=["ext/_demote.pyx"],
         extra_compile_args=CFLAGS,
     ),
 ]

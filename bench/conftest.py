@@ -159,6 +159,24 @@ def micro_lines(benchmarks: list[Any]) -> list[str]:
     return lines
 
 
+def flood_lines(benchmarks: list[Any]) -> list[str]:
+    """bench_flood: the longest price-write gap during one client's order flood, and why."""
+    lines = [f"  {'variant':<30} {'max gap ms':>10} {'< bound':>8} {'gap p99 us':>10} "
+             f"{'writes/s':>9} {'flood acks/s':>12} {'OM demoted':>10} {'OM cpu ms':>9} "
+             f"{'OM blocks':>9} {'G+OB cpu ms':>11}"]
+    for bench in benchmarks:
+        i = bench.extra_info
+        if "max_gap_ms" not in i:
+            continue
+        lines.append(f"  {i['variant']:<30} {i['max_gap_ms']:>10,.1f} "
+                     f"{'yes' if i['max_gap_ok'] else 'NO':>8} {i['gap_p99_us']:>10,.1f} "
+                     f"{i['writes_per_s_during']:>9,} {i['flood_acks_per_s']:>12,} "
+                     f"{i['om_rt_demotions']:>10} {i['flood_order_manager_cpu_ms']:>9,.0f} "
+                     f"{i['flood_order_manager_blocks']:>9} "
+                     f"{i['flood_gateway_cpu_ms'] + i['flood_orderbook_cpu_ms']:>11,.0f}")
+    return lines
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Last, after pytest-benchmark's table: the figures a reader wants, in us and ns."""
@@ -181,6 +199,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             write(line)
     for bench in (b for b in benchmarks if b.group == "e2e-link"):
         for line in link_lines(bench.extra_info):
+            write(line)
+    flood = flood_lines([b for b in benchmarks if b.group == "flood"])
+    if len(flood) > 1:
+        write("one client flooding orders (bench_flood), price writes during the flood:")
+        for line in flood:
             write(line)
     for bench in floors:   # last: the headline comparison
         for line in floor_lines(bench.extra_info):

@@ -421,6 +421,63 @@ def orders_section(doc: dict) -> list[str]:
     return out
 
 
+def flood_rows(doc: dict) -> list[dict]:
+    return [b["extra_info"] for b in group(doc, "flood") if "max_gap_ms" in b["extra_info"]]
+
+
+def flood_section(doc: dict) -> list[str]:
+    rows = flood_rows(doc)
+    if not rows:
+        return ["Not measured (no `flood` row in this run)."]
+    first = rows[0]
+    out = ["`bench/bench_flood.py`: the real stack at 1,000 ticks/s; one raw TCP client sends new "
+           "valid orders to the OrderManager as fast as it takes them (reading its acks) for "
+           f"{first['flood_seconds']:g} s, while a watcher above every real-time rank collects "
+           "each price write in the book. Gap = time between consecutive writes during the "
+           f"flood (bound: < {first['max_gap_bound_ms']:g} ms). Over the flood, from /proc: CPU "
+           "ms and blocks (voluntary context switches) per process, ksoftirqd and NET_RX "
+           "softirqs on the stack's core, and the Strategy's own order -> ack meanwhile (what one "
+           "client's flood costs another); the kernel's real-time throttle is "
+           f"sched_rt_runtime_us = {first['rt_runtime_us']:,} per 1 s.", ""]
+    body = [[f"`{i['variant']}`", f"**{i['max_gap_ms']:,.1f}**",
+             "yes" if i["max_gap_ok"] else "**no**",
+             " / ".join(fmt_us(i.get(f"gap_{k}_us")) for k in ("p50", "p99", "p99_9")),
+             f"{i['writes_per_s_before']:,} / {i['writes_per_s_during']:,}",
+             f"{i['flood_acks_per_s']:,}", str(i["om_rt_demotions"]),
+             f"{i['flood_order_manager_cpu_ms']:,.0f} / {i['flood_order_manager_blocks']:,}",
+             f"{i['flood_gateway_cpu_ms']:,.0f} / {i['flood_orderbook_cpu_ms']:,.0f}",
+             f"{i.get('flood_ksoftirqd_cpu_ms', 0):,.1f}", f"{i['flood_net_rx']:,}",
+             " / ".join(fmt_us(i.get(f"strategy_ack_{k}_us")) for k in ("p50", "p99"))]
+            for i in rows]
+    out += table(["run", "max gap ms", "< bound", "gap p50 / p99 / p99.9 us",
+                  "writes/s before / during", "flood acks/s", "OM rank given up",
+                  "OM cpu ms / blocks", "Gateway / OrderBook cpu ms", "ksoftirqd cpu ms",
+                  "NET_RX", "Strategy's own order -> ack p50 / p99 us"], body)
+    hazard = next((i for i in rows if i["om_rt_demotions"] == 0 and i["ranks"].get(
+        "order_manager")), None)
+    fixed = next((i for i in rows if i["variant"] == placement.DEFAULT_LAYOUT), None)
+    if hazard:
+        secs = hazard["flood_seconds"]
+        out += [f"Without the budget (`{hazard['variant']}`) the OrderManager keeps its SCHED_FIFO "
+                f"rank ({hazard['ranks']['order_manager']}) while flooded: it blocked "
+                f"{hazard['flood_order_manager_blocks']} times in {secs:g} s and ran "
+                f"{hazard['flood_order_manager_cpu_ms'] / (10 * secs):.0f} % of the core, while "
+                f"the Gateway (rank {hazard['ranks']['gateway']}) and the OrderBook (rank "
+                f"{hazard['ranks']['orderbook']}) got {hazard['flood_gateway_cpu_ms']:,.0f} and "
+                f"{hazard['flood_orderbook_cpu_ms']:,.0f} ms; ksoftirqd ran "
+                f"{hazard.get('flood_ksoftirqd_cpu_ms', 0):,.1f} ms"
+                + (", so deferred softirqs are not what held the feed."
+                   if hazard.get("flood_ksoftirqd_cpu_ms", 0) < 10 else "."), ""]
+    if fixed:
+        times = fixed["om_rt_demotions"]
+        out += [f"With the budget (`{fixed['variant']}`, the default) the OrderManager gave up "
+                f"its rank {times} time{'' if times == 1 else 's'}"
+                " (`processes/shared/rt_budget.py`): the "
+                f"flood got {fixed['flood_acks_per_s']:,} acks/s from what the feed left, and "
+                f"the book was written {fixed['writes_per_s_during']:,} times/s."]
+    return out + [""]
+
+
 def faults_section(doc: dict, fault_dir: Path | None) -> list[str]:
     out: list[str] = []
     outage = next((b["extra_info"] for b in group(doc, "faults")), None)
@@ -504,6 +561,13 @@ def targets(doc: dict, best: str | None, facts: dict) -> tuple[list[str], list[s
     mr = facts.get("max_rate")
     check("Gateway -> shm sustained", ">= 1,000,000 ticks/s", f"{mr:,}/s" if mr else "-",
           None if mr is None else mr >= 1_000_000)
+    default = next((i for i in flood_rows(doc) if i["variant"] == placement.DEFAULT_LAYOUT),
+                   None)
+    check(f"price writes during one client's order flood ({placement.DEFAULT_LAYOUT})",
+          f"max gap < {default['max_gap_bound_ms']:g} ms" if default else "max gap < 50 ms",
+          f"{default['max_gap_ms']:,.1f} ms" if default else "-",
+          None if default is None else default["max_gap_ok"],
+          "See \"Order flood\" for where the core's time went during the flood.")
     idle = next((b["extra_info"] for b in group(doc, "idle")), None)
     if idle:
         worst = max((v, k) for k, v in idle.items() if k.endswith("_cpu_percent"))
@@ -677,6 +741,8 @@ def render(doc: dict, fault_dir: Path | None) -> str:
     out += ["## Micro-benchmarks", "", *micro_tables(doc), *orders_section(doc),
             "## Throughput", "", *thr, "## Scale", "", *scale_section(doc),
             "## Shared-memory footprint", "", *footprint_section(),
+            "## Order flood: the price path while one client floods orders", "",
+            *flood_section(doc),
             "## Faults: dropped connections and missing data", "",
             *faults_section(doc, fault_dir),
             "## Not reached, and why", ""]

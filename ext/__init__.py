@@ -20,7 +20,7 @@ import os
 import warnings
 from types import ModuleType
 
-from ext import hist_py, journal_py, layout, pricebook_py, wire_py
+from ext import demote_py, hist_py, journal_py, layout, pricebook_py, wire_py
 from ext.layout import LayoutError, footprint, segment_size
 
 _pricebook: ModuleType | None = None
@@ -72,6 +72,13 @@ if _impl is _pricebook:
     except ImportError:  # an older build: the twin writes the same records, slower
         pass
 
+_demote_impl: ModuleType = demote_py
+if _impl is _pricebook:
+    try:
+        _demote_impl = importlib.import_module("ext._demote")
+    except ImportError:  # an older build: the twin demotes too, but only between bytecodes
+        pass
+
 SharedPriceBook = _impl.SharedPriceBook
 PriceReader = _impl.PriceReader
 IMPLEMENTATION: str = "cython" if _impl is _pricebook else "python"
@@ -82,6 +89,7 @@ WIRE_IMPLEMENTATION: str = "cython" if _wire_impl is _wire else "python"
 LatencyHistogram = _hist_impl.LatencyHistogram
 journal_records = _journal_impl   # put / put_order: the order journal's record writer
 JOURNAL_IMPLEMENTATION: str = "python" if _journal_impl is journal_py else "cython"
+demote: ModuleType = _demote_impl     # install() / uninstall() / demotions()
 
 __all__ = [
     "IMPLEMENTATION",
@@ -101,5 +109,7 @@ __all__ = [
     "layout",
     "pricebook_py",
     "segment_size",
+    "demote",
+    "demote_py",
     "wire_py",
 ]

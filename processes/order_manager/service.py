@@ -82,6 +82,11 @@ RISK_RULES = ("kill_switch", "max_notional", "max_position", "max_order_rate")
 SECOND_NS = 1_000_000_000
 MIRROR_RETRY = 1.0    # s between retries of a failed order-log (JSONL) write
 LINE_DELAY = 0.001    # s: "Received Order" lines are printed this long after the ack, batched
+# Bytes read from one client per readable event, i.e. per reactor turn. Every ready client gets
+# one read a turn, in turn, so this bounds how long one client's backlog (a flood) can keep the
+# others' orders waiting: about a hundred small orders, not the hundreds of a 64 KiB read
+# (bench/bench_flood.py, the Strategy's acks during a flood). The smallest the framer allows.
+READ_CAPACITY = 2 * MAX_FRAME
 
 
 def _says_hello(frame: memoryview) -> bool:
@@ -350,7 +355,8 @@ class OrderManager:
         # overflow="close": a client that stops reading acks is closed, never silently
         # short of an ack for an order we booked.
         self.server = Server(self.reactor, self.cfg.order_manager.listen, net.order_port,
-                             self._on_client, max_frame=MAX_FRAME, overflow="close")
+                             self._on_client, max_frame=MAX_FRAME, overflow="close",
+                             read_capacity=READ_CAPACITY)
         self.reactor.add_signal_handler(signal.SIGUSR1, self.toggle_kill_switch)
         if self.kill_switch:
             log.error("KILL SWITCH ON at start (order_manager.kill_switch): every new order is "

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 PROCESSES = ("gateway", "orderbook", "strategy", "order_manager")
 IDLE_MODES = ("block", "spin", "hybrid")
-PLACEMENT_KEYS = ("cpus", "idle", "spin_us", "rt_priority")
+PLACEMENT_KEYS = ("cpus", "idle", "spin_us", "rt_priority", "rt_budget_us")
 
 # {layout: {process: (cpus, idle) or (cpus, idle, rt_priority)}}. Measured in
 # performance_report.md ("Placement"); `--layout NAME` applies one, explicit keys override it.
@@ -60,6 +60,11 @@ LAYOUTS: dict[str, dict[str, tuple[list[int], str] | tuple[list[int], str, int]]
 # real-time priorities are skipped with a warning (one-core then).
 DEFAULT_LAYOUT = "one-core-rt"
 SPIN_US = 50.0   # no layout sets it: only idle = "hybrid" reads it
+# us of CPU per check of a real-time process's share of its core: using this much in less than
+# twice the time (over half the core) drops it to normal scheduling until it is idle again
+# (processes/shared/rt_budget.py says why). The kernel counts CPU time in scheduler ticks; a
+# process working as intended uses a few percent, so only a flood of work reaches half.
+RT_BUDGET_US = 4000
 
 
 @dataclass
@@ -70,6 +75,7 @@ class Placement:
     idle: str = "block"                             # block | spin | hybrid
     spin_us: float = SPIN_US                        # hybrid: spin this long before blocking
     rt_priority: int = 0                            # 0 = normal; 1-99 = SCHED_FIFO
+    rt_budget_us: int = RT_BUDGET_US                # CPU us per share check; 0 = none
 
     def placement_problem(self, section: str) -> str | None:
         """What is wrong with these keys (naming `section`), or None."""
@@ -81,6 +87,8 @@ class Placement:
             return f"{section}.spin_us: 0..1000000"
         if not 0 <= self.rt_priority <= 99:
             return f"{section}.rt_priority: 0 (normal) or 1..99 (SCHED_FIFO)"
+        if not 0 <= self.rt_budget_us <= 10_000_000:
+            return f"{section}.rt_budget_us: 0 (never) or 1..10000000"
         if self.rt_priority and self.idle != "block":
             # A real-time process that never sleeps starves everything else on its core,
             # including the softirq work loopback TCP needs.

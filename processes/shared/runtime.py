@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from processes.shared import config as config_mod
 from processes.shared import telemetry
 from processes.shared.placement import pin, set_rt_priority, unpaced
+from processes.shared.rt_budget import RtBudget
 from reactor import Reactor
 
 PR_SET_PDEATHSIG = 1
@@ -116,19 +117,30 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
     for signum in (signal.SIGINT, signal.SIGTERM):
         reactor.add_signal_handler(signum, reactor.stop)
     service = None
+    budget: RtBudget | None = None
     publisher: telemetry.Publisher | None = None
     try:
         service = build(reactor)
         info = service.start()
         info.update(pid=os.getpid(), cpus=cpus, idle=place.idle, rt_priority=rt)
         log.info("ready %s", format_stats(info))
-        publisher = _publisher(name, cfg.logging, service)
+        publisher = _publisher(name, cfg.logging, service, lambda: budget)
         quiet_gc()
         if ready is not None:
             ready.send(info)
             ready.close()
         reactor.call_every(cfg.logging.stats_interval, _publish, log, publisher)
         reactor.call_every(LOG_STATS_INTERVAL, _log_line, log, publisher)
+        if rt and place.rt_budget_us:
+            # A real-time rank is kept only while the process uses at most half of its core
+            # (see rt_budget): one client's flood of orders must not stop the price path.
+            # Start-up work is not the loop's, so the budget starts here.
+            try:
+                budget = RtBudget(reactor, name, rt, place.rt_budget_us, log)
+            except OSError as exc:
+                log.warning("%s.rt_budget_us %d not applied (%s): a flood of work can starve "
+                            "the real-time processes ranked below it", name,
+                            place.rt_budget_us, exc)
         reactor.run()
         log.info("stopping: %s", format_stats(_scalars(service.stats())))
         return 0
@@ -148,6 +160,8 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
             publisher.close()
         if service is not None:
             service.close()
+        if budget is not None:
+            budget.close()
         reactor.close()
         logging.shutdown()
 
@@ -181,9 +195,16 @@ def quiet_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _publisher(name: str, cfg: config_mod.Logging, service: Service) -> telemetry.Publisher:
+def _publisher(name: str, cfg: config_mod.Logging, service: Service,
+               budget: Callable[[], RtBudget | None]) -> telemetry.Publisher:
+    """Snapshots of the service's stats, and of its real-time budget once there is one."""
     recorders = getattr(service, "recorders", None) or (lambda: ())
-    return telemetry.Publisher(name, telemetry.stats_dir(cfg.dir, cfg.stats_dir), service.stats,
+
+    def stats() -> dict[str, Any]:
+        held = budget()
+        return service.stats() if held is None else {**service.stats(), **held.stats()}
+
+    return telemetry.Publisher(name, telemetry.stats_dir(cfg.dir, cfg.stats_dir), stats,
                                recorders, cfg.stats_interval)
 
 
