@@ -17,17 +17,25 @@ import time
 from typing import Any
 
 _state: dict[str, Any] = {"demotions": 0, "tid": 0, "fd": -1, "last": None, "previous": None,
-                          "installed": False}
+                          "installed": False, "interval_ns": 0}
 
 
 def _on_sigprof(_signum: int, _frame: Any) -> None:
     now = (time.monotonic_ns(), time.thread_time_ns())   # handlers run in the main thread
-    last, _state["last"] = _state["last"], now
+    last = _state["last"]
     tid = _state["tid"]
     if not tid or last is None:
+        _state["last"] = now
         return
     wall, cpu = now[0] - last[0], now[1] - last[1]
-    if wall <= 0 or 2 * cpu <= wall:
+    # ITIMER_PROF counts the whole process's CPU time, charged a tick at a time: another thread
+    # caught running by another CPU's tick fires it a fraction of a millisecond after the last
+    # check, and in so short a window a thread that just ran looks like it uses its whole core.
+    # A share is judged over at least one interval of wall time.
+    if wall < _state["interval_ns"]:
+        return
+    _state["last"] = now
+    if 2 * cpu <= wall:
         return
     try:
         if os.sched_getscheduler(tid) not in (os.SCHED_FIFO, os.SCHED_RR):
@@ -51,7 +59,7 @@ def install(fd: int, interval_us: int) -> None:
         raise ValueError("interval_us must be > 0")
     if _state["installed"]:
         raise OSError("already installed")
-    _state.update(tid=threading.get_native_id(), fd=fd, last=None)
+    _state.update(tid=threading.get_native_id(), fd=fd, last=None, interval_ns=interval_us * 1000)
     _state["previous"] = signal.signal(signal.SIGPROF, _on_sigprof)
     _state["installed"] = True
     signal.setitimer(signal.ITIMER_PROF, interval_us / 1e6, interval_us / 1e6)
