@@ -22,6 +22,7 @@ from stackutil import (
 )
 
 from ext import SharedPriceBook
+from processes.shared import telemetry
 from processes.shared.protocol import Order as OrderMsg
 from processes.shared.protocol import (
     encode_hello,
@@ -307,12 +308,39 @@ def strategy_rig(tmp_path, **overrides):
     """A Strategy's surroundings without the other processes: a config whose news and order
     ports are a FakeVenue's, and the price book the test writes (AAPL, MSFT; windows 2/4)."""
     cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.params.short_window": 2,
-                                   "strategy.params.long_window": 4, **overrides})
+                                   "strategy.params.long_window": 4,
+                                   "logging.stats_interval": 0.05, **overrides})
     venue = FakeVenue()
     cfg.network.news_port = venue.news_srv.getsockname()[1]
     cfg.network.order_port = venue.order_srv.getsockname()[1]
     book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
     return cfg, venue, book
+
+
+def strategy_counters(tmp_path) -> dict:
+    """The Strategy's counters from its latest stats snapshot ({} before the first)."""
+    snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / "strategy.json")
+    return snap["counters"] if snap else {}
+
+
+def order_while_counting(tmp_path, venue, step, counter: str, more: int, news: int = 0,
+                         timeout: float = 20.0) -> dict | None:
+    """Run `step` (which feeds the Strategy) until the Strategy's `counter` has grown by `more`
+    and it has read `news` news in all, by its stats snapshot; the order it sent meanwhile, or
+    None. The claim "no order" is then about decisions the Strategy took, not about a time a
+    slow Strategy could sit out."""
+    base = strategy_counters(tmp_path).get(counter, 0)
+    deadline = time.monotonic() + timeout
+    while True:
+        step()
+        if order := venue.next_order(0.0005):
+            return order
+        got = strategy_counters(tmp_path)
+        if got.get(counter, 0) >= base + more and got.get("news", 0) >= news:
+            # The snapshot is written after the decisions it counts, and an order is written to
+            # the socket inside its decision: anything sent is readable now.
+            return venue.next_order(0.01)
+        assert time.monotonic() < deadline, f"{counter} never grew by {more}: {got}"
 
 
 @pytest.mark.timeout(60)
@@ -340,21 +368,26 @@ def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
     try:
         start(children, "strategy", cfg)
         venue.accept()
+        def quiet(step: float, news: int) -> dict | None:
+            """The order of 50 more decisions on a trend, once `news` news are read."""
+            return order_while_counting(tmp_path, venue, lambda: tick(step, 5), "decisions",
+                                        50, news=news)
+
         # Rising prices but no news: the rules do not agree -> nothing.
-        assert order_after(+0.05, timeout=1.0) is None
+        assert quiet(+0.05, news=0) is None
         venue.say("AAPL", 61)                   # strictly above bullish (60)
         buy = order_after(+0.05)
         assert buy and (buy["side"], buy["qty"], buy["symbol"]) == ("BUY", 10, "AAPL")
         assert buy["price"] == pytest.approx(price[0], abs=0.3)
-        assert order_after(+0.05, timeout=1.0) is None, "already long: no duplicate BUY"
+        assert quiet(+0.05, news=1) is None, "already long: no duplicate BUY"
         venue.say("AAPL", 40)                   # not strictly below bearish (40): neutral
-        assert order_after(-0.05, timeout=1.0) is None
+        assert quiet(-0.05, news=2) is None
         venue.say("AAPL", 20)
         sell = order_after(-0.05)
         assert sell and (sell["side"], sell["qty"]) == ("SELL", 20), "long -> short is 2x qty"
-        assert order_after(-0.05, timeout=1.0) is None, "already short: no duplicate SELL"
+        assert quiet(-0.05, news=3) is None, "already short: no duplicate SELL"
         venue.say("AAPL", 90)                   # bullish news while falling: disagree
-        assert order_after(-0.05, timeout=1.0) is None
+        assert quiet(-0.05, news=4) is None
         assert len({buy["id"], sell["id"]}) == 2 and buy["client"] == cfg.strategy.name
     finally:
         venue.close()
@@ -386,7 +419,16 @@ def test_strategy_never_orders_on_a_stale_price_and_resumes_on_fresh_ones(tmp_pa
         start(children, "strategy", cfg)
         venue.accept()
         venue.say("AAPL", 90)
-        assert order_after(5.0, timeout=1.5) is None, "ordered on 5 s old prices"
+        def old_ticks() -> None:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns() - int(5e9), 0)
+                book.heartbeat()
+                time.sleep(0.003)
+
+        # Every one of these is a decision the Strategy refused as stale, not a time it sat out.
+        assert order_while_counting(tmp_path, venue, old_ticks, "stale_skips", 20,
+                                    news=1) is None, "ordered on 5 s old prices"
         buy = order_after(0.0, timeout=5.0)
         assert buy and buy["side"] == "BUY"
         assert children[0].stop() == 0
@@ -429,7 +471,15 @@ def test_strategy_reattaches_to_a_replaced_segment_and_keeps_its_positions(tmp_p
         book = SharedPriceBook(cfg.market.symbols, name=name, create=True)   # ...a new one
         log_path = tmp_path / "logs" / "strategy.log"
         wait_until(lambda: "re-attached to" in log_path.read_text(), 10, what="re-attach")
-        assert order_after(1.5) is None, "a second BUY: the position was lost"
+
+        def rising() -> None:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns(), 0)
+                time.sleep(0.003)
+
+        assert order_while_counting(tmp_path, venue, rising, "decisions", 50) is None, \
+            "a second BUY: the position was lost"
         # Prices flow through the new book, from near the last one (a jump past
         # strategy.max_price_jump would be refused as implausible).
         price[0] = round(price[0], 2)
