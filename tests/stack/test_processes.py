@@ -11,7 +11,6 @@ import pytest
 from stackutil import (
     CTX,
     Child,
-    cpu_seconds,
     make_config,
     parse_price,
     recv_frames,
@@ -84,7 +83,9 @@ def test_a_client_that_never_reads_cannot_grow_gateway_memory(tmp_path, children
     live = socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
     try:
         recv_frames(live, 1000)
-        time.sleep(0.5)
+        gw_log = tmp_path / "logs" / "gateway.log"
+        # The Gateway has found the stalled client slow: its pending output is held to the cap.
+        wait_until(lambda: "is slow" in gw_log.read_text(), 10, what="the stalled client capped")
         rss_start = rss_bytes(pid)
         received = 0
         deadline = time.monotonic() + 3.0
@@ -101,10 +102,20 @@ def test_a_client_that_never_reads_cannot_grow_gateway_memory(tmp_path, children
     assert "price client" in log_text
 
 
+def process_state(pid: int) -> str:
+    """The kernel's scheduling state of a process: R running, S sleeping (blocked), ..."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(") ", 1)[1].split()[0]
+
+
 @pytest.mark.timeout(60)
 def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
-    """No ticks, no news: the default (block) Strategy must use ~no CPU while waiting on shm."""
-    cfg = make_config(tmp_path)
+    """No ticks, no news: the default (block) Strategy waits in the kernel on its doorbell.
+
+    Judged by the process state, not by CPU seconds over a window (that cost is measured in
+    bench/bench_e2e.py test_idle_cpu): a spinning loop is always running (R), a blocked one is
+    asleep (S) but for the moments its timers run."""
+    cfg = make_config(tmp_path, **{"logging.stats_interval": 0.05})
     venue_news = socket.create_server(("127.0.0.1", 0))
     venue_orders = socket.create_server(("127.0.0.1", 0))
     cfg.network.news_port = venue_news.getsockname()[1]
@@ -113,15 +124,18 @@ def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
     try:
         start(children, "strategy", cfg)
         pid = children[0].proc.pid
-        time.sleep(1.0)                      # let start-up work finish
-        before = cpu_seconds(pid)
-        time.sleep(2.0)
-        used = cpu_seconds(pid) - before
-        assert used < 0.04, f"idle strategy used {used:.3f} s CPU in 2 s"
+        # Start-up is over once the Strategy has published its first stats.
+        wait_until(lambda: strategy_counters(tmp_path), 10, what="the first stats snapshot")
+        states = []
+        for _ in range(100):
+            states.append(process_state(pid))
+            time.sleep(0.002)   # spaces the samples; nothing waits on it
+        assert states.count("S") > len(states) // 2, f"idle strategy not blocked: {states}"
         # ...and it is really waiting, not deaf: ticks written now reach it through the doorbell.
         for k in range(3):
             book.update("AAPL", 101.0 + k, time.monotonic_ns(), k + 1)
-            time.sleep(0.05)
+            wait_until(lambda k=k: strategy_counters(tmp_path).get("ticks", 0) > k, 10,
+                       what=f"tick {k + 1} received")
         assert children[0].stop() == 0
     finally:
         children[0].stop()
@@ -129,9 +143,6 @@ def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
         venue_orders.close()
         book.close()
         book.unlink()
-    final = [x for x in (tmp_path / "logs" / "strategy.log").read_text().splitlines()
-             if "stopping:" in x]
-    assert final and " ticks=3 " in final[-1], final
 
 
 @pytest.mark.timeout(60)
@@ -183,17 +194,15 @@ def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
     with SharedPriceBook(name=cfg.market.shm_name, create=False) as book:
         wait_until(lambda: book.read_slot(0)[2] > 0, 10, what="ticks")
         children[0].kill()                      # the Gateway dies mid-stream
-        time.sleep(0.3)
-        stalled = book.read_slot(0)[2]
-        time.sleep(0.3)
-        assert book.read_slot(0)[2] == stalled  # no feed, no ticks
+        ob_log = tmp_path / "logs" / "orderbook.log"
+        wait_until(lambda: "price feed lost" in ob_log.read_text(), 10, what="the loss noticed")
+        stalled = book.read_slot(0)[2]          # no feed now, so no writer of new ticks
         restarted = Child("gateway", cfg)       # same ports: the OrderBook dials the same address
         children.append(restarted)
-        t0 = time.monotonic()
         restarted.start()
-        # A restarted Gateway starts its sequences from 1 again: any new write proves the reconnect.
+        # A restarted Gateway starts its sequences from 1 again: any new write proves the
+        # reconnect (how fast it comes is bench/'s business, not a threshold here).
         wait_until(lambda: book.read_slot(0)[2] != stalled, 10, what="reconnect")
-        assert time.monotonic() - t0 < 5
 
 
 def _order(i: int, symbol: str = "AAPL", **kw) -> bytes:
