@@ -27,6 +27,7 @@ from types import ModuleType
 from uuid import uuid4
 
 import pytest
+from stackutil import wait_until
 
 import ext
 from ext import layout, pricebook_py
@@ -49,6 +50,12 @@ def _mod(impl_name: str) -> ModuleType:
     mod = IMPLS[impl_name]
     assert mod is not None
     return mod
+
+
+def _process_state(pid: int) -> str:
+    """The kernel's scheduling state of a process: R running, S asleep (blocked), ..."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(") ", 1)[1].split()[0]
 
 
 def _shm_exists(name: str) -> bool:
@@ -825,7 +832,9 @@ def test_two_readers_no_lost_wakeup_when_one_stalls_mid_arm(book_name):
 
 
 @pytest.mark.timeout(60)
-def test_doorbell_wakes_child_within_1s(book_impl, book_impl_name, book_name):
+def test_doorbell_wakes_a_child_asleep_in_select(book_impl, book_impl_name, book_name):
+    """The child selects on its doorbell with a 10 s timeout: ready, and the record drained,
+    prove the doorbell woke it (how fast is bench_shm's measure)."""
     with book_impl.SharedPriceBook(SYMS, name=book_name) as book:
         parent, child = SPAWN.Pipe()
         p = SPAWN.Process(target=_child_sleeper, args=(book_impl_name, book_name, child))
@@ -833,7 +842,8 @@ def test_doorbell_wakes_child_within_1s(book_impl, book_impl_name, book_name):
         try:
             assert _recv(parent, p, PROC_TIMEOUT) == ("armed", True)
             assert book.header()["readers"][0]["state"] == layout.STATE_SLEEPING
-            time.sleep(0.05)  # let it block in select
+            wait_until(lambda: _process_state(p.pid) == "S", 10,
+                       what="the child asleep in select")
             t0 = time.monotonic_ns()
             book.write(1, 42.0, t0, 77)
             assert book.publish() == 1
@@ -842,7 +852,7 @@ def test_doorbell_wakes_child_within_1s(book_impl, book_impl_name, book_name):
             _join(p)
         assert tag == "woke" and ready and drained == 1
         assert records == [(1, 42.0, 77)]
-        assert 0 <= woke_ns - t0 < 1_000_000_000
+        assert woke_ns >= t0
         assert _readers(book) == []  # child closed its reader
 
 
