@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VERDICTS = ROOT / "scripts" / "mutation_verdicts.toml"
+BASELINE = ROOT / "scripts" / "mutation_baseline.json"
 REPORT = ROOT / "mutation_report.md"
 SEP = "ǁ"   # mutmut's separator in the mangled name of a method: xǁClassǁmethod
 
@@ -129,25 +131,64 @@ def results() -> dict[str, str]:
     return found
 
 
-def diff_of(mutant: str) -> str:
-    out = subprocess.run(["mutmut", "show", mutant], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    lines = out.splitlines()
-    start = next((i for i, x in enumerate(lines) if x.startswith("---")), 0)
-    return "\n".join(lines[start:])
+def covering_tests() -> dict[str, list[str]]:
+    """{function's mutant prefix: the tests that call it}, from the last run's stats."""
+    path = ROOT / "mutants" / "mutmut-stats.json"
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())["tests_by_mangled_function_name"]
+    return {fn: sorted(tests) for fn, tests in raw.items()}
 
 
-def changed_line(diff: str) -> int | None:
-    """The source line number of the first removed line of a unified diff."""
+def diff_of(mutant: str, path: str) -> str:
+    """The mutant's diff against its function (mutmut reads it from mutants/)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        return get_diff_for_mutant(mutant, path=path)
+    finally:
+        os.chdir(cwd)
+
+
+def function_of(mutant: str) -> str:
+    return mutant.rsplit("__mutmut_", 1)[0]
+
+
+def diff_key(mutant: str, diff: str) -> str:
+    """A mutant's identity across runs: its function and the lines it adds (mutmut's numbers
+    shift when the function or the mutation config changes)."""
+    added = [x for x in diff.splitlines() if x.startswith("+") and not x.startswith("+++")]
+    return "\n".join([function_of(mutant), *added])
+
+
+def source_line(path: str, mutant: str, diff: str) -> int | None:
+    """The file line of the first line the mutant removes."""
+    rel = None
     line = None
     for text in diff.splitlines():
         if m := re.match(r"@@ -(\d+)", text):
             line = int(m[1])
         elif line is not None:
             if text.startswith("-") and not text.startswith("---"):
-                return line
+                rel = line
+                break
             if not text.startswith("+"):
                 line += 1
+    if rel is None:
+        return None
+    name = function_of(mutant).rpartition(".")[2]
+    cls, _, fn = name.removeprefix("x").strip(SEP).rpartition(SEP) if SEP in name else (
+        "", "", name.removeprefix("x_"))
+    tree = ast.parse((ROOT / path).read_text())
+    nodes = tree.body
+    if cls:
+        nodes = next((n.body for n in tree.body if isinstance(n, ast.ClassDef)
+                      and n.name == cls), [])
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            return first + rel - 1
     return None
 
 
@@ -169,6 +210,10 @@ def load_verdicts(path: Path = VERDICTS) -> list[Verdict]:
     return verdicts
 
 
+def load_baseline(path: Path = BASELINE) -> dict:
+    return json.loads(path.read_text())
+
+
 def verdict_for(mutant: str, diff: str, verdicts: list[Verdict]) -> Verdict | None:
     added = "\n".join(x for x in diff.splitlines() if x.startswith("+"))
     for v in verdicts:
@@ -181,8 +226,18 @@ def short(mutant: str) -> str:
     return mutant.replace(f"x{SEP}", "").replace(SEP, ".").replace(".x_", ".")
 
 
-def write_report(statuses: dict[str, str], verdicts: list[Verdict], wall_s: float | None,
-                 max_children: int, out: Path) -> tuple[int, int]:
+def path_of(mutant: str) -> str:
+    return mutant.split(".x")[0].replace(".", "/") + ".py"
+
+
+def table(counts: dict[str, int]) -> list[str]:
+    return ["| status | mutants |", "|---|---|",
+            *[f"| {s} | {n} |" for s, n in sorted(counts.items())],
+            f"| **total** | {sum(counts.values())} |"]
+
+
+def write_report(statuses: dict[str, str], verdicts: list[Verdict], baseline: dict,
+                 wall_s: float | None, max_children: int, out: Path) -> tuple[int, int]:
     """mutation_report.md; (survivors, of them unexplained)."""
     from importlib.metadata import version
 
@@ -193,37 +248,58 @@ def write_report(statuses: dict[str, str], verdicts: list[Verdict], wall_s: floa
     for s in mine.values():
         counts[s] = counts.get(s, 0) + 1
     survivors = sorted(m for m, s in mine.items() if s == "survived")
-    claimed = [(v, m) for v in verdicts if v.killed_by
-               for m in sorted(fnmatch.filter(mine, v.mutants))]
+    diffs = {m: diff_of(m, path_of(m)) for m in mine}
+    now_by_key = {diff_key(m, d): m for m, d in diffs.items()}
+    tests_now = covering_tests()
+    tests_then = baseline["tests_by_function"]
+
+    def added_tests(fn: str) -> str:
+        new = [t for t in tests_now.get(fn, []) if t not in set(tests_then.get(fn, []))]
+        files = sorted({t.split("::")[0] for t in new})
+        return ", ".join(f"`{f}`" for f in files) or "(none added)"
+
     lines = [
-        "# Mutation report",
-        "",
-        "Generated by `python scripts/mutation_report.py` (mutmut "
-        f"{version('mutmut')}, configured in pyproject.toml `[tool.mutmut]`); do not edit by "
-        "hand. Verdicts live in `scripts/mutation_verdicts.toml`.",
-        "",
-        "Mutated: the functions listed below (scripts/mutation_report.py, TARGETS), log lines "
-        "excepted. Each mutant runs against the in-process tests that call its function.",
-        "",
-        "| status | mutants |",
-        "|---|---|",
-        *[f"| {s} | {n} |" for s, n in sorted(counts.items())],
-        f"| **total** | {len(mine)} |",
-        "",
+        "# Mutation report", "",
+        f"Generated by `python scripts/mutation_report.py` (mutmut {version('mutmut')}, "
+        "configured in pyproject.toml `[tool.mutmut]`); do not edit by hand. Verdicts on the "
+        "survivors live in `scripts/mutation_verdicts.toml`, the run before the tests written "
+        "for them in `scripts/mutation_baseline.json`.", "",
+        "Mutated: the target functions below (scripts/mutation_report.py, TARGETS), log lines "
+        "and latency samples excepted. Each mutant runs against the fast in-process tests that "
+        "call its function (pyproject.toml, pytest_add_cli_args_test_selection).", "",
+        "## Now", "", *table(counts), "",
     ]
     if wall_s is not None:
         lines += [f"Run time: {wall_s / 60:.1f} min with --max-children {max_children}.", ""]
-    lines += ["## Targets", ""]
+    lines += ["## Before the tests written for this report", "",
+              "The same targets with the tests as they were (log lines unmutated; latency "
+              "samples and the host's log helper still mutated then):", "",
+              *table(baseline["counts"]), "", "## Targets", ""]
     lines += [f"- `{path}`: {', '.join(f'`{f}`' for f in fns)}" for path, fns in targets.items()]
-    lines += ["", "## Killed by tests written for them", "",
-              "Mutants that survived the tests as they were; each is killed now by the test named.",
-              "", "| mutant | status now | killed by |", "|---|---|---|"]
-    for v, m in claimed:
-        lines.append(f"| `{short(m)}` | {mine[m]} | `{v.killed_by}` |")
+    lines += ["", "## The survivors of before, now", "",
+              "Each mutant that survived before, found again by its diff; a killed one names "
+              "the test files added that call its function.", "",
+              "| mutant (before) | now | killed by one of |", "|---|---|---|"]
+    for entry in baseline["survived"]:
+        m = now_by_key.get(diff_key(entry["mutant"], entry["diff"]))
+        if m is None:
+            lines.append(f"| `{short(entry['mutant'])}` | not generated (its line is not "
+                         "mutated now) | |")
+        else:
+            status = mine[m]
+            lines.append(f"| `{short(entry['mutant'])}` | {status} | "
+                         f"{added_tests(function_of(m)) if status == 'killed' else ''} |")
+    lines += ["", "## Functions that had no test before", "",
+              "| function | untested before | killed now | survived now | no tests now | "
+              "tests added |", "|---|---|---|---|---|---|"]
+    for fn, n in baseline["no_tests_by_function"].items():
+        got = [s for m, s in mine.items() if function_of(m) == fn]
+        lines.append(f"| `{short(fn)}` | {n} | {got.count('killed')} | {got.count('survived')} "
+                     f"| {got.count('no tests')} | {added_tests(fn)} |")
     lines += ["", f"## Surviving mutants ({len(survivors)})", ""]
     unexplained = 0
     for m in survivors:
-        diff = diff_of(m)
+        diff = diffs[m]
         v = verdict_for(m, diff, verdicts)
         if v is None:
             why = "**UNEXPLAINED**"
@@ -233,8 +309,8 @@ def write_report(statuses: dict[str, str], verdicts: list[Verdict], wall_s: floa
             unexplained += 1
         else:
             why = v.why
-        path = m.split(".x")[0].replace(".", "/") + ".py"
-        lines += [f"### `{short(m)}` ({path}:{changed_line(diff)})", "", why, "",
+        path = path_of(m)
+        lines += [f"### `{short(m)}` ({path}:{source_line(path, m, diff)})", "", why, "",
                   "```diff", diff, "```", ""]
     out.write_text("\n".join(lines))
     return len(survivors), unexplained
@@ -254,16 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         targets = target_functions()
         verdicts = load_verdicts()
+        baseline = load_baseline()
     except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.list:
         for path, fns in targets.items():
             print(f"{path}: {', '.join(fns)}")
-        print(f"{len(mutant_globs(targets))} mutant globs, {len(verdicts)} verdicts")
+        print(f"{len(mutant_globs(targets))} mutant globs, {len(verdicts)} verdicts, "
+              f"{len(baseline['survived'])} survivors in the baseline")
         return 0
     wall = None if args.report_only else run_mutmut(mutant_globs(targets), args.max_children)
-    survivors, unexplained = write_report(results(), verdicts, wall, args.max_children, args.output)
+    survivors, unexplained = write_report(results(), verdicts, baseline, wall, args.max_children,
+                                          args.output)
     print(f"{args.output}: {survivors} surviving mutants, {unexplained} unexplained")
     return 1 if unexplained else 0
 
