@@ -74,8 +74,11 @@ def test_plain_gateway_sends_two_field_frames(tmp_path, children):
 def test_a_client_that_never_reads_cannot_grow_gateway_memory(tmp_path, children):
     """Both feeds as fast as possible; one subscriber stalls, another keeps reading."""
     bound = 256 * 1024
+    # Small kernel buffers, so the stalled client's queue in the Gateway reaches its cap soon
+    # even on one CPU (the cap, not the kernel, is what this test is about).
     cfg = make_config(tmp_path, **{"gateway.tick_rate": 0, "gateway.news_rate": 0,
-                                   "gateway.max_client_buffer": bound})
+                                   "gateway.max_client_buffer": bound,
+                                   "gateway.socket_buffer": 65536})
     info = start(children, "gateway", cfg)
     pid = children[0].proc.pid
     stalled = socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
