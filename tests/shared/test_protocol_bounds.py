@@ -13,13 +13,19 @@ from processes.shared.protocol import (
     MAX_I64,
     MAX_PRICE,
     MAX_U64,
+    ORDER_FORMAT,
     Order,
     ProtocolError,
+    decode_hello,
     decode_json,
     decode_order,
     decode_reply,
     echo_id,
+    encode_refused,
+    encode_welcome,
+    not_an_order_reason,
     parse_news,
+    validate_hello,
     validate_order,
 )
 
@@ -160,3 +166,61 @@ def test_a_decoded_order_is_its_own_json():
     order = decode_order(frame(client="c1", tick_ns=1, tick_seq=2, sent_ns=3), SYMBOLS)
     assert msgspec.json.decode(msgspec.json.encode(order.to_json())) == {
         **BASE, "client": "c1", "tick_ns": 1, "tick_seq": 2, "sent_ns": 3}
+
+
+HELLO = {"type": "hello", "version": 1, "client": "c1", "token": "t"}
+
+
+@pytest.mark.parametrize("fields", [
+    {"client": "a"}, {"client": "x" * 64}, {"client": "A-z_0.9"}, {"token": ""},
+    {"token": "t" * 256}, {"version": 0}, {"version": 99},
+])
+def test_hellos_at_each_bound_are_accepted_the_same_by_both_paths(fields):
+    obj = {**HELLO, **fields}
+    fast, slow = decode_hello(json.dumps(obj).encode()), validate_hello(obj)
+    assert fast == slow
+    assert (fast.version, fast.client, fast.token) == (obj["version"], obj["client"],
+                                                       obj["token"])
+
+
+def test_a_hello_without_a_token_has_an_empty_one():
+    obj = {k: v for k, v in HELLO.items() if k != "token"}
+    assert validate_hello(obj).token == "" == decode_hello(json.dumps(obj).encode()).token
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({"type": "order"}, "expected a hello first"),
+    ({"version": "1"}, "hello: version must be an integer, got '1'"),
+    ({"version": True}, "hello: version must be an integer, got True"),
+    ({"version": None}, "hello: version must be an integer, got None"),
+    ({"client": ""}, "hello: bad client name '' (1-64 of A-Z a-z 0-9 _ . -)"),
+    ({"client": "x" * 65}, f"hello: bad client name '{'x' * 65}' (1-64 of A-Z a-z 0-9 _ . -)"),
+    ({"client": "y" * 90}, f"hello: bad client name '{'y' * 80}' (1-64 of A-Z a-z 0-9 _ . -)"),
+    ({"client": "a b"}, "hello: bad client name 'a b' (1-64 of A-Z a-z 0-9 _ . -)"),
+    ({"client": 5}, "hello: bad client name '5' (1-64 of A-Z a-z 0-9 _ . -)"),
+    ({"token": "t" * 257}, "hello: token must be a string of at most 256 characters"),
+    ({"token": 5}, "hello: token must be a string of at most 256 characters"),
+])
+def test_bad_hellos_get_the_same_exact_reason_by_both_paths(fields, why):
+    obj = {**HELLO, **fields}
+    for parse in (lambda: validate_hello(obj), lambda: decode_hello(json.dumps(obj).encode())):
+        with pytest.raises(ProtocolError) as exc:
+            parse()
+        assert str(exc.value) == why
+
+
+def test_welcome_and_refused_frames_say_who_and_why():
+    assert json.loads(encode_welcome("c1")[:-1]) == {"type": "welcome", "version": 1,
+                                                    "client": "c1", "kill_switch": False}
+    assert json.loads(encode_welcome("c1", True)[:-1])["kill_switch"] is True
+    assert json.loads(encode_refused("no")[:-1]) == {"type": "refused", "reason": "no"}
+
+
+def test_a_frame_that_is_not_json_is_told_the_order_format():
+    csv = not_an_order_reason(b"BUY,AAPL,10,173.2", "malformed JSON: x")
+    assert csv == f"malformed order: {b'BUY,AAPL,10,173.2'!r} is not JSON; an order is " \
+                  f"{ORDER_FORMAT}"
+    long = not_an_order_reason(b"Z" * 100, "d")
+    assert f"{(b'Z' * 40)!r} is not JSON" in long
+    meant = not_an_order_reason(b'  {"id": ', "malformed JSON: DecodeError: truncated")
+    assert meant == f"malformed JSON: DecodeError: truncated; an order is {ORDER_FORMAT}"
