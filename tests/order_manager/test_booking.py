@@ -16,7 +16,13 @@ import pytest
 from stackutil import make_config
 
 from processes.order_manager import service as om_mod
-from processes.shared.protocol import PROTOCOL_VERSION, Order, encode_hello, encode_order
+from processes.shared.protocol import (
+    PROTOCOL_VERSION,
+    Order,
+    encode_hello,
+    encode_order,
+    not_an_order_reason,
+)
 from reactor import Reactor
 
 pytestmark = pytest.mark.timeout(30)
@@ -139,8 +145,9 @@ def test_a_resend_is_acked_with_its_number_and_ids_are_per_client(rigs, tmp_path
     replies = rig.exchange(c1, order("d-1") + order("d-2") + order("d-1", qty=99), 3)
     assert [(r["id"], r["order_no"]) for r in replies] == [("d-1", 1), ("d-2", 2), ("d-1", 1)]
     assert rig.exchange(c2, order("d-1"))[0]["order_no"] == 3
+    rig.exchange(c2, order("d-1"))
     stats = rig.om.stats()
-    assert (stats["orders"], stats["duplicates"], stats["rejects"]) == (3, 1, 0)
+    assert (stats["orders"], stats["duplicates"], stats["rejects"]) == (3, 2, 0)
     assert rig.om.positions == {("c1", "AAPL"): 20, ("c2", "AAPL"): 10}   # the resend moved none
     assert [(r["id"], r["client"], r["qty"]) for r in booked(tmp_path)] == [
         ("d-1", "c1", 10), ("d-2", "c1", 10), ("d-1", "c2", 10)]
@@ -169,12 +176,14 @@ def test_records_of_other_sessions_number_but_do_not_book(rigs, tmp_path, order_
             {"order_no": 3, "id": "o-2", "client": "c1", "symbol": "AAPL", "side": "BUY",
              "qty": 5, "price": 1.0, "session": order_session},
             {"order_no": 4, "id": "o-2", "client": "c1", "symbol": "AAPL", "side": "BUY",
-             "qty": 5, "price": 1.0, "session": order_session}]   # booked twice by hand
+             "qty": 5, "price": 1.0, "session": order_session},   # booked twice by hand
+            {"order_no": 5, "id": "o-3", "client": "c1", "symbol": "AAPL", "side": "SELL",
+             "qty": 2, "price": 1.0, "session": order_session}]
     (tmp_path / "orders.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rig = rigs()
-    assert (rig.info["replayed"], rig.info["next_order_no"]) == (2, 8)
-    assert rig.om.booked == {("c1", "o-2"): 3}          # the first booking counts
-    assert rig.om.positions == {("c1", "AAPL"): 5}
+    assert (rig.info["replayed"], rig.info["next_order_no"]) == (3, 8)
+    assert rig.om.booked == {("c1", "o-2"): 3, ("c1", "o-3"): 5}   # the first booking counts
+    assert rig.om.positions == {("c1", "AAPL"): 3}      # 5 bought, the double skipped, 2 sold
     cli = rig.client("c1")
     replies = rig.exchange(cli, order("o-1") + order("o-2"), 2)
     assert [r["order_no"] for r in replies] == [8, 3]   # yesterday's o-1 is a new order today
@@ -261,6 +270,9 @@ def test_max_position_allows_the_limit_and_any_order_towards_flat(rigs):
     replies = rig.exchange(cli, order("p-6", qty=20) + order("p-7", side="SELL", qty=1), 2)
     assert kinds(replies) == ["ack", "reject"]
     assert rig.om.rule_rejects["max_position"] == 3
+    # -30 -> +30: no larger than before, so allowed although past the limit.
+    assert rig.exchange(cli, order("p-8", qty=60))[0]["type"] == "ack"
+    assert rig.om.positions[("c1", "AAPL")] == 30
 
 
 def test_max_order_rate_is_per_client_over_a_sliding_second(rigs, monkeypatch):
@@ -296,14 +308,23 @@ def test_no_limit_configured_means_none_applied(rigs):
 def test_malformed_frames_are_rejected_and_a_streak_closes_the_client(rigs):
     rig = rigs(**{"order_manager.max_bad_frames": 3})
     cli = rig.client("c1")
-    replies = rig.exchange(cli, b"nope*" + b"{}*" + order("m-1") + b"nope*" + b"nope*", 5)
+    replies = rig.exchange(cli, b"nope*" + b'{"id": "m-0"}*' + order("m-1") + b"nope*"
+                           + b"nope*", 5)
     assert kinds(replies) == ["reject", "reject", "ack", "reject", "reject"]
+    assert replies[0] == {"type": "reject", "id": None,
+                          "reason": not_an_order_reason(b"nope", "malformed JSON")}
+    assert replies[1] == {"type": "reject", "id": "m-0", "reason": "unknown symbol None"}
     assert rig.om.bad_clients == 0            # the good order broke the first streak
     refused = rig.exchange(cli, b"nope*", 2)
     assert kinds(refused) == ["reject", "refused"]
     assert refused[1]["reason"] == "3 malformed frames in a row"
     assert rig.closed_by_peer(cli)
     assert rig.om.bad_clients == 1 and rig.om.rejects == 5 and rig.om.orders == 1
+    other = rig.client("c2")
+    rig.exchange(other, b"[1]*" * 3, 4)
+    assert rig.om.bad_clients == 2
+    assert rig.exchange(rig.client("c3"), b"[1]*")[0]["reason"] == not_an_order_reason(
+        b"[1]", "expected a JSON object")
 
 
 def test_stamps_in_the_future_are_no_latency(rigs):
@@ -313,3 +334,17 @@ def test_stamps_in_the_future_are_no_latency(rigs):
     rig.exchange(cli, order("t-1", tick_ns=now, sent_ns=now)
                  + order("t-2", tick_ns=2**63, sent_ns=2**63) + order("t-3"), 3)
     assert rig.om.tick_to_order.count == 1 and rig.om.send_to_order.count == 1
+
+
+def test_without_a_token_a_broken_hello_is_refused_and_garbage_is_an_order(rigs):
+    rig = rigs()
+    meant = rig.client(None)
+    refused = rig.exchange(meant, b'{"type": "hello", "version": "1", "client": "c1"}*')[0]
+    assert refused == {"type": "refused",
+                       "reason": "hello: version must be an integer, got '1'"}
+    garbage = rig.client(None)
+    first = rig.exchange(garbage, b"BUY,AAPL,10*")[0]
+    assert first["type"] == "reject" and first["reason"].startswith("malformed order: ")
+    again = rig.exchange(garbage, order("g-1"))[0]     # welcomed by that first frame
+    assert again == {"type": "ack", "id": "g-1", "order_no": 1}
+    assert rig.om.refused == 1
