@@ -471,3 +471,18 @@ def test_orders_carry_the_host_name_consecutive_ids_and_their_tick(make_host):
     assert first.id.rsplit("-", 1)[0] == second.id.rsplit("-", 1)[0]
     assert (first.tick_seq, second.tick_seq, second.tick_ns) == (77, 0, 0) and first.tick_ns
     assert first.sent_ns and second.sent_ns >= first.sent_ns
+
+
+def test_a_plain_feed_without_send_times_is_judged_by_the_book_state(make_host):
+    """Ticks of a plain feed carry no send time: the price is fresh unless the book's watch
+    marked the symbol stale (a stamp of 0 is not 'infinitely old')."""
+    host = make_host(**{"strategy.max_price_age": 1.0})
+    strat = host.strategy
+    sent = []
+    strat.action = lambda sym, price: sent.append(host.submit(sym, BUY, 1, price))
+    host._on_tick(0, 100.0, 0, 0)
+    assert sent[0] is not None and host.refused["stale"] == 0
+    reply(host, sent[0], "ack")
+    host.stale[0] = True
+    host._on_tick(0, 100.5, 0, 0)
+    assert sent[1] is None and host.refused["stale"] == 1
