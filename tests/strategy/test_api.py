@@ -453,6 +453,9 @@ def test_the_strategy_gets_the_ack_number_and_the_reject_reason(make_host):
                                      (sell, OrderReply("reject", reason=long_reason[:300]))]
     assert (host.position("AAPL"), host.position("MSFT")) == (3, 0)
     assert (host.orders, host.backoffs) == (2, 1)
+    other = host.submit("AAPL", SELL, 1, 100.0)
+    host._on_reply(Reject(other, "no"), host.orders_out.pending.pop(other))
+    assert (host.orders, host.backoffs, host.position("AAPL")) == (3, 2, 3)
     assert host.position("GOOG") == 0          # not traded: flat, not an error
 
 
