@@ -348,3 +348,25 @@ def test_without_a_token_a_broken_hello_is_refused_and_garbage_is_an_order(rigs)
     again = rig.exchange(garbage, order("g-1"))[0]     # welcomed by that first frame
     assert again == {"type": "ack", "id": "g-1", "order_no": 1}
     assert rig.om.refused == 1
+
+
+def test_json_with_a_mistake_is_told_the_mistake_and_the_format(rigs):
+    rig = rigs()
+    cli = rig.client("c1")
+    reply = rig.exchange(cli, b'{"id": "j-1", *')[0]
+    assert reply == {"type": "reject", "id": None, "reason": not_an_order_reason(
+        b'{"id": "j-1", ', "malformed JSON: DecodeError: Input data was truncated")}
+
+
+def test_a_failed_order_log_write_rejects_that_order_by_its_id(rigs, tmp_path, monkeypatch):
+    rig = rigs()
+    cli = rig.client("c1")
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(om_mod.os, "write", full)
+    reply = rig.exchange(cli, order("w-9"))[0]
+    monkeypatch.undo()
+    assert reply == {"type": "reject", "id": "w-9",
+                     "reason": "order log write failed: [Errno 28] No space left on device"}
+    assert rig.om.kill_switch and booked(tmp_path) == []

@@ -48,8 +48,9 @@ def test_a_bad_record_says_what_is_wrong(raw, why):
 
 
 def test_unparseable_json_is_a_value_error():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as exc:
         parse_record(b'{"order_no": 1,')
+    assert str(exc.value) == "Input data was truncated"
     with pytest.raises(ValueError):
         parse_record(b"[" * 100_000)
 
@@ -92,8 +93,8 @@ def test_a_bad_line_before_the_last_is_fatal_and_named(tmp_path):
     path.write_bytes(line() + b"garbage\n" + line(order_no=2, id="o-2"))
     with pytest.raises(OrderLogError) as exc:
         OrderLog(path).open()
-    assert f"order log {path} line 2 is corrupt" in str(exc.value)
-    assert "fix or move the file before starting" in str(exc.value)
+    assert str(exc.value) == (f"order log {path} line 2 is corrupt (JSON is malformed: invalid "
+                              "character (byte 0)); fix or move the file before starting")
     assert path.read_bytes().count(b"\n") == 3       # nothing cut
 
 
@@ -116,6 +117,7 @@ def test_a_failed_write_cuts_the_partial_line_back_and_raises(tmp_path, monkeypa
     log.open()
     try:
         log.append(GOOD)
+        log.append(GOOD)
         size = log.size
         real_write = os.write
         calls = []
@@ -134,7 +136,18 @@ def test_a_failed_write_cuts_the_partial_line_back_and_raises(tmp_path, monkeypa
         log.append(GOOD)                                    # and the next one is whole
     finally:
         log.close()
-    assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD, GOOD]
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD, GOOD, GOOD]
+
+
+def test_an_empty_or_blank_log_is_left_as_it_is(tmp_path):
+    for text in (b"", b"\n\n"):
+        path = tmp_path / "orders.jsonl"
+        path.write_bytes(text)
+        log = OrderLog(path)
+        try:
+            assert log.open() == [] and path.read_bytes() == text
+        finally:
+            log.close()
 
 
 def test_short_writes_are_completed(tmp_path, monkeypatch):

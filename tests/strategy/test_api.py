@@ -470,8 +470,9 @@ def test_orders_carry_the_host_name_consecutive_ids_and_their_tick(make_host):
     outside = host.submit("MSFT", SELL, 1, 10.0)          # outside a tick: no tick stamps
     first, second = host.orders_out.pending[sent[0]], host.orders_out.pending[outside]
     assert first.client == second.client == host.name
-    assert first.id.rsplit("-", 1)[1] == "1" and second.id.rsplit("-", 1)[1] == "2"
-    assert first.id.rsplit("-", 1)[0] == second.id.rsplit("-", 1)[0]
+    assert (first.id, second.id) == (f"{host._id_prefix}-1", f"{host._id_prefix}-2")
+    with pytest.raises(ValueError, match=f"is not traded by {host.name} "):
+        host.submit("GOOG", BUY, 1, 1.0)
     assert (first.tick_seq, second.tick_seq, second.tick_ns) == (77, 0, 0) and first.tick_ns
     assert first.sent_ns and second.sent_ns >= first.sent_ns
 

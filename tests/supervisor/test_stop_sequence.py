@@ -94,3 +94,36 @@ def test_teardown_reports_the_exits_and_a_bad_one_makes_exit_code_1(tmp_path, mo
     stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped: ")]
     assert len(stopped) == 1 and "orderbook" in stopped[0]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
+
+
+def test_a_stack_or_supervisor_that_never_started_stops_cleanly(tmp_path, caplog):
+    """Start-up can fail before any child exists: stop() and teardown() must still work."""
+    cfg = make_config(tmp_path)
+    assert Stack(cfg).stop() == {}
+    sup = Supervisor(cfg)
+    # teardown() ignores Ctrl+C and SIGTERM while it stops; only start() saved handlers to give
+    # back, so this test puts pytest's own back itself.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with caplog.at_level(logging.INFO):
+            assert sup.teardown() == 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert "stopped: none" in caplog.text
+    assert "closing the dashboard failed" not in caplog.text     # there is no dashboard
+
+
+def test_teardown_gives_back_the_wakeup_fd_and_closes_its_sockets(tmp_path, monkeypatch):
+    monkeypatch.setattr(stack_mod, "STOP_TIMEOUT", STOP_S)
+    sup = Supervisor(make_config(tmp_path))
+    sup.start()
+    try:
+        wake_r, wake_w = sup._wake_r, sup._wake_w
+        sup.stop_reason.append("test")
+        assert sup.teardown() == 0
+    finally:
+        if sup.stack is not None:
+            sup.stack.stop()
+    assert signal.set_wakeup_fd(-1) == -1      # the previous wakeup fd (none) is back
+    assert wake_r.fileno() == -1 and wake_w.fileno() == -1

@@ -71,3 +71,8 @@ def test_pending_and_due_follow_start_up_order_not_names():
 def test_unknown_signals_and_no_children_are_named_too():
     assert describe_exit(-99) == "killed by signal 99"
     assert describe_exits({}) == "none"
+
+
+def test_the_configured_backoff_cap_is_the_one_applied():
+    p = policy(backoff=1.0, backoff_max=8.0, max_restarts=0)
+    assert [p.died("gateway", 0.0) for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
