@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import fnmatch
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -114,9 +116,26 @@ def run_mutmut(globs: list[str], max_children: int) -> float:
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)   # a fresh copy of the tree and config
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, preexec_fn=lambda: os.nice(10), check=False)
+    reap_leftovers()
     if proc.returncode != 0:
         sys.exit(f"mutmut run failed with exit code {proc.returncode}")
     return time.monotonic() - t0
+
+
+def reap_leftovers() -> None:
+    """SIGKILL stack processes left by mutants whose test run mutmut killed (a mutant that
+    hangs the stop sequence leaves, say, a stopped Gateway): every process whose working
+    directory is in mutants/ was started by this run."""
+    mutants = str(ROOT / "mutants")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if (cwd == mutants or cwd.startswith(mutants + "/")) and int(pid) != os.getpid():
+            print(f"killing process {pid} left in {cwd}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def results() -> dict[str, str]:
