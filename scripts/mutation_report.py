@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VERDICTS = ROOT / "scripts" / "mutation_verdicts.toml"
 BASELINE = ROOT / "scripts" / "mutation_baseline.json"
+RUN_INFO = ROOT / "mutants" / "mutation_run.json"   # the last run's wall time, for --report-only
 REPORT = ROOT / "mutation_report.md"
 SEP = "ǁ"   # mutmut's separator in the mangled name of a method: xǁClassǁmethod
 
@@ -119,7 +120,9 @@ def run_mutmut(globs: list[str], max_children: int) -> float:
     reap_leftovers()
     if proc.returncode != 0:
         sys.exit(f"mutmut run failed with exit code {proc.returncode}")
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    RUN_INFO.write_text(json.dumps({"wall_s": wall, "max_children": max_children}))
+    return wall
 
 
 def reap_leftovers() -> None:
@@ -359,9 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(mutant_globs(targets))} mutant globs, {len(verdicts)} verdicts, "
               f"{len(baseline['survived'])} survivors in the baseline")
         return 0
-    wall = None if args.report_only else run_mutmut(mutant_globs(targets), args.max_children)
-    survivors, unexplained = write_report(results(), verdicts, baseline, wall, args.max_children,
-                                          args.output)
+    if not args.report_only:
+        run_mutmut(mutant_globs(targets), args.max_children)
+    run = json.loads(RUN_INFO.read_text()) if RUN_INFO.exists() else {}
+    survivors, unexplained = write_report(results(), verdicts, baseline, run.get("wall_s"),
+                                          run.get("max_children", args.max_children), args.output)
     print(f"{args.output}: {survivors} surviving mutants, {unexplained} unexplained")
     return 1 if unexplained else 0
 
