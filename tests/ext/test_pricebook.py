@@ -27,6 +27,7 @@ from types import ModuleType
 from uuid import uuid4
 
 import pytest
+from stackutil import wait_until
 
 import ext
 from ext import layout, pricebook_py
@@ -49,6 +50,12 @@ def _mod(impl_name: str) -> ModuleType:
     mod = IMPLS[impl_name]
     assert mod is not None
     return mod
+
+
+def _process_state(pid: int) -> str:
+    """The kernel's scheduling state of a process: R running, S asleep (blocked), ..."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(") ", 1)[1].split()[0]
 
 
 def _shm_exists(name: str) -> bool:
@@ -172,7 +179,10 @@ def _child_sleeper(impl_name, name, conn):
     book.close()
 
 
-def _stress_writer(impl_name, name, lock, nslots, duration, go, slow_spins, out):
+def _stress_writer(impl_name, name, lock, nslots, go, slow_spins, stop, out):
+    """Writes until every reader has met its goal (`stop`): on one CPU the readers see the
+    writer's values only when the scheduler preempts one for the other, so the run lasts as
+    long as the goals take, not a fixed time."""
     book = _mod(impl_name).SharedPriceBook(name=name, create=False, lock=lock)
     write, publish = book.write, book.publish
     if slow_spins:
@@ -180,8 +190,7 @@ def _stress_writer(impl_name, name, lock, nslots, duration, go, slow_spins, out)
             cpb._debug_write_slow(book, i, p, s, t, slow_spins)
     assert go.wait(PROC_TIMEOUT)
     k = 0
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
+    while not stop.is_set():
         for _ in range(64):
             for i in range(nslots):
                 k += 1
@@ -191,7 +200,10 @@ def _stress_writer(impl_name, name, lock, nslots, duration, go, slow_spins, out)
     book.close()
 
 
-def _stress_reader(impl_name, name, nslots, min_reads, unchecked, ready, stop, out):
+def _stress_reader(impl_name, name, nslots, goal, unchecked, ready, stop, out):
+    """Reads until `goal` (min reads, min distinct values, and for an unchecked reader one
+    tear) is met, or until `stop` (the test's deadline): the counts then say which fell short."""
+    min_reads, min_changes = goal
     book = _mod(impl_name).SharedPriceBook(name=name, create=False)
     r = book.reader()
     if unchecked:
@@ -204,7 +216,7 @@ def _stress_reader(impl_name, name, nslots, min_reads, unchecked, ready, stop, o
     last_w = [0] * nslots
     torn = nonmono = changes = reads = 0
     ready.put(os.getpid())
-    while True:
+    while not stop.is_set():
         n = r.poll()
         for j in range(n):
             if not prices[j] == sent[j] == ticks[j]:
@@ -220,14 +232,16 @@ def _stress_reader(impl_name, name, nslots, min_reads, unchecked, ready, stop, o
                 changes += 1
                 last_k[i], last_w[i] = s, w
         reads += nslots
-        if reads >= min_reads and stop.is_set():
+        if reads >= min_reads and changes >= min_changes and (torn or not unchecked):
             break
     out.put(("reader", bool(unchecked), reads, torn, nonmono, changes))
     r.close()
     book.close()
 
 
-def _run_stress(impl_name, name, *, nreaders, duration, min_reads, unchecked=(), slow_spins=0):
+def _run_stress(impl_name, name, *, nreaders, goal, deadline, unchecked=(), slow_spins=0):
+    """One writer and `nreaders` readers until every reader meets `goal` (see _stress_reader)
+    or `deadline` seconds pass; (writes, [(unchecked, reads, torn, nonmono, changes)])."""
     nslots = 4
     with _mod(impl_name).SharedPriceBook([f"S{i}" for i in range(nslots)], name=name) as book:
         for i in range(nslots):
@@ -237,14 +251,14 @@ def _run_stress(impl_name, name, *, nreaders, duration, min_reads, unchecked=(),
         readers = [
             SPAWN.Process(
                 target=_stress_reader,
-                args=(impl_name, name, nslots, min_reads, k in unchecked, ready, stop, out),
+                args=(impl_name, name, nslots, goal, k in unchecked, ready, stop, out),
                 name=f"reader{k}",
             )
             for k in range(nreaders)
         ]
         writer = SPAWN.Process(
             target=_stress_writer,
-            args=(impl_name, name, book.lock, nslots, duration, go, slow_spins, out),
+            args=(impl_name, name, book.lock, nslots, go, slow_spins, stop, out),
             name="writer",
         )
         for p in (*readers, writer):
@@ -254,9 +268,13 @@ def _run_stress(impl_name, name, *, nreaders, duration, min_reads, unchecked=(),
             for _ in readers:
                 _get(ready, procs, PROC_TIMEOUT)
             go.set()
-            results = [_get(out, procs, PROC_TIMEOUT + duration)]
-            stop.set()
-            results += [_get(out, procs, PROC_TIMEOUT) for _ in readers]
+            results = []
+            end = time.monotonic() + deadline
+            while len(results) < nreaders and time.monotonic() < end:
+                with contextlib.suppress(queue.Empty):
+                    results.append(out.get(timeout=0.2))
+            stop.set()   # the writer, and any reader still short of its goal, report now
+            results += [_get(out, procs, PROC_TIMEOUT) for _ in range(nreaders + 1 - len(results))]
         finally:
             stop.set()
             go.set()
@@ -814,7 +832,9 @@ def test_two_readers_no_lost_wakeup_when_one_stalls_mid_arm(book_name):
 
 
 @pytest.mark.timeout(60)
-def test_doorbell_wakes_child_within_1s(book_impl, book_impl_name, book_name):
+def test_doorbell_wakes_a_child_asleep_in_select(book_impl, book_impl_name, book_name):
+    """The child selects on its doorbell with a 10 s timeout: ready, and the record drained,
+    prove the doorbell woke it (how fast is bench_shm's measure)."""
     with book_impl.SharedPriceBook(SYMS, name=book_name) as book:
         parent, child = SPAWN.Pipe()
         p = SPAWN.Process(target=_child_sleeper, args=(book_impl_name, book_name, child))
@@ -822,7 +842,8 @@ def test_doorbell_wakes_child_within_1s(book_impl, book_impl_name, book_name):
         try:
             assert _recv(parent, p, PROC_TIMEOUT) == ("armed", True)
             assert book.header()["readers"][0]["state"] == layout.STATE_SLEEPING
-            time.sleep(0.05)  # let it block in select
+            wait_until(lambda: _process_state(p.pid) == "S", 10,
+                       what="the child asleep in select")
             t0 = time.monotonic_ns()
             book.write(1, 42.0, t0, 77)
             assert book.publish() == 1
@@ -831,7 +852,7 @@ def test_doorbell_wakes_child_within_1s(book_impl, book_impl_name, book_name):
             _join(p)
         assert tag == "woke" and ready and drained == 1
         assert records == [(1, 42.0, 77)]
-        assert 0 <= woke_ns - t0 < 1_000_000_000
+        assert woke_ns >= t0
         assert _readers(book) == []  # child closed its reader
 
 
@@ -903,13 +924,20 @@ def test_writer_killed_mid_write(book_impl, book_name):
 
 
 # --------------------------------------------------------------------------- stress
+# Contention is shown by distinct values read, not by elapsed time: on two CPUs the writer and a
+# reader overlap for real, on one (taskset -c 0) only when the scheduler preempts one for the
+# other, which takes longer. Each run therefore goes until its goal is met, within a deadline.
+STRESS_DEADLINE = 60.0
+
+
 @pytest.mark.timeout(120)
 def test_torn_read_stress_cython(book_name):
-    """1 writer + 2 readers, >= 1M reads each: zero torn or regressing records."""
+    """1 writer + 2 readers, >= 1M reads and > 1000 distinct values each: zero torn or
+    regressing records."""
     if cpb is None:
         pytest.skip("ext._pricebook is not built")
-    wrote, results = _run_stress("cython", book_name, nreaders=2, duration=3.0,
-                                 min_reads=1_000_000)
+    wrote, results = _run_stress("cython", book_name, nreaders=2, goal=(1_000_000, 1_001),
+                                 deadline=STRESS_DEADLINE)
     assert wrote > 100_000
     for _, reads, torn, nonmono, changes in results:
         assert reads >= 1_000_000
@@ -920,9 +948,9 @@ def test_torn_read_stress_cython(book_name):
 
 @pytest.mark.timeout(120)
 def test_torn_read_stress_python(book_name):
-    """The twin, shorter (it is ~20x slower): same invariants."""
-    wrote, results = _run_stress("python", book_name, nreaders=2, duration=1.5,
-                                 min_reads=100_000)
+    """The twin, with smaller goals (it is ~20x slower): same invariants."""
+    wrote, results = _run_stress("python", book_name, nreaders=2, goal=(100_000, 101),
+                                 deadline=STRESS_DEADLINE)
     assert wrote > 5_000
     for _, reads, torn, nonmono, changes in results:
         assert reads >= 100_000 and torn == 0 and nonmono == 0
@@ -934,11 +962,13 @@ def test_torn_read_stress_python(book_name):
 def test_torn_read_detector_catches_broken_seqlock(book_name, slow_spins):
     """Proves the stress test can fail: a reader that bypasses the seq check counts tears
     (with the plain write() path too), while a checked reader next to it sees none, even
-    when the writer lingers mid-write (slow-write)."""
+    when the writer lingers mid-write (slow-write). The unchecked reader reads until it has
+    seen a tear: on one CPU that needs the writer preempted mid-write, which is rarer."""
     if cpb is None:
         pytest.skip("ext._pricebook is not built")
-    wrote, results = _run_stress("cython", book_name, nreaders=2, duration=1.5,
-                                 min_reads=20_000, unchecked=(0,), slow_spins=slow_spins)
+    wrote, results = _run_stress("cython", book_name, nreaders=2, goal=(20_000, 101),
+                                 deadline=STRESS_DEADLINE, unchecked=(0,),
+                                 slow_spins=slow_spins)
     assert wrote > 100
     results = {r[0]: r[1:] for r in results}  # unchecked -> (reads, torn, nonmono, changes)
     assert results[True][1] > 0, f"broken seqlock went unnoticed: {results}"

@@ -181,7 +181,8 @@ def test_strategy_skips_bad_news_and_bad_replies_and_survives_oversized_frames(t
                                                                             children):
     news, orders = FakeServer(), FakeServer()
     cfg = make_config(tmp_path, **{"network.news_port": news.port,
-                                   "network.order_port": orders.port})
+                                   "network.order_port": orders.port,
+                                   "logging.stats_interval": 0.05})
     book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
     bad_news = [b"abc", b"AAPL,101", b"AAPL,-1", b",50", b"AAPL,5x", b"\xff\xfe", b"AAPL,"]
     bad_replies = [b"not json", b"[1,2]", b'{"type":"ack","id":5}',
@@ -208,7 +209,9 @@ def test_strategy_skips_bad_news_and_bad_replies_and_survives_oversized_frames(t
         assert closed_by_peer(order_conn)
         order_conn = handshake()                        # ...and says hello again
         news_conn.sendall(b"MSFT,20*")
-        time.sleep(0.3)
+        snap_path = tmp_path / "logs" / "stats" / "strategy.json"
+        wait_until(lambda: (telemetry.read_snapshot(snap_path) or {}).get(
+            "counters", {}).get("news") == 3, 10, what="the news after the redial read")
         assert children[0].proc.is_alive()
         assert children[0].stop() == 0
     finally:

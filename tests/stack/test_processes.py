@@ -13,7 +13,6 @@ import pytest
 from stackutil import (
     CTX,
     Child,
-    cpu_seconds,
     hold_port,
     make_config,
     parse_price,
@@ -87,8 +86,7 @@ def test_a_client_that_never_reads_cannot_grow_gateway_memory(tmp_path, children
     live = socket.create_connection(("127.0.0.1", info["price_port"]), timeout=5)
     try:
         recv_frames(live, 1000)
-        time.sleep(0.5)
-        rss_start = rss_bytes(pid)
+        rss_start = rss_bytes(pid)   # from here on, the stalled client's queue fills to its cap
         received = 0
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:   # the live client keeps getting data throughout
@@ -104,10 +102,20 @@ def test_a_client_that_never_reads_cannot_grow_gateway_memory(tmp_path, children
     assert "price client" in log_text
 
 
+def process_state(pid: int) -> str:
+    """The kernel's scheduling state of a process: R running, S sleeping (blocked), ..."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(") ", 1)[1].split()[0]
+
+
 @pytest.mark.timeout(60)
 def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
-    """No ticks, no news: the default (block) Strategy must use ~no CPU while waiting on shm."""
-    cfg = make_config(tmp_path)
+    """No ticks, no news: the default (block) Strategy waits in the kernel on its doorbell.
+
+    Judged by the process state, not by CPU seconds over a window (that cost is measured in
+    bench/bench_e2e.py test_idle_cpu): a spinning loop is always running (R), a blocked one is
+    asleep (S) but for the moments its timers run."""
+    cfg = make_config(tmp_path, **{"logging.stats_interval": 0.05})
     venue_news = socket.create_server(("127.0.0.1", 0))
     venue_orders = socket.create_server(("127.0.0.1", 0))
     cfg.network.news_port = venue_news.getsockname()[1]
@@ -116,15 +124,18 @@ def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
     try:
         start(children, "strategy", cfg)
         pid = children[0].proc.pid
-        time.sleep(1.0)                      # let start-up work finish
-        before = cpu_seconds(pid)
-        time.sleep(2.0)
-        used = cpu_seconds(pid) - before
-        assert used < 0.04, f"idle strategy used {used:.3f} s CPU in 2 s"
+        # Start-up is over once the Strategy has published its first stats.
+        wait_until(lambda: strategy_counters(tmp_path), 10, what="the first stats snapshot")
+        states = []
+        for _ in range(100):
+            states.append(process_state(pid))
+            time.sleep(0.002)   # spaces the samples; nothing waits on it
+        assert states.count("S") > len(states) // 2, f"idle strategy not blocked: {states}"
         # ...and it is really waiting, not deaf: ticks written now reach it through the doorbell.
         for k in range(3):
             book.update("AAPL", 101.0 + k, time.monotonic_ns(), k + 1)
-            time.sleep(0.05)
+            wait_until(lambda k=k: strategy_counters(tmp_path).get("ticks", 0) > k, 10,
+                       what=f"tick {k + 1} received")
         assert children[0].stop() == 0
     finally:
         children[0].stop()
@@ -132,9 +143,6 @@ def test_idle_strategy_sleeps_instead_of_spinning(tmp_path, children):
         venue_orders.close()
         book.close()
         book.unlink()
-    final = [x for x in (tmp_path / "logs" / "strategy.log").read_text().splitlines()
-             if "stopping:" in x]
-    assert final and " ticks=3 " in final[-1], final
 
 
 @pytest.mark.timeout(60)
@@ -187,17 +195,15 @@ def test_orderbook_reconnects_when_the_gateway_restarts(tmp_path, children):
     with SharedPriceBook(name=cfg.market.shm_name, create=False) as book, held[0], held[1]:
         wait_until(lambda: book.read_slot(0)[2] > 0, 10, what="ticks")
         children[0].kill()                      # the Gateway dies mid-stream
-        time.sleep(0.3)
-        stalled = book.read_slot(0)[2]
-        time.sleep(0.3)
-        assert book.read_slot(0)[2] == stalled  # no feed, no ticks
+        ob_log = tmp_path / "logs" / "orderbook.log"
+        wait_until(lambda: "price feed lost" in ob_log.read_text(), 10, what="the loss noticed")
+        stalled = book.read_slot(0)[2]          # no feed now, so no writer of new ticks
         restarted = Child("gateway", cfg)       # same ports: the OrderBook dials the same address
         children.append(restarted)
-        t0 = time.monotonic()
         restarted.start()
-        # A restarted Gateway starts its sequences from 1 again: any new write proves the reconnect.
+        # A restarted Gateway starts its sequences from 1 again: any new write proves the
+        # reconnect (how fast it comes is bench/'s business, not a threshold here).
         wait_until(lambda: book.read_slot(0)[2] != stalled, 10, what="reconnect")
-        assert time.monotonic() - t0 < 5
 
 
 def socket_memory(port: int, side: str) -> list[dict[str, int]]:
@@ -344,12 +350,39 @@ def strategy_rig(tmp_path, **overrides):
     """A Strategy's surroundings without the other processes: a config whose news and order
     ports are a FakeVenue's, and the price book the test writes (AAPL, MSFT; windows 2/4)."""
     cfg = make_config(tmp_path, **{"market.symbols": "AAPL,MSFT", "strategy.params.short_window": 2,
-                                   "strategy.params.long_window": 4, **overrides})
+                                   "strategy.params.long_window": 4,
+                                   "logging.stats_interval": 0.05, **overrides})
     venue = FakeVenue()
     cfg.network.news_port = venue.news_srv.getsockname()[1]
     cfg.network.order_port = venue.order_srv.getsockname()[1]
     book = SharedPriceBook(cfg.market.symbols, name=cfg.market.shm_name, create=True)
     return cfg, venue, book
+
+
+def strategy_counters(tmp_path) -> dict:
+    """The Strategy's counters from its latest stats snapshot ({} before the first)."""
+    snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / "strategy.json")
+    return snap["counters"] if snap else {}
+
+
+def order_while_counting(tmp_path, venue, step, counter: str, more: int, news: int = 0,
+                         timeout: float = 20.0) -> dict | None:
+    """Run `step` (which feeds the Strategy) until the Strategy's `counter` has grown by `more`
+    and it has read `news` news in all, by its stats snapshot; the order it sent meanwhile, or
+    None. The claim "no order" is then about decisions the Strategy took, not about a time a
+    slow Strategy could sit out."""
+    base = strategy_counters(tmp_path).get(counter, 0)
+    deadline = time.monotonic() + timeout
+    while True:
+        step()
+        if order := venue.next_order(0.0005):
+            return order
+        got = strategy_counters(tmp_path)
+        if got.get(counter, 0) >= base + more and got.get("news", 0) >= news:
+            # The snapshot is written after the decisions it counts, and an order is written to
+            # the socket inside its decision: anything sent is readable now.
+            return venue.next_order(0.01)
+        assert time.monotonic() < deadline, f"{counter} never grew by {more}: {got}"
 
 
 @pytest.mark.timeout(60)
@@ -377,21 +410,26 @@ def test_strategy_signals_agreement_and_no_duplicates(tmp_path, children):
     try:
         start(children, "strategy", cfg)
         venue.accept()
+        def quiet(step: float, news: int) -> dict | None:
+            """The order of 50 more decisions on a trend, once `news` news are read."""
+            return order_while_counting(tmp_path, venue, lambda: tick(step, 5), "decisions",
+                                        50, news=news)
+
         # Rising prices but no news: the rules do not agree -> nothing.
-        assert order_after(+0.05, timeout=1.0) is None
+        assert quiet(+0.05, news=0) is None
         venue.say("AAPL", 61)                   # strictly above bullish (60)
         buy = order_after(+0.05)
         assert buy and (buy["side"], buy["qty"], buy["symbol"]) == ("BUY", 10, "AAPL")
         assert buy["price"] == pytest.approx(price[0], abs=0.3)
-        assert order_after(+0.05, timeout=1.0) is None, "already long: no duplicate BUY"
+        assert quiet(+0.05, news=1) is None, "already long: no duplicate BUY"
         venue.say("AAPL", 40)                   # not strictly below bearish (40): neutral
-        assert order_after(-0.05, timeout=1.0) is None
+        assert quiet(-0.05, news=2) is None
         venue.say("AAPL", 20)
         sell = order_after(-0.05)
         assert sell and (sell["side"], sell["qty"]) == ("SELL", 20), "long -> short is 2x qty"
-        assert order_after(-0.05, timeout=1.0) is None, "already short: no duplicate SELL"
+        assert quiet(-0.05, news=3) is None, "already short: no duplicate SELL"
         venue.say("AAPL", 90)                   # bullish news while falling: disagree
-        assert order_after(-0.05, timeout=1.0) is None
+        assert quiet(-0.05, news=4) is None
         assert len({buy["id"], sell["id"]}) == 2 and buy["client"] == cfg.strategy.name
     finally:
         venue.close()
@@ -493,7 +531,16 @@ def test_strategy_never_orders_on_a_stale_price_and_resumes_on_fresh_ones(tmp_pa
         start(children, "strategy", cfg)
         venue.accept()
         venue.say("AAPL", 90)
-        assert order_after(5.0, timeout=1.5) is None, "ordered on 5 s old prices"
+        def old_ticks() -> None:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns() - int(5e9), 0)
+                book.heartbeat()
+                time.sleep(0.003)
+
+        # Every one of these is a decision the Strategy refused as stale, not a time it sat out.
+        assert order_while_counting(tmp_path, venue, old_ticks, "stale_skips", 20,
+                                    news=1) is None, "ordered on 5 s old prices"
         buy = order_after(0.0, timeout=5.0)
         assert buy and buy["side"] == "BUY"
         assert children[0].stop() == 0
@@ -536,7 +583,15 @@ def test_strategy_reattaches_to_a_replaced_segment_and_keeps_its_positions(tmp_p
         book = SharedPriceBook(cfg.market.symbols, name=name, create=True)   # ...a new one
         log_path = tmp_path / "logs" / "strategy.log"
         wait_until(lambda: "re-attached to" in log_path.read_text(), 10, what="re-attach")
-        assert order_after(1.5) is None, "a second BUY: the position was lost"
+
+        def rising() -> None:
+            for _ in range(5):
+                price[0] += 0.05
+                book.update("AAPL", price[0], time.monotonic_ns(), 0)
+                time.sleep(0.003)
+
+        assert order_while_counting(tmp_path, venue, rising, "decisions", 50) is None, \
+            "a second BUY: the position was lost"
         # Prices flow through the new book, from near the last one (a jump past
         # strategy.max_price_jump would be refused as implausible).
         price[0] = round(price[0], 2)

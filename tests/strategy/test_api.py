@@ -425,3 +425,68 @@ def test_breakout_halves_its_size_after_a_reject(make_host, monkeypatch):
 
     wait_until(rising, 5, what="the next breakout order")
     assert [o.qty for o in host.orders_out.pending.values()] == [5]
+
+
+# --- what the host hands over, exactly --------------------------------------------------------
+
+class Replies(Strategy):
+    """Keeps every OrderReply it is given."""
+
+    def on_start(self, ctx) -> None:
+        super().on_start(ctx)
+        self.replies: list[tuple[str, OrderReply]] = []
+
+    def on_order_reply(self, order, reply) -> None:
+        self.replies.append((order.id, reply))
+
+
+def test_the_strategy_gets_the_ack_number_and_the_reject_reason(make_host):
+    host = make_host("tests_strategy_api:Replies")
+    tick(host, "AAPL", 100.0)
+    tick(host, "MSFT", 50.0)
+    buy = host.submit("AAPL", BUY, 3, 100.0)
+    sell = host.submit("MSFT", SELL, 2, 50.0)
+    host._on_reply(Ack(buy, 42), host.orders_out.pending.pop(buy))
+    long_reason = "risk: " + "x" * 400
+    host._on_reply(Reject(sell, long_reason), host.orders_out.pending.pop(sell))
+    assert host.strategy.replies == [(buy, OrderReply("ack", 42)),
+                                     (sell, OrderReply("reject", reason=long_reason[:300]))]
+    assert (host.position("AAPL"), host.position("MSFT")) == (3, 0)
+    assert (host.orders, host.backoffs) == (2, 1)
+    other = host.submit("AAPL", SELL, 1, 100.0)
+    host._on_reply(Reject(other, "no"), host.orders_out.pending.pop(other))
+    assert (host.orders, host.backoffs, host.position("AAPL")) == (3, 2, 3)
+    assert host.position("GOOG") == 0          # not traded: flat, not an error
+
+
+def test_orders_carry_the_host_name_consecutive_ids_and_their_tick(make_host):
+    host = make_host()
+    strat = host.strategy
+    tick(host, "MSFT", 10.0)
+    sent = []
+    strat.action = lambda sym, price: sent.append(host.submit(sym, BUY, 1, price))
+    host._on_tick(0, 100.0, time.monotonic_ns(), 77)     # tick_seq 77
+    strat.action = None
+    outside = host.submit("MSFT", SELL, 1, 10.0)          # outside a tick: no tick stamps
+    first, second = host.orders_out.pending[sent[0]], host.orders_out.pending[outside]
+    assert first.client == second.client == host.name
+    assert (first.id, second.id) == (f"{host._id_prefix}-1", f"{host._id_prefix}-2")
+    with pytest.raises(ValueError, match=f"is not traded by {host.name} "):
+        host.submit("GOOG", BUY, 1, 1.0)
+    assert (first.tick_seq, second.tick_seq, second.tick_ns) == (77, 0, 0) and first.tick_ns
+    assert first.sent_ns and second.sent_ns >= first.sent_ns
+
+
+def test_a_plain_feed_without_send_times_is_judged_by_the_book_state(make_host):
+    """Ticks of a plain feed carry no send time: the price is fresh unless the book's watch
+    marked the symbol stale (a stamp of 0 is not 'infinitely old')."""
+    host = make_host(**{"strategy.max_price_age": 1.0})
+    strat = host.strategy
+    sent = []
+    strat.action = lambda sym, price: sent.append(host.submit(sym, BUY, 1, price))
+    host._on_tick(0, 100.0, 0, 0)
+    assert sent[0] is not None and host.refused["stale"] == 0
+    reply(host, sent[0], "ack")
+    host.stale[0] = True
+    host._on_tick(0, 100.5, 0, 0)
+    assert sent[1] is None and host.refused["stale"] == 1

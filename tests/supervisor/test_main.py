@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,3 +307,25 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path)
                      r"SIGKILL, strategy exit 0$", rest, re.M), rest[-2000:]
     assert re.search(r"removed segment /dev/shm/\S+ left by a crashed OrderBook", rest), rest
     assert_nothing_left(out, shm)
+
+
+@pytest.mark.timeout(90)
+def test_without_realtime_privilege_the_default_layout_runs_with_a_warning(tmp_path):
+    """The default layout asks for SCHED_FIFO; a user without CAP_SYS_NICE gets normal
+    scheduling, a warning naming each priority not applied, and a stack that trades."""
+    cmd = main_cmd(tmp_path, f"tstest_{uuid.uuid4().hex[:12]}", "--duration", "3")
+    if os.geteuid() == 0:       # root holds CAP_SYS_NICE: drop it for main.py and its children
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is not installed: root cannot drop CAP_SYS_NICE")
+        cmd = [setpriv, "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", *cmd]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=80)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    logs = {name: (tmp_path / "logs" / f"{name}.log").read_text()
+            for name in ("gateway", "orderbook", "strategy", "order_manager")}
+    for name, priority in (("gateway", 20), ("orderbook", 30), ("strategy", 40),
+                           ("order_manager", 35)):
+        assert f"{name}.rt_priority {priority} not applied" in logs[name], logs[name][-2000:]
+    assert (tmp_path / "orders.jsonl").read_text().strip(), "the stack must still trade"
+    assert_nothing_left(out, cmd[cmd.index("--shm-name") + 1])

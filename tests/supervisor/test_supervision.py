@@ -51,3 +51,28 @@ def test_exit_codes_are_named_in_words():
         "killed by SIGSEGV", "still running"]
     assert describe_exits({"gateway": 0, "strategy": -15}) == \
         "gateway exit 0, strategy stopped by SIGTERM"
+
+
+def test_a_death_soon_after_a_late_restart_still_counts():
+    """Stable means running STABLE_AFTER since the last restart, however late in the run."""
+    p = policy(max_restarts=1)
+    assert p.died("gateway", 0.0) is not None and p.due(100.0) == ["gateway"]
+    assert p.died("gateway", 101.0) is None
+
+
+def test_pending_and_due_follow_start_up_order_not_names():
+    p = policy(backoff=1.0)
+    for name in ("orderbook", "gateway", "order_manager"):   # ORDER: order_manager, gateway, ...
+        p.died(name, 0.0)
+    assert p.pending() == ["order_manager", "gateway", "orderbook"]
+    assert p.due(1.0) == ["order_manager", "gateway", "orderbook"]
+
+
+def test_unknown_signals_and_no_children_are_named_too():
+    assert describe_exit(-99) == "killed by signal 99"
+    assert describe_exits({}) == "none"
+
+
+def test_the_configured_backoff_cap_is_the_one_applied():
+    p = policy(backoff=1.0, backoff_max=8.0, max_restarts=0)
+    assert [p.died("gateway", 0.0) for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]

@@ -1,0 +1,176 @@
+"""The order log on real files: what a record must hold, the torn tail a crash leaves (cut off),
+a damaged line anywhere else (fatal, named), and a failed write (cut back, raised)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from processes.order_manager.service import OrderLog, OrderLogError, parse_record
+
+pytestmark = pytest.mark.timeout(30)
+GOOD = {"order_no": 1, "id": "o-1", "client": "c1", "symbol": "AAPL", "side": "BUY", "qty": 5,
+        "price": 10.0, "session": "s1"}
+
+
+def line(**fields) -> bytes:
+    return json.dumps({**GOOD, **fields}).encode() + b"\n"
+
+
+def test_a_good_record_reads_back_whole():
+    assert parse_record(line()) == GOOD
+    bare = {k: v for k, v in GOOD.items() if k not in ("client", "session")}
+    assert parse_record(json.dumps(bare).encode()) == {**bare, "client": "", "session": ""}
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"[1]", "not a JSON object"),
+    (line(order_no=0), "bad order_no 0"),
+    (line(order_no=-3), "bad order_no -3"),
+    (line(order_no=True), "bad order_no True"),
+    (line(order_no="1"), "bad order_no '1'"),
+    (line(id=""), "bad id or client"),
+    (line(id=7), "bad id or client"),
+    (line(client=5), "bad id or client"),
+    (line(side="buy"), "bad symbol, side or qty"),
+    (line(symbol=1), "bad symbol, side or qty"),
+    (line(qty=0), "bad symbol, side or qty"),
+    (line(qty=True), "bad symbol, side or qty"),
+    (line(qty=1.5), "bad symbol, side or qty"),
+    (line(session=3), "bad session"),
+])
+def test_a_bad_record_says_what_is_wrong(raw, why):
+    with pytest.raises(ValueError) as exc:
+        parse_record(raw)
+    assert str(exc.value) == why
+
+
+def test_unparseable_json_is_a_value_error():
+    with pytest.raises(ValueError) as exc:
+        parse_record(b'{"order_no": 1,')
+    assert str(exc.value) == "Input data was truncated"
+    with pytest.raises(ValueError):
+        parse_record(b"[" * 100_000)
+
+
+def test_qty_of_one_and_order_no_of_one_are_records():
+    assert parse_record(line(qty=1, order_no=1))["qty"] == 1
+
+
+def test_read_back_keeps_good_lines_and_cuts_a_torn_tail(tmp_path):
+    path = tmp_path / "orders.jsonl"
+    torn = b'{"order_no": 3, "id": "o-3", "cli'
+    path.write_bytes(line() + b"\n" + line(order_no=2, id="o-2") + torn)
+    log = OrderLog(path)
+    records = log.open()
+    try:
+        assert [r["id"] for r in records] == ["o-1", "o-2"]
+        good = len(line()) + 1 + len(line(order_no=2, id="o-2"))
+        assert path.stat().st_size == good == log.size
+        log.append(json.loads(line(order_no=3, id="o-3")))
+    finally:
+        log.close()
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines() if x] == [
+        "o-1", "o-2", "o-3"]
+
+
+def test_a_last_record_without_its_newline_gets_one(tmp_path):
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(line() + line(order_no=2, id="o-2")[:-1])
+    log = OrderLog(path)
+    try:
+        assert len(log.open()) == 2
+        log.append(line(order_no=3, id="o-3")[:-1])     # bytes are appended as given + newline
+    finally:
+        log.close()
+    assert [json.loads(x)["order_no"] for x in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_bad_line_before_the_last_is_fatal_and_named(tmp_path):
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(line() + b"garbage\n" + line(order_no=2, id="o-2"))
+    with pytest.raises(OrderLogError) as exc:
+        OrderLog(path).open()
+    assert str(exc.value) == (f"order log {path} line 2 is corrupt (JSON is malformed: invalid "
+                              "character (byte 0)); fix or move the file before starting")
+    assert path.read_bytes().count(b"\n") == 3       # nothing cut
+
+
+def test_a_missing_log_starts_empty_in_a_new_folder(tmp_path):
+    path = tmp_path / "new" / "orders.jsonl"
+    log = OrderLog(path)
+    try:
+        assert log.open() == [] and log.size == 0
+        log.append(GOOD)
+        assert log.size == len(path.read_bytes())
+    finally:
+        log.close()
+    log.close()                                        # a second close is harmless
+    assert json.loads(path.read_text()) == GOOD
+
+
+def test_a_failed_write_cuts_the_partial_line_back_and_raises(tmp_path, monkeypatch):
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    try:
+        log.append(GOOD)
+        log.append(GOOD)
+        size = log.size
+        real_write = os.write
+        calls = []
+
+        def half_then_full(fd: int, data: bytes) -> int:
+            calls.append(len(data))
+            if len(calls) == 1:
+                return real_write(fd, data[:10])           # a short write...
+            raise OSError(28, "No space left on device")   # ...then the disk is full
+        monkeypatch.setattr(os, "write", half_then_full)
+        with pytest.raises(OSError):
+            log.append(GOOD)
+        monkeypatch.undo()
+        assert calls[1] == calls[0] - 10                    # the rest was retried
+        assert path.stat().st_size == size == log.size      # the partial line is gone
+        log.append(GOOD)                                    # and the next one is whole
+    finally:
+        log.close()
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD, GOOD, GOOD]
+
+
+def test_an_empty_or_blank_log_is_left_as_it_is(tmp_path):
+    for text in (b"", b"\n\n"):
+        path = tmp_path / "orders.jsonl"
+        path.write_bytes(text)
+        log = OrderLog(path)
+        try:
+            assert log.open() == [] and path.read_bytes() == text
+        finally:
+            log.close()
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path, fsync=True)
+    log.open()
+    real_write = os.write
+    synced = []
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    try:
+        log.append(GOOD)
+    finally:
+        monkeypatch.undo()
+        log.close()
+    assert json.loads(path.read_text()) == GOOD and len(synced) == 1
+    assert log.size == len(path.read_bytes())
+
+
+def test_append_after_close_writes_nothing(tmp_path):
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    log.close()
+    log.append(GOOD)
+    assert path.read_bytes() == b""
