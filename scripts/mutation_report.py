@@ -52,11 +52,12 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "StrategyHost._side", "StrategyHost._start_backoff", "StrategyHost._end_backoff",
         "StrategyHost._on_reply"),
     "processes/order_manager/service.py": (
-        "_says_hello", "parse_record", "OrderLog.append", "OrderLog._read_back",
+        "_says_hello", "parse_record", "OrderLog._recover_journal", "OrderLog._read_back",
         "OrderManager._replay", "OrderManager.toggle_kill_switch", "OrderManager._on_frame",
         "OrderManager._on_hello", "OrderManager._implicit_hello", "OrderManager._on_order",
-        "OrderManager._risk", "OrderManager._write", "OrderManager._malformed",
+        "OrderManager._risk", "OrderManager._commit_failed", "OrderManager._malformed",
         "OrderManager._reject_rule", "OrderManager._reject"),
+    "processes/shared/journal.py": ("Journal.*", "read_records", "_records"),
     "processes/supervisor/stack.py": (
         "describe_exit", "describe_exits", "Stack.stop", "Supervisor.teardown"),
     "processes/supervisor/supervision.py": ("*",),
