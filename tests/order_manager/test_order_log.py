@@ -1,5 +1,5 @@
 """The order log on real files: what a record must hold, the torn tail a crash leaves (cut off),
-a damaged line anywhere else (fatal, named), and a failed write (cut back, raised)."""
+a damaged line anywhere else (fatal, named), and a failed mirror write (cut back, retried)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ GOOD = {"order_no": 1, "id": "o-1", "client": "c1", "symbol": "AAPL", "side": "B
 
 def line(**fields) -> bytes:
     return json.dumps({**GOOD, **fields}).encode() + b"\n"
+
+
+def append(log: OrderLog, record: dict | bytes) -> None:
+    """One record committed to the journal, then mirrored into the JSONL (as the OrderManager
+    does, the mirror a moment after the ack)."""
+    log.journal.append(record if isinstance(record, bytes) else json.dumps(record).encode())
+    log.mirror()
 
 
 def test_a_good_record_reads_back_whole():
@@ -69,7 +76,7 @@ def test_read_back_keeps_good_lines_and_cuts_a_torn_tail(tmp_path):
         assert [r["id"] for r in records] == ["o-1", "o-2"]
         good = len(line()) + 1 + len(line(order_no=2, id="o-2"))
         assert path.stat().st_size == good == log.size
-        log.append(json.loads(line(order_no=3, id="o-3")))
+        append(log, json.loads(line(order_no=3, id="o-3")))
     finally:
         log.close()
     assert [json.loads(x)["id"] for x in path.read_text().splitlines() if x] == [
@@ -82,7 +89,7 @@ def test_a_last_record_without_its_newline_gets_one(tmp_path):
     log = OrderLog(path)
     try:
         assert len(log.open()) == 2
-        log.append(line(order_no=3, id="o-3")[:-1])     # bytes are appended as given + newline
+        append(log, line(order_no=3, id="o-3")[:-1])   # bytes are mirrored as given + newline
     finally:
         log.close()
     assert [json.loads(x)["order_no"] for x in path.read_text().splitlines()] == [1, 2, 3]
@@ -103,7 +110,7 @@ def test_a_missing_log_starts_empty_in_a_new_folder(tmp_path):
     log = OrderLog(path)
     try:
         assert log.open() == [] and log.size == 0
-        log.append(GOOD)
+        append(log, GOOD)
         assert log.size == len(path.read_bytes())
     finally:
         log.close()
@@ -111,13 +118,13 @@ def test_a_missing_log_starts_empty_in_a_new_folder(tmp_path):
     assert json.loads(path.read_text()) == GOOD
 
 
-def test_a_failed_write_cuts_the_partial_line_back_and_raises(tmp_path, monkeypatch):
+def test_a_failed_mirror_write_cuts_the_partial_line_back_and_retries(tmp_path, monkeypatch):
     path = tmp_path / "orders.jsonl"
     log = OrderLog(path)
     log.open()
     try:
-        log.append(GOOD)
-        log.append(GOOD)
+        append(log, GOOD)
+        append(log, GOOD)
         size = log.size
         real_write = os.write
         calls = []
@@ -128,12 +135,13 @@ def test_a_failed_write_cuts_the_partial_line_back_and_raises(tmp_path, monkeypa
                 return real_write(fd, data[:10])           # a short write...
             raise OSError(28, "No space left on device")   # ...then the disk is full
         monkeypatch.setattr(os, "write", half_then_full)
-        with pytest.raises(OSError):
-            log.append(GOOD)
+        append(log, GOOD)                                   # committed; its mirror fails
         monkeypatch.undo()
         assert calls[1] == calls[0] - 10                    # the rest was retried
         assert path.stat().st_size == size == log.size      # the partial line is gone
-        log.append(GOOD)                                    # and the next one is whole
+        assert log.mirror_failed == "[Errno 28] No space left on device"
+        log.mirror()                                        # the next mirror writes it whole
+        assert log.mirror_failed is None
     finally:
         log.close()
     assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD, GOOD, GOOD]
@@ -159,7 +167,7 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
     try:
-        log.append(GOOD)
+        append(log, GOOD)
     finally:
         monkeypatch.undo()
         log.close()
@@ -167,10 +175,10 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     assert log.size == len(path.read_bytes())
 
 
-def test_append_after_close_writes_nothing(tmp_path):
+def test_a_mirror_after_close_writes_nothing(tmp_path):
     path = tmp_path / "orders.jsonl"
     log = OrderLog(path)
     log.open()
     log.close()
-    log.append(GOOD)
+    log.mirror()
     assert path.read_bytes() == b""
