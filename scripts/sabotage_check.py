@@ -83,6 +83,12 @@ def check_applies(s: Sabotage, root: Path = ROOT) -> str | None:
     return None if count == 1 else f"{s.path}: {s.old!r} occurs {count} times, not once"
 
 
+def _pytest(tests: tuple[str, ...], copy: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "--benchmark-disable",
+                           "-p", "no:cacheprovider", *tests], cwd=copy, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def run_one(s: Sabotage, copy: Path, timeout: float) -> tuple[str, float]:
     """Apply `s` in `copy`, run its tests, undo it: ("caught" | "MISSED" | "error: ...", s)."""
     target = copy / s.path
@@ -90,9 +96,7 @@ def run_one(s: Sabotage, copy: Path, timeout: float) -> tuple[str, float]:
     target.write_text(original.replace(s.old, s.new, 1))
     t0 = time.monotonic()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "--benchmark-disable",
-                               "-p", "no:cacheprovider", *s.tests], cwd=copy,
-                              capture_output=True, text=True, timeout=timeout)
+        done = _pytest(s.tests, copy, timeout)
     except subprocess.TimeoutExpired:
         return "error: the tests timed out", time.monotonic() - t0
     finally:
@@ -133,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         copy = Path(tmp) / "tree"
         shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
             ".git", ".venv", "mutants", "logs", "build", "__pycache__", "bench_results"))
+        # The control: unsabotaged, the same tests pass in the copy, so a failure under a
+        # sabotage is the sabotage's doing.
+        tests = tuple(dict.fromkeys(t for s in chosen for t in s.tests))
+        control = _pytest(tests, copy, args.timeout * len(chosen))
+        if control.returncode != 0:
+            print(control.stdout[-3000:] + control.stderr[-2000:])
+            print("the tests fail without any sabotage: nothing can be judged", file=sys.stderr)
+            return 1
         for s in chosen:
             result, took = run_one(s, copy, args.timeout)
             missed += result != "caught"
