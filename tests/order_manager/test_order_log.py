@@ -1,5 +1,6 @@
 """The order log on real files: what a record must hold, the torn tail a crash leaves (cut off),
-a damaged line anywhere else (fatal, named), and a failed write (cut back, raised)."""
+a damaged line anywhere else (fatal, named), a failed mirror write (cut back, kept in the journal,
+retried), and the orders only the journal holds after a crash (mirrored on the next open)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import pytest
 
 from processes.order_manager.service import OrderLog, OrderLogError, parse_record
+from processes.shared.journal import read_records
 
 pytestmark = pytest.mark.timeout(30)
 GOOD = {"order_no": 1, "id": "o-1", "client": "c1", "symbol": "AAPL", "side": "BUY", "qty": 5,
@@ -17,6 +19,13 @@ GOOD = {"order_no": 1, "id": "o-1", "client": "c1", "symbol": "AAPL", "side": "B
 
 def line(**fields) -> bytes:
     return json.dumps({**GOOD, **fields}).encode() + b"\n"
+
+
+def book(log: OrderLog, record: dict | bytes) -> None:
+    """What the OrderManager does per order: commit its record to the journal (before the ack),
+    then mirror it into the JSONL (after)."""
+    log.journal.append(record if isinstance(record, bytes) else json.dumps(record).encode())
+    log.mirror()
 
 
 def test_a_good_record_reads_back_whole():
@@ -69,7 +78,7 @@ def test_read_back_keeps_good_lines_and_cuts_a_torn_tail(tmp_path):
         assert [r["id"] for r in records] == ["o-1", "o-2"]
         good = len(line()) + 1 + len(line(order_no=2, id="o-2"))
         assert path.stat().st_size == good == log.size
-        log.append(json.loads(line(order_no=3, id="o-3")))
+        book(log, json.loads(line(order_no=3, id="o-3")))
     finally:
         log.close()
     assert [json.loads(x)["id"] for x in path.read_text().splitlines() if x] == [
@@ -82,7 +91,7 @@ def test_a_last_record_without_its_newline_gets_one(tmp_path):
     log = OrderLog(path)
     try:
         assert len(log.open()) == 2
-        log.append(line(order_no=3, id="o-3")[:-1])     # bytes are appended as given + newline
+        book(log, line(order_no=3, id="o-3")[:-1])     # the record's text + a newline
     finally:
         log.close()
     assert [json.loads(x)["order_no"] for x in path.read_text().splitlines()] == [1, 2, 3]
@@ -103,7 +112,7 @@ def test_a_missing_log_starts_empty_in_a_new_folder(tmp_path):
     log = OrderLog(path)
     try:
         assert log.open() == [] and log.size == 0
-        log.append(GOOD)
+        book(log, GOOD)
         assert log.size == len(path.read_bytes())
     finally:
         log.close()
@@ -111,13 +120,13 @@ def test_a_missing_log_starts_empty_in_a_new_folder(tmp_path):
     assert json.loads(path.read_text()) == GOOD
 
 
-def test_a_failed_write_cuts_the_partial_line_back_and_raises(tmp_path, monkeypatch):
+def test_a_failed_mirror_write_is_cut_back_kept_in_the_journal_and_retried(tmp_path, monkeypatch):
     path = tmp_path / "orders.jsonl"
     log = OrderLog(path)
     log.open()
     try:
-        log.append(GOOD)
-        log.append(GOOD)
+        book(log, GOOD)
+        book(log, GOOD)
         size = log.size
         real_write = os.write
         calls = []
@@ -128,15 +137,39 @@ def test_a_failed_write_cuts_the_partial_line_back_and_raises(tmp_path, monkeypa
                 return real_write(fd, data[:10])           # a short write...
             raise OSError(28, "No space left on device")   # ...then the disk is full
         monkeypatch.setattr(os, "write", half_then_full)
-        with pytest.raises(OSError):
-            log.append(GOOD)
+        book(log, GOOD)                                     # committed; its mirror write fails
         monkeypatch.undo()
         assert calls[1] == calls[0] - 10                    # the rest was retried
+        assert "No space" in (log.mirror_failed or "")
         assert path.stat().st_size == size == log.size      # the partial line is gone
-        log.append(GOOD)                                    # and the next one is whole
+        assert len(read_records(log.journal.directory)[0]) == 3   # the journal still has it
+        log.mirror()                                        # the retry writes it whole
+        assert log.mirror_failed is None
+        book(log, GOOD)
     finally:
         log.close()
-    assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD, GOOD, GOOD]
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD] * 4
+    assert not log.journal.directory.exists()               # all mirrored: the journal goes
+
+
+def test_orders_only_the_journal_holds_are_mirrored_on_the_next_open(tmp_path):
+    """A kill -9 between an order's commit (acked) and its mirror write: the next open reads it
+    back from the journal, appends it to the JSONL after the mirrored ones, and starts a fresh
+    journal."""
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    book(log, GOOD)
+    log.journal.append(line(order_no=2, id="o-2")[:-1])     # committed, never mirrored
+    log.journal.close()                                     # the process dies: no close()
+    log._file.close()
+    again = OrderLog(path)
+    try:
+        assert [r["id"] for r in again.open()] == ["o-1", "o-2"]
+        assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["o-1", "o-2"]
+        assert read_records(again.journal.directory) == ([], 0)   # fresh
+    finally:
+        again.close()
 
 
 def test_an_empty_or_blank_log_is_left_as_it_is(tmp_path):
@@ -159,7 +192,7 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
     try:
-        log.append(GOOD)
+        book(log, GOOD)
     finally:
         monkeypatch.undo()
         log.close()
@@ -167,10 +200,12 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     assert log.size == len(path.read_bytes())
 
 
-def test_append_after_close_writes_nothing(tmp_path):
+def test_nothing_is_committed_or_mirrored_after_close(tmp_path):
     path = tmp_path / "orders.jsonl"
     log = OrderLog(path)
     log.open()
     log.close()
-    log.append(GOOD)
-    assert path.read_bytes() == b""
+    with pytest.raises(OSError, match="journal is not open"):
+        log.commit(1, 1, b"", b'{"id":"o-1"}*')
+    log.mirror()
+    assert path.read_bytes() == b"" and not log.journal.directory.exists()
