@@ -206,7 +206,9 @@ class Journal:
             raise OSError("journal is not open")
         spare, self._spare = self._spare, None
         nxt = spare if spare is not None else self._new_chunk()   # OSError: nothing changes
-        self._untaken += self.take()
+        # take() returns _untaken with the current chunk's records appended (the same list):
+        # assigned, not +=, which would add that list to itself and hand every record twice.
+        self._untaken = self.take()
         old = self._chunk
         self._use(nxt)
         if old is not None:
