@@ -207,8 +207,9 @@ class OrderLog:
 
     def mirror(self) -> None:
         """Off the hot path: the committed records not yet in the JSONL, in one write(2) (an
-        fsync too if configured). On OSError any partial line is cut off and the records wait
-        for the next call; the journal keeps them meanwhile."""
+        fsync too if configured), then the journal's chunks already left are removed. On
+        OSError any partial line is cut off and the records wait for the next call; the journal
+        keeps them meanwhile."""
         self._unmirrored += self.journal.take()
         lines = self._unmirrored
         if not lines or self._file is None:
@@ -235,6 +236,7 @@ class OrderLog:
             self.mirror_failed = None
         self.size += len(data)
         self._unmirrored = []
+        self.journal.release()   # the chunks already left are all in the mirror now
 
     def close(self) -> None:
         """Mirror what is left; the journal is removed only when the mirror holds all of it."""

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from processes.order_manager.service import OrderLog, OrderLogError, parse_record
+from processes.shared import journal as journal_mod
 from processes.shared.journal import read_records
 
 pytestmark = pytest.mark.timeout(30)
@@ -209,3 +210,21 @@ def test_nothing_is_committed_or_mirrored_after_close(tmp_path):
         log.commit(1, 1, b"", b'{"id":"o-1"}*')
     log.mirror()
     assert path.read_bytes() == b"" and not log.journal.directory.exists()
+
+
+def test_mirroring_removes_the_journal_chunks_it_has_copied(tmp_path, monkeypatch):
+    """A long run (or a flood) moves through many chunks; once their records are in the JSONL
+    the chunks go, so the journal never grows past the chunk in use (and a spare)."""
+    monkeypatch.setattr(journal_mod, "CHUNK_BYTES", 4096)
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    try:
+        for n in range(1, 201):
+            book(log, json.loads(line(order_no=n, id=f"o-{n}")))
+            log.journal.prepare()
+            assert len(list(log.journal.directory.iterdir())) <= 2
+    finally:
+        log.close()
+    assert [json.loads(x)["order_no"] for x in path.read_text().splitlines()] == list(
+        range(1, 201))
