@@ -233,11 +233,7 @@ class Journal:
 
     def discard(self) -> None:
         """Close and remove every chunk file (and the directory when empty)."""
-        for chunk in (self._chunk, self._spare):
-            if chunk is not None:
-                chunk.close()
-        self._chunk = self._spare = None
-        self._mm = None
+        self.close()
         self._off = self._size = 0
         self._left = []
         for path in _chunks(self.directory):
