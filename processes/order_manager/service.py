@@ -31,6 +31,7 @@ order_manager.resume (main.py --resume) the log's last session, else a new one.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hmac
 import logging
@@ -131,18 +132,28 @@ class OrderLog:
         self._fd = -1
         self.size = 0  # bytes of whole lines: where a failed mirror write is cut back to
         self._unmirrored: list[bytes] = []   # committed to the journal, not yet in the JSONL
+        self._opened = False   # open() finished: the journal is this run's, close() may end it
         self.mirror_failed: str | None = None  # the last mirror write's error, until one works
 
     def open(self) -> list[dict[str, Any]]:
-        """Read the records back (repairing a torn tail, mirroring what only the journal
-        holds), then open for appending with a fresh journal."""
+        """Lock the log (one OrderManager per log: another one's start would cut its tail,
+        copy its journal and remove it while it runs), read the records back (repairing a
+        torn tail, mirroring what only the journal holds), then start a fresh journal."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        records = self._read_back() if self.path.exists() else []
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
         self._fd = self._file.fileno()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise OrderLogError(f"order log {self.path} is in use by another OrderManager "
+                                "(it holds the lock); stop that one first, or give this one "
+                                "another order_manager.order_log") from None
+        records = self._read_back()
         self.size = os.fstat(self._fd).st_size
         records += self._recover_journal(max((r["order_no"] for r in records), default=0))
         self.journal.open()
+        self._opened = True
         return records
 
     def _recover_journal(self, mirrored_up_to: int) -> list[dict[str, Any]]:
@@ -239,9 +250,11 @@ class OrderLog:
         self.journal.release()   # the chunks already left are all in the mirror now
 
     def close(self) -> None:
-        """Mirror what is left; the journal is removed only when the mirror holds all of it."""
-        self.mirror()
-        if self._file is not None:
+        """Mirror what is left; the journal is removed only when the mirror holds all of it.
+        After a failed open() the journal is left as it is: it may hold orders not yet
+        recovered."""
+        if self._file is not None and self._opened:
+            self.mirror()
             if self._unmirrored:
                 log.error("order log %s: %d orders could not be mirrored; kept in the journal "
                           "%s for the next start", self.path, len(self._unmirrored),
@@ -249,9 +262,11 @@ class OrderLog:
                 self.journal.close()
             else:
                 self.journal.discard()
+        if self._file is not None:
             self._file.close()
             self._file = None
             self._fd = -1
+        self._opened = False
 
 
 def parse_record(raw: bytes) -> dict[str, Any]:

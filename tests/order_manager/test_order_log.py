@@ -228,3 +228,43 @@ def test_mirroring_removes_the_journal_chunks_it_has_copied(tmp_path, monkeypatc
         log.close()
     assert [json.loads(x)["order_no"] for x in path.read_text().splitlines()] == list(
         range(1, 201))
+
+
+def test_a_second_order_log_on_the_same_file_is_refused_and_touches_nothing(tmp_path):
+    """A second OrderManager started on a log in use (a second main.py on the same config):
+    refused before it reads, repairs or recovers anything, so the running one's journal (its
+    acked orders not yet mirrored) stays where it is."""
+    path = tmp_path / "orders.jsonl"
+    first = OrderLog(path)
+    first.open()
+    try:
+        book(first, GOOD)
+        first.journal.append(line(order_no=2, id="o-2")[:-1])   # committed, not yet mirrored
+        before = path.read_bytes()
+        second = OrderLog(path)
+        with pytest.raises(OrderLogError, match="in use by another OrderManager"):
+            second.open()
+        second.close()
+        assert path.read_bytes() == before
+        assert len(read_records(first.journal.directory)[0]) == 2
+        first.mirror()
+    finally:
+        first.close()
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["o-1", "o-2"]
+
+
+def test_a_journal_record_that_is_not_an_order_stops_the_start_and_is_kept(tmp_path):
+    """Its checksum matched, so a writer put it there: the start is refused, naming the
+    journal, and the journal (with the acked orders beside it) is left for the operator."""
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    log.journal.append(line(order_no=1, id="o-1")[:-1])
+    log.journal.append(b'{"not": "an order"}')
+    log.journal.close()                                     # the process dies: no close()
+    log._file.close()
+    again = OrderLog(path)
+    with pytest.raises(OrderLogError, match="holds a record that is not an order"):
+        again.open()
+    again.close()
+    assert len(read_records(again.journal.directory)[0]) == 2
