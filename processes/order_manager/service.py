@@ -363,12 +363,12 @@ class OrderManager:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
+        exposure.check_order_manager(self.cfg, log)   # a refusal touches no order log
         self.session = choose_session(self.order_log.path, self.resume)
         self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
         self._commit = self.order_log.commit   # bound once: the hot path's call
         net = self.cfg.network
-        exposure.check_order_manager(self.cfg, log)
         # overflow="close": a client that stops reading acks is closed, never silently
         # short of an ack for an order we booked.
         self.server = Server(self.reactor, self.cfg.order_manager.listen, net.order_port,
