@@ -58,26 +58,22 @@ if _impl is _pricebook:
     else:
         _wire_impl = _wire
 
-_hist_impl: ModuleType = hist_py
-if _impl is _pricebook:
-    try:
-        _hist_impl = importlib.import_module("ext._hist")
-    except ImportError:  # an older build: the twin records the same buckets, slower
-        pass
 
-_journal_impl: ModuleType = journal_py
-if _impl is _pricebook:
+def _native(name: str, twin: ModuleType) -> ModuleType:
+    """The compiled module `name` when the compiled book is in use, else its twin; also the
+    twin for an older build without it (the twin does the same work, slower; ext.demote_py
+    only between bytecodes)."""
+    if _impl is not _pricebook:
+        return twin
     try:
-        _journal_impl = importlib.import_module("ext._journal")
-    except ImportError:  # an older build: the twin writes the same records, slower
-        pass
+        return importlib.import_module(name)
+    except ImportError:
+        return twin
 
-_demote_impl: ModuleType = demote_py
-if _impl is _pricebook:
-    try:
-        _demote_impl = importlib.import_module("ext._demote")
-    except ImportError:  # an older build: the twin demotes too, but only between bytecodes
-        pass
+
+_hist_impl = _native("ext._hist", hist_py)
+_journal_impl = _native("ext._journal", journal_py)
+_demote_impl = _native("ext._demote", demote_py)
 
 SharedPriceBook = _impl.SharedPriceBook
 PriceReader = _impl.PriceReader

@@ -31,6 +31,7 @@ order_manager.resume (main.py --resume) the log's last session, else a new one.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hmac
 import logging
@@ -131,18 +132,28 @@ class OrderLog:
         self._fd = -1
         self.size = 0  # bytes of whole lines: where a failed mirror write is cut back to
         self._unmirrored: list[bytes] = []   # committed to the journal, not yet in the JSONL
+        self._opened = False   # open() finished: the journal is this run's, close() may end it
         self.mirror_failed: str | None = None  # the last mirror write's error, until one works
 
     def open(self) -> list[dict[str, Any]]:
-        """Read the records back (repairing a torn tail, mirroring what only the journal
-        holds), then open for appending with a fresh journal."""
+        """Lock the log (one OrderManager per log: another one's start would cut its tail,
+        copy its journal and remove it while it runs), read the records back (repairing a
+        torn tail, mirroring what only the journal holds), then start a fresh journal."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        records = self._read_back() if self.path.exists() else []
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
         self._fd = self._file.fileno()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise OrderLogError(f"order log {self.path} is in use by another OrderManager "
+                                "(it holds the lock); stop that one first, or give this one "
+                                "another order_manager.order_log") from None
+        records = self._read_back()
         self.size = os.fstat(self._fd).st_size
         records += self._recover_journal(max((r["order_no"] for r in records), default=0))
         self.journal.open()
+        self._opened = True
         return records
 
     def _recover_journal(self, mirrored_up_to: int) -> list[dict[str, Any]]:
@@ -207,8 +218,9 @@ class OrderLog:
 
     def mirror(self) -> None:
         """Off the hot path: the committed records not yet in the JSONL, in one write(2) (an
-        fsync too if configured). On OSError any partial line is cut off and the records wait
-        for the next call; the journal keeps them meanwhile."""
+        fsync too if configured), then the journal's chunks already left are removed. On
+        OSError any partial line is cut off and the records wait for the next call; the journal
+        keeps them meanwhile."""
         self._unmirrored += self.journal.take()
         lines = self._unmirrored
         if not lines or self._file is None:
@@ -235,11 +247,14 @@ class OrderLog:
             self.mirror_failed = None
         self.size += len(data)
         self._unmirrored = []
+        self.journal.release()   # the chunks already left are all in the mirror now
 
     def close(self) -> None:
-        """Mirror what is left; the journal is removed only when the mirror holds all of it."""
-        self.mirror()
-        if self._file is not None:
+        """Mirror what is left; the journal is removed only when the mirror holds all of it.
+        After a failed open() the journal is left as it is: it may hold orders not yet
+        recovered."""
+        if self._file is not None and self._opened:
+            self.mirror()
             if self._unmirrored:
                 log.error("order log %s: %d orders could not be mirrored; kept in the journal "
                           "%s for the next start", self.path, len(self._unmirrored),
@@ -247,9 +262,11 @@ class OrderLog:
                 self.journal.close()
             else:
                 self.journal.discard()
+        if self._file is not None:
             self._file.close()
             self._file = None
             self._fd = -1
+        self._opened = False
 
 
 def parse_record(raw: bytes) -> dict[str, Any]:
@@ -346,12 +363,12 @@ class OrderManager:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
+        exposure.check_order_manager(self.cfg, log)   # a refusal touches no order log
         self.session = choose_session(self.order_log.path, self.resume)
         self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
         self._commit = self.order_log.commit   # bound once: the hot path's call
         net = self.cfg.network
-        exposure.check_order_manager(self.cfg, log)
         # overflow="close": a client that stops reading acks is closed, never silently
         # short of an ack for an order we booked.
         self.server = Server(self.reactor, self.cfg.order_manager.listen, net.order_port,

@@ -126,8 +126,8 @@ class _Chunk:
 
 class Journal:
     """The writing side: `append` (hot path: two slice stores and a crc), `prepare` (off it:
-    make the next chunk before it is needed), `discard` (remove every chunk once the records
-    are safely elsewhere)."""
+    make the next chunk before it is needed), `release` (off it: remove the chunks already
+    left once their records are safely elsewhere), `discard` (remove every chunk likewise)."""
 
     def __init__(self, directory: Path, chunk_bytes: int = 0, sync: bool = False) -> None:
         self.directory = directory
@@ -141,6 +141,7 @@ class Journal:
         self._size = 0
         self._taken = 0                  # records before this offset were handed to take()
         self._untaken: list[bytes] = []  # of chunks already left, not yet taken
+        self._left: list[Path] = []      # chunks already left, their records all taken
         self.records = 0
 
     def open(self) -> None:
@@ -206,11 +207,14 @@ class Journal:
             raise OSError("journal is not open")
         spare, self._spare = self._spare, None
         nxt = spare if spare is not None else self._new_chunk()   # OSError: nothing changes
-        self._untaken += self.take()
+        # take() returns _untaken with the current chunk's records appended (the same list):
+        # assigned, not +=, which would add that list to itself and hand every record twice.
+        self._untaken = self.take()
         old = self._chunk
         self._use(nxt)
         if old is not None:
             old.close()
+            self._left.append(old.path)
         return 0
 
     def prepare(self) -> None:
@@ -219,14 +223,19 @@ class Journal:
         if self._spare is None and self._chunk is not None and self._off * 2 >= self._size:
             self._spare = self._new_chunk()
 
+    def release(self) -> None:
+        """Remove the chunk files already left. Call it only once every record take() has
+        returned is safely elsewhere: a chunk left holds nothing else, and without this the
+        chunks of a long run (or a flood) would fill the disk and be read back at every start."""
+        left, self._left = self._left, []
+        for path in left:
+            path.unlink(missing_ok=True)
+
     def discard(self) -> None:
         """Close and remove every chunk file (and the directory when empty)."""
-        for chunk in (self._chunk, self._spare):
-            if chunk is not None:
-                chunk.close()
-        self._chunk = self._spare = None
-        self._mm = None
+        self.close()
         self._off = self._size = 0
+        self._left = []
         for path in _chunks(self.directory):
             path.unlink(missing_ok=True)
         try:

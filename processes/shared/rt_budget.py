@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 from ext import demote
-from reactor import Reactor
+from reactor import Reactor, Timer
 
 LOGGED = 5   # demotions logged one by one; the rest are counted (rt_demotions in the stats)
 # s a demotion lasts at least. Under a flood that goes on, a block is a moment's lull, and each
@@ -47,6 +47,10 @@ LOGGED = 5   # demotions logged one by one; the rest are counted (rt_demotions i
 # this bounds those to one per HOLD. Unranked, the process still runs as soon as the ranked
 # ones block, so holding it a little longer costs its orders almost nothing.
 HOLD = 0.1
+
+
+def _held() -> None:
+    """The wake-up at the end of a demotion's HOLD: the loop's next arm() does the work."""
 
 
 def _blocks() -> int:
@@ -72,6 +76,7 @@ class RtBudget:
         self._slept = False       # demoted, and a reactor wait has blocked since
         self._until = 0.0         # monotonic s: not promoted before
         self._stuck = False   # the rank could not be taken back (CAP_SYS_NICE lost): stop trying
+        self._wake: Timer | None = None   # ends the loop's wait when HOLD is over
         self._bell_r, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             demote.install(self._bell_w, budget_us)
@@ -99,6 +104,11 @@ class RtBudget:
         self._slept = False
         self._blocks_then = _blocks()
         self._until = time.monotonic() + HOLD
+        # A wake-up when HOLD is over: the rank comes back at the next arm() after it, not at
+        # the first event after an idle spell (which would then be served unranked).
+        if self._wake is not None:
+            self._wake.cancel()
+        self._wake = self.reactor.call_later(HOLD, _held)
 
     # --- IdleSource, while demoted ------------------------------------------------------------
     def poll(self) -> bool:
@@ -135,6 +145,8 @@ class RtBudget:
         return {"rt_demotions": self.demotions, "rt_demoted": self.demoted}
 
     def close(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
         demote.uninstall()
         self.reactor.remove_reader(self._bell_r)
         self.reactor.remove_source(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mainutil import ROOT
@@ -74,7 +75,8 @@ def test_allow_no_token_starts_with_a_louder_warning(tmp_path, monkeypatch, capl
 
 
 def test_the_order_manager_process_refuses_before_binding(tmp_path, monkeypatch):
-    """A real OrderManager reports the refusal as its start-up error (main.py prints it)."""
+    """A real OrderManager reports the refusal as its start-up error (main.py prints it),
+    before it has opened (or made) its order log and journal."""
     monkeypatch.delenv("TRADESTACK_TOKEN", raising=False)
     cfg = make_config(tmp_path, **{"order_manager.listen": EXPOSED})
     child = Child("order_manager", cfg)
@@ -83,6 +85,8 @@ def test_the_order_manager_process_refuses_before_binding(tmp_path, monkeypatch)
             child.start()
     finally:
         child.stop()
+    log_path = Path(cfg.order_manager.order_log)
+    assert not log_path.exists() and not log_path.with_name(log_path.name + ".journal").exists()
 
 
 def test_roles_split_the_processes(tmp_path):

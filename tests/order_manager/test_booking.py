@@ -16,6 +16,7 @@ import pytest
 from stackutil import make_config
 
 from processes.order_manager import service as om_mod
+from processes.shared import journal as journal_mod
 from processes.shared.protocol import (
     PROTOCOL_VERSION,
     Order,
@@ -358,13 +359,14 @@ def test_json_with_a_mistake_is_told_the_mistake_and_the_format(rigs):
         b'{"id": "j-1", ', "malformed JSON: DecodeError: Input data was truncated")}
 
 
-def test_a_failed_order_log_write_rejects_that_order_by_its_id(rigs, tmp_path, monkeypatch):
+def test_a_failed_journal_commit_rejects_that_order_by_its_id(rigs, tmp_path, monkeypatch):
+    """The journal's contract: OSError (no chunk can be made: disk full) means nothing was
+    committed. The order is then rejected by its id, never acked, and trading halts."""
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(journal_mod.Journal, "commit_order", full)   # bound at start
     rig = rigs()
     cli = rig.client("c1")
-
-    def full(*args: object) -> None:   # the journal could not take the record (disk full)
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(rig.om, "_commit", full)
     reply = rig.exchange(cli, order("w-9"))[0]
     monkeypatch.undo()
     assert reply == {"type": "reject", "id": "w-9",

@@ -1,5 +1,6 @@
 """The order log on real files: what a record must hold, the torn tail a crash leaves (cut off),
-a damaged line anywhere else (fatal, named), and a failed mirror write (cut back, retried)."""
+a damaged line anywhere else (fatal, named), a failed mirror write (cut back, kept in the journal,
+retried), and the orders only the journal holds after a crash (mirrored on the next open)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import pytest
 
 from processes.order_manager.service import OrderLog, OrderLogError, parse_record
+from processes.shared import journal as journal_mod
+from processes.shared.journal import read_records
 
 pytestmark = pytest.mark.timeout(30)
 GOOD = {"order_no": 1, "id": "o-1", "client": "c1", "symbol": "AAPL", "side": "BUY", "qty": 5,
@@ -19,9 +22,9 @@ def line(**fields) -> bytes:
     return json.dumps({**GOOD, **fields}).encode() + b"\n"
 
 
-def append(log: OrderLog, record: dict | bytes) -> None:
-    """One record committed to the journal, then mirrored into the JSONL (as the OrderManager
-    does, the mirror a moment after the ack)."""
+def book(log: OrderLog, record: dict | bytes) -> None:
+    """What the OrderManager does per order: commit its record to the journal (before the ack),
+    then mirror it into the JSONL (after)."""
     log.journal.append(record if isinstance(record, bytes) else json.dumps(record).encode())
     log.mirror()
 
@@ -76,7 +79,7 @@ def test_read_back_keeps_good_lines_and_cuts_a_torn_tail(tmp_path):
         assert [r["id"] for r in records] == ["o-1", "o-2"]
         good = len(line()) + 1 + len(line(order_no=2, id="o-2"))
         assert path.stat().st_size == good == log.size
-        append(log, json.loads(line(order_no=3, id="o-3")))
+        book(log, json.loads(line(order_no=3, id="o-3")))
     finally:
         log.close()
     assert [json.loads(x)["id"] for x in path.read_text().splitlines() if x] == [
@@ -89,7 +92,7 @@ def test_a_last_record_without_its_newline_gets_one(tmp_path):
     log = OrderLog(path)
     try:
         assert len(log.open()) == 2
-        append(log, line(order_no=3, id="o-3")[:-1])   # bytes are mirrored as given + newline
+        book(log, line(order_no=3, id="o-3")[:-1])     # the record's text + a newline
     finally:
         log.close()
     assert [json.loads(x)["order_no"] for x in path.read_text().splitlines()] == [1, 2, 3]
@@ -110,7 +113,7 @@ def test_a_missing_log_starts_empty_in_a_new_folder(tmp_path):
     log = OrderLog(path)
     try:
         assert log.open() == [] and log.size == 0
-        append(log, GOOD)
+        book(log, GOOD)
         assert log.size == len(path.read_bytes())
     finally:
         log.close()
@@ -118,13 +121,13 @@ def test_a_missing_log_starts_empty_in_a_new_folder(tmp_path):
     assert json.loads(path.read_text()) == GOOD
 
 
-def test_a_failed_mirror_write_cuts_the_partial_line_back_and_retries(tmp_path, monkeypatch):
+def test_a_failed_mirror_write_is_cut_back_kept_in_the_journal_and_retried(tmp_path, monkeypatch):
     path = tmp_path / "orders.jsonl"
     log = OrderLog(path)
     log.open()
     try:
-        append(log, GOOD)
-        append(log, GOOD)
+        book(log, GOOD)
+        book(log, GOOD)
         size = log.size
         real_write = os.write
         calls = []
@@ -135,16 +138,39 @@ def test_a_failed_mirror_write_cuts_the_partial_line_back_and_retries(tmp_path, 
                 return real_write(fd, data[:10])           # a short write...
             raise OSError(28, "No space left on device")   # ...then the disk is full
         monkeypatch.setattr(os, "write", half_then_full)
-        append(log, GOOD)                                   # committed; its mirror fails
+        book(log, GOOD)                                     # committed; its mirror write fails
         monkeypatch.undo()
         assert calls[1] == calls[0] - 10                    # the rest was retried
+        assert "No space" in (log.mirror_failed or "")
         assert path.stat().st_size == size == log.size      # the partial line is gone
-        assert log.mirror_failed == "[Errno 28] No space left on device"
-        log.mirror()                                        # the next mirror writes it whole
+        assert len(read_records(log.journal.directory)[0]) == 3   # the journal still has it
+        log.mirror()                                        # the retry writes it whole
         assert log.mirror_failed is None
+        book(log, GOOD)
     finally:
         log.close()
-    assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD, GOOD, GOOD]
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [GOOD] * 4
+    assert not log.journal.directory.exists()               # all mirrored: the journal goes
+
+
+def test_orders_only_the_journal_holds_are_mirrored_on_the_next_open(tmp_path):
+    """A kill -9 between an order's commit (acked) and its mirror write: the next open reads it
+    back from the journal, appends it to the JSONL after the mirrored ones, and starts a fresh
+    journal."""
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    book(log, GOOD)
+    log.journal.append(line(order_no=2, id="o-2")[:-1])     # committed, never mirrored
+    log.journal.close()                                     # the process dies: no close()
+    log._file.close()
+    again = OrderLog(path)
+    try:
+        assert [r["id"] for r in again.open()] == ["o-1", "o-2"]
+        assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["o-1", "o-2"]
+        assert read_records(again.journal.directory) == ([], 0)   # fresh
+    finally:
+        again.close()
 
 
 def test_an_empty_or_blank_log_is_left_as_it_is(tmp_path):
@@ -167,7 +193,7 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
     try:
-        append(log, GOOD)
+        book(log, GOOD)
     finally:
         monkeypatch.undo()
         log.close()
@@ -175,10 +201,70 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
     assert log.size == len(path.read_bytes())
 
 
-def test_a_mirror_after_close_writes_nothing(tmp_path):
+def test_nothing_is_committed_or_mirrored_after_close(tmp_path):
     path = tmp_path / "orders.jsonl"
     log = OrderLog(path)
     log.open()
     log.close()
+    with pytest.raises(OSError, match="journal is not open"):
+        log.commit(1, 1, b"", b'{"id":"o-1"}*')
     log.mirror()
-    assert path.read_bytes() == b""
+    assert path.read_bytes() == b"" and not log.journal.directory.exists()
+
+
+def test_mirroring_removes_the_journal_chunks_it_has_copied(tmp_path, monkeypatch):
+    """A long run (or a flood) moves through many chunks; once their records are in the JSONL
+    the chunks go, so the journal never grows past the chunk in use (and a spare)."""
+    monkeypatch.setattr(journal_mod, "CHUNK_BYTES", 4096)
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    try:
+        for n in range(1, 201):
+            book(log, json.loads(line(order_no=n, id=f"o-{n}")))
+            log.journal.prepare()
+            assert len(list(log.journal.directory.iterdir())) <= 2
+    finally:
+        log.close()
+    assert [json.loads(x)["order_no"] for x in path.read_text().splitlines()] == list(
+        range(1, 201))
+
+
+def test_a_second_order_log_on_the_same_file_is_refused_and_touches_nothing(tmp_path):
+    """A second OrderManager started on a log in use (a second main.py on the same config):
+    refused before it reads, repairs or recovers anything, so the running one's journal (its
+    acked orders not yet mirrored) stays where it is."""
+    path = tmp_path / "orders.jsonl"
+    first = OrderLog(path)
+    first.open()
+    try:
+        book(first, GOOD)
+        first.journal.append(line(order_no=2, id="o-2")[:-1])   # committed, not yet mirrored
+        before = path.read_bytes()
+        second = OrderLog(path)
+        with pytest.raises(OrderLogError, match="in use by another OrderManager"):
+            second.open()
+        second.close()
+        assert path.read_bytes() == before
+        assert len(read_records(first.journal.directory)[0]) == 2
+        first.mirror()
+    finally:
+        first.close()
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["o-1", "o-2"]
+
+
+def test_a_journal_record_that_is_not_an_order_stops_the_start_and_is_kept(tmp_path):
+    """Its checksum matched, so a writer put it there: the start is refused, naming the
+    journal, and the journal (with the acked orders beside it) is left for the operator."""
+    path = tmp_path / "orders.jsonl"
+    log = OrderLog(path)
+    log.open()
+    log.journal.append(line(order_no=1, id="o-1")[:-1])
+    log.journal.append(b'{"not": "an order"}')
+    log.journal.close()                                     # the process dies: no close()
+    log._file.close()
+    again = OrderLog(path)
+    with pytest.raises(OrderLogError, match="holds a record that is not an order"):
+        again.open()
+    again.close()
+    assert len(read_records(again.journal.directory)[0]) == 2

@@ -101,3 +101,36 @@ def test_no_chunk_to_grow_into_is_an_oserror_and_commits_nothing(tmp_path, monke
     assert torn == 0 and got == [recs[0], *payloads(len(got) - 1, 1)]
     assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["00000001.chunk"]
     j.discard()
+
+
+def test_take_hands_each_record_once_across_chunks(tmp_path):
+    """What the OrderManager mirrors into the JSONL: every record once, in order, however many
+    chunks were left between two take() calls."""
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    j.open()
+    recs = payloads(400)
+    got: list[bytes] = []
+    for k, rec in enumerate(recs):
+        j.append(rec)
+        if k % 7 == 0 or 150 <= k < 300:   # often, then not for several chunks
+            got += j.take()
+    got += j.take()
+    j.close()
+    assert len(list((tmp_path / "j").iterdir())) >= 5
+    assert got == recs
+
+
+def test_release_removes_only_the_chunks_already_left(tmp_path):
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    j.open()
+    recs = payloads(200)
+    for rec in recs[:150]:
+        j.append(rec)
+    assert j.take() == recs[:150]            # the caller has them elsewhere now...
+    j.release()                              # ...so every chunk but the current one goes
+    assert [p.name for p in (tmp_path / "j").iterdir()] == [j._chunk.path.name]
+    for rec in recs[150:]:
+        j.append(rec)
+    got, torn = jm.read_records(tmp_path / "j")
+    assert torn == 0 and got == recs[len(recs) - len(got):] and len(got) >= 50
+    j.discard()
