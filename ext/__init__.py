@@ -7,7 +7,8 @@ Picks the compiled ``ext._pricebook`` when it is importable, else the pure-Pytho
 compiler). The order journal's record writer (``ext._journal``, twin ``ext.journal_py``)
 and the histograms follow the book too. The codec follows the book: ``ext._wire`` with the
 compiled book (its decoder writes through the book's C fast paths), ``ext.wire_py``
-otherwise. Every module stays
+otherwise. The OrderManager's order path for the canonical order frame (``OrderDesk``:
+``ext._orders``, twin ``ext.orders_py``) follows the book too. Every module stays
 importable for tests: ``ext.pricebook_py``, ``ext.wire_py`` and, when built,
 ``ext._pricebook`` and ``ext._wire``. This package must not import ``reactor`` or
 ``processes``.
@@ -20,7 +21,7 @@ import os
 import warnings
 from types import ModuleType
 
-from ext import demote_py, hist_py, journal_py, layout, pricebook_py, wire_py
+from ext import demote_py, hist_py, journal_py, layout, orders_py, pricebook_py, wire_py
 from ext.layout import LayoutError, footprint, segment_size
 
 _pricebook: ModuleType | None = None
@@ -72,6 +73,13 @@ if _impl is _pricebook:
     except ImportError:  # an older build: the twin writes the same records, slower
         pass
 
+_orders_impl: ModuleType = orders_py
+if _impl is _pricebook:
+    try:
+        _orders_impl = importlib.import_module("ext._orders")
+    except ImportError:  # an older build: the twin books the same orders, slower
+        pass
+
 _demote_impl: ModuleType = demote_py
 if _impl is _pricebook:
     try:
@@ -89,15 +97,19 @@ WIRE_IMPLEMENTATION: str = "cython" if _wire_impl is _wire else "python"
 LatencyHistogram = _hist_impl.LatencyHistogram
 journal_records = _journal_impl   # put / put_order: the order journal's record writer
 JOURNAL_IMPLEMENTATION: str = "python" if _journal_impl is journal_py else "cython"
+OrderDesk = _orders_impl.OrderDesk
+ORDERS_IMPLEMENTATION: str = "python" if _orders_impl is orders_py else "cython"
 demote: ModuleType = _demote_impl     # install() / uninstall() / demotions()
 
 __all__ = [
     "IMPLEMENTATION",
     "JOURNAL_IMPLEMENTATION",
+    "ORDERS_IMPLEMENTATION",
     "WIRE_IMPLEMENTATION",
     "FrameTooLong",
     "LatencyHistogram",
     "LayoutError",
+    "OrderDesk",
     "PriceFeedDecoder",
     "PriceReader",
     "SharedPriceBook",
@@ -107,6 +119,7 @@ __all__ = [
     "journal_py",
     "journal_records",
     "layout",
+    "orders_py",
     "pricebook_py",
     "segment_size",
     "demote",

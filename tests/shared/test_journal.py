@@ -39,7 +39,7 @@ def test_a_record_cut_short_is_not_read(tmp_path):
     recs = payloads(5)
     for rec in recs:
         j.append(rec)
-    off = j._off
+    off = j.off
     j.close()
     chunk = tmp_path / "j" / "00000001.chunk"
     torn = b'{"order_no":5,"id":"j-5"}'
