@@ -25,6 +25,7 @@ from libc.string cimport memcmp, memcpy, strlen
 from ext._journal cimport store_order
 
 cdef extern from "Python.h":
+    int Py_DTSF_ADD_DOT_0
     char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
                                 int *ptype) except NULL
     double PyOS_string_to_double(const char *s, char **endptr, object overflow_exception) \
@@ -102,7 +103,7 @@ cdef inline Py_ssize_t _price(const unsigned char *p, Py_ssize_t i, Py_ssize_t n
     v = PyOS_string_to_double(text, &endp, None)
     if endp != text + k:
         return -1
-    back = PyOS_double_to_string(v, b'r', 0, 0, NULL)
+    back = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)   # as repr(): "1.0"
     try:
         if <Py_ssize_t>strlen(back) != k or memcmp(back, text, k) != 0:
             return -1   # not how an encoder writes this double ("1.50", "01.5", "1e3")

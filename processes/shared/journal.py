@@ -209,7 +209,10 @@ class Journal:
             raise OSError("journal is not open")
         spare, self._spare = self._spare, None
         nxt = spare if spare is not None else self._new_chunk()   # OSError: nothing changes
-        self._untaken += self.take()
+        # Two statements: `self._untaken += self.take()` would load the list take() hands back
+        # (and extends) before the call, and so add the old chunk's records twice.
+        left = self.take()
+        self._untaken += left
         old = self._chunk
         self._use(nxt)
         if old is not None:

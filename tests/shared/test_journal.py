@@ -101,3 +101,16 @@ def test_no_chunk_to_grow_into_is_an_oserror_and_commits_nothing(tmp_path, monke
     assert torn == 0 and got == [recs[0], *payloads(len(got) - 1, 1)]
     assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["00000001.chunk"]
     j.discard()
+
+
+def test_records_of_a_chunk_left_behind_are_taken_once(tmp_path):
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    j.open()
+    try:
+        data = payloads(200)   # several chunks, nothing taken in between
+        for p in data:
+            j.append(p)
+        assert j.take() == data
+        assert j.take() == []
+    finally:
+        j.discard()
