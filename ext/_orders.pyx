@@ -16,6 +16,7 @@ else, and any frame that breaks a rule, returns None: the caller's Python path t
 every reject reason is its own.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free
 from cpython.unicode cimport PyUnicode_DecodeASCII
@@ -26,6 +27,7 @@ from ext._journal cimport store_order
 
 cdef extern from "Python.h":
     int Py_DTSF_ADD_DOT_0
+    const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
     char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
                                 int *ptype) except NULL
     double PyOS_string_to_double(const char *s, char **endptr, object overflow_exception) \
@@ -81,34 +83,46 @@ cdef inline Py_ssize_t _uint(const unsigned char *p, Py_ssize_t i, Py_ssize_t n,
 
 cdef inline Py_ssize_t _price(const unsigned char *p, Py_ssize_t i, Py_ssize_t n,
                               double *out) except -2:
-    """Past the price at i, digits '.' digits written as the shortest repr of its double,
-    else -1."""
+    """Past the price at i, digits '.' digits written as repr() writes its double, else -1."""
     cdef char text[40]
-    cdef Py_ssize_t start = i, k
+    cdef Py_ssize_t start = i, dot = -1, k, first = -1, last = -1, j
     cdef char *endp
     cdef char *back
-    cdef bint dot = False
     cdef double v
+    cdef bint same
     if i < 0:
         return -1
-    while i < n and (48 <= p[i] <= 57 or (p[i] == 46 and not dot)):
+    while i < n and (48 <= p[i] <= 57 or (p[i] == 46 and dot < 0)):
         if p[i] == 46:
-            dot = True
+            dot = i
+        elif p[i] != 48:
+            if first < 0:
+                first = i
+            last = i
         i += 1
     k = i - start
-    if not dot or k < 3 or k > 30:
+    # One digit at least on each side of the dot, no leading zero, at most 30 characters.
+    if dot <= start or dot == i - 1 or k > 30 or (p[start] == 48 and dot != start + 1):
         return -1
     memcpy(text, p + start, k)
     text[k] = 0
     v = PyOS_string_to_double(text, &endp, None)
     if endp != text + k:
         return -1
+    # repr() writes a double in [1e-4, 1e16) as the shortest digits that read back as it. Text
+    # with at most 15 significant digits reads back as itself (DBL_DIG), so it is that shortest
+    # form exactly when it has no trailing zero after the dot (but the one of "173.0"):
+    # the common case, decided without formatting the double.
+    if first >= 0 and 1e-4 <= v < 1e16 and (p[i - 1] != 48 or dot == i - 2):
+        j = last - first + 1 - (1 if first < dot < last else 0)
+        if j <= 15:
+            out[0] = v
+            return i
     back = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)   # as repr(): "1.0"
-    try:
-        if <Py_ssize_t>strlen(back) != k or memcmp(back, text, k) != 0:
-            return -1   # not how an encoder writes this double ("1.50", "01.5", "1e3")
-    finally:
-        PyMem_Free(back)
+    same = <Py_ssize_t>strlen(back) == k and memcmp(back, text, k) == 0
+    PyMem_Free(back)
+    if not same:
+        return -1   # not how an encoder writes this double ("1.50", "1e-05")
     out[0] = v
     return i
 
@@ -172,21 +186,28 @@ cdef class OrderDesk:
             raise ValueError("the protocol's qty limit is not the one this desk checks")
         self.booked_here = 0
 
-    def book(self, const unsigned char[::1] frame, str client, bytes fields, int64_t order_no,
-             int64_t received_ns):
+    def book(self, frame, str client, bytes fields, int64_t order_no, int64_t received_ns):
         """(ack frame, Order) of a booked order, its record committed; None: not booked (not
         canonical, a reject, a duplicate, no room in the journal chunk), nothing done."""
+        # Raw buffers, not typed memoryviews: acquiring one of those builds an object per call.
+        cdef Py_buffer view
+        PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
+        try:
+            return self._book(<const unsigned char *>view.buf, view.len, client, fields,
+                              order_no, received_ns)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object _book(self, const unsigned char *p, Py_ssize_t n, str client, bytes fields,
+                      int64_t order_no, int64_t received_ns):
         cdef order_text o
-        cdef Py_ssize_t n = frame.shape[0], end, nid, ncl, nd = 0, k
-        cdef const unsigned char *p
-        cdef unsigned char[::1] buf
+        cdef Py_ssize_t end, nid, ncl, nd = 0, k
+        cdef Py_buffer out
         cdef char digits[24]
         cdef char *a
         cdef uint64_t v
-        if n < 8:
-            return None
-        p = &frame[0]
-        if _parse(p, n, &o) < 0:
+        cdef const char *cb
+        if n < 8 or _parse(p, n, &o) < 0:
             return None
         nid = o.id1 - o.id0
         ncl = o.client1 - o.client0
@@ -194,8 +215,8 @@ cdef class OrderDesk:
                 or o.qty > MAX_I64 or not 0.0 < o.price <= self.max_price):
             return None
         # Booked under the hello's name: the frame's text is the record only when it says so.
-        cb = client.encode("ascii", "replace")
-        if len(cb) != ncl or memcmp(PyBytes_AS_STRING(cb), p + o.client0, ncl) != 0:
+        cb = PyUnicode_AsUTF8AndSize(client, &k)   # cached in the str: no copy per call
+        if k != ncl or memcmp(cb, p + o.client0, ncl) != 0:
             return None
         symbol = PyUnicode_DecodeASCII(<const char *>p + o.symbol0, o.symbol1 - o.symbol0, NULL)
         if symbol not in self.symbols:
@@ -211,10 +232,11 @@ cdef class OrderDesk:
         mm = journal.mm
         if mm is None:
             return None
-        buf = mm
-        end = store_order(&buf[0], buf.shape[0], journal.off, order_no, received_ns,
+        PyObject_GetBuffer(mm, &out, PyBUF_WRITABLE)
+        end = store_order(<unsigned char *>out.buf, out.len, journal.off, order_no, received_ns,
                           <const unsigned char *>PyBytes_AS_STRING(fields), len(fields),
                           p + 1, n - 2)
+        PyBuffer_Release(&out)
         if end < 0:
             return None   # the next chunk: the Python path switches to it
         journal.off = end

@@ -225,3 +225,21 @@ def test_a_booked_id_and_a_full_chunk_are_left_to_the_python_path(impl, tmp_path
         assert len(j.take()) == n + 2
     finally:
         j.discard()
+
+
+# The price as repr() writes it, as a decimal with trailing zeros, and any digits with a dot.
+price_texts = (st.floats(min_value=1e-6, max_value=2e9).map(repr)
+               | st.decimals(min_value="0", max_value="2e9", places=3).map(str)
+               | st.from_regex(r"[0-9]{1,12}\.[0-9]{1,12}", fullmatch=True))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@SETTINGS
+@given(text=price_texts)
+def test_a_price_is_booked_as_written_only_when_the_encoder_writes_it_so(impl, journal, text):
+    frame = canonical(ORDER).replace(b"172.53", text.encode())
+    got = check(impl, journal, frame)
+    price = float(text)
+    written_so = (protocol.msgspec.json.encode(price) == text.encode()
+                  and 0 < price <= protocol.MAX_PRICE)
+    assert (got is not None) == (written_so and (impl is orders_py or "e" not in text))
