@@ -20,6 +20,11 @@ because a reconnect has a new port). Then, per order:
    landing between the two). The same line goes to the JSONL order log and the console line
    to the log a moment after the ack (_flush_lines), both write(2)s off the order's path.
 
+Steps 1-4 for the canonical order frame (the one the Strategy writes) are one native call,
+ext.OrderDesk, while no kill switch, risk limit or fsync could refuse or delay the order; any other
+frame, and any order the desk declines (a duplicate, a reject, a full journal chunk), takes the
+Python path, which names every reject.
+
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
 current session only. Every record names its session; a session is one `python main.py` (or one
