@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Record writer of the order journal, compiled: the twin of ext.journal_py (which states the
 record format). One call formats, checksums and stores an order's record, where the Python
-twin makes several: on a process woken cold, every Python-level operation costs microseconds."""
+twin makes several: on a process woken cold, every Python-level operation costs microseconds.
+store_order (declared in _journal.pxd) is the writer ext._orders stores its records with."""
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
