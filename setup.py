@@ -1,5 +1,5 @@
 """Build the tradestack packages and the Cython extensions (ext._pricebook, ext._wire,
-ext._journal, ext._hist, ext._demote).
+ext._journal, ext._orders, ext._hist, ext._demote).
 
     python setup.py build_ext --inplace
 
@@ -33,6 +33,13 @@ extensions = [
     Extension(
         "ext._journal",
         sources=["ext/_journal.pyx"],
+        depends=["ext/_journal.pxd"],
+        extra_compile_args=CFLAGS,
+    ),
+    Extension(
+        "ext._orders",
+        sources=["ext/_orders.pyx"],
+        depends=["ext/_orders.pxd", "ext/_journal.pxd"],   # store_order, via its cimport
         extra_compile_args=CFLAGS,
     ),
     Extension(

@@ -7,7 +7,8 @@ Picks the compiled ``ext._pricebook`` when it is importable, else the pure-Pytho
 compiler). The order journal's record writer (``ext._journal``, twin ``ext.journal_py``)
 and the histograms follow the book too. The codec follows the book: ``ext._wire`` with the
 compiled book (its decoder writes through the book's C fast paths), ``ext.wire_py``
-otherwise. Every module stays
+otherwise. The OrderManager's order path for the canonical order frame (``OrderDesk``:
+``ext._orders``, twin ``ext.orders_py``) follows the book too. Every module stays
 importable for tests: ``ext.pricebook_py``, ``ext.wire_py`` and, when built,
 ``ext._pricebook`` and ``ext._wire``. This package must not import ``reactor`` or
 ``processes``.
@@ -20,7 +21,7 @@ import os
 import warnings
 from types import ModuleType
 
-from ext import demote_py, hist_py, journal_py, layout, pricebook_py, wire_py
+from ext import demote_py, hist_py, journal_py, layout, orders_py, pricebook_py, wire_py
 from ext.layout import LayoutError, footprint, segment_size
 
 _pricebook: ModuleType | None = None
@@ -74,6 +75,7 @@ def _native(name: str, twin: ModuleType) -> ModuleType:
 _hist_impl = _native("ext._hist", hist_py)
 _journal_impl = _native("ext._journal", journal_py)
 _demote_impl = _native("ext._demote", demote_py)
+_orders_impl = _native("ext._orders", orders_py)
 
 SharedPriceBook = _impl.SharedPriceBook
 PriceReader = _impl.PriceReader
@@ -85,15 +87,19 @@ WIRE_IMPLEMENTATION: str = "cython" if _wire_impl is _wire else "python"
 LatencyHistogram = _hist_impl.LatencyHistogram
 journal_records = _journal_impl   # put / put_order: the order journal's record writer
 JOURNAL_IMPLEMENTATION: str = "python" if _journal_impl is journal_py else "cython"
+OrderDesk = _orders_impl.OrderDesk
+ORDERS_IMPLEMENTATION: str = "python" if _orders_impl is orders_py else "cython"
 demote: ModuleType = _demote_impl     # install() / uninstall() / demotions()
 
 __all__ = [
     "IMPLEMENTATION",
     "JOURNAL_IMPLEMENTATION",
+    "ORDERS_IMPLEMENTATION",
     "WIRE_IMPLEMENTATION",
     "FrameTooLong",
     "LatencyHistogram",
     "LayoutError",
+    "OrderDesk",
     "PriceFeedDecoder",
     "PriceReader",
     "SharedPriceBook",
@@ -103,6 +109,7 @@ __all__ = [
     "journal_py",
     "journal_records",
     "layout",
+    "orders_py",
     "pricebook_py",
     "segment_size",
     "demote",

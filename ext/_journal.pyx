@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Record writer of the order journal, compiled: the twin of ext.journal_py (which states the
 record format). One call formats, checksums and stores an order's record, where the Python
-twin makes several: on a process woken cold, every Python-level operation costs microseconds."""
+twin makes several: on a process woken cold, every Python-level operation costs microseconds.
+store_order (declared in _journal.pxd) is the writer ext._orders stores its records with."""
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -79,17 +80,17 @@ def put(unsigned char[::1] buf, Py_ssize_t off, const unsigned char[::1] payload
     return (end + 7) & ~7
 
 
-def put_order(unsigned char[::1] buf, Py_ssize_t off, int64_t order_no, int64_t received_ns,
-              const unsigned char[::1] fields, const unsigned char[::1] frame):
-    """One order-log record (see ext.journal_py.put_order)."""
-    cdef Py_ssize_t nf = frame.shape[0], nfl = fields.shape[0]
-    if nf < 3 or frame[0] != 123 or frame[nf - 2] != 125 or frame[nf - 1] != 42:
-        raise ValueError("not an encoded order frame")
+cdef Py_ssize_t store_order(unsigned char *base, Py_ssize_t size, Py_ssize_t off,
+                            int64_t order_no, int64_t received_ns,
+                            const unsigned char *fields, Py_ssize_t nfl,
+                            const unsigned char *body, Py_ssize_t nb) noexcept nogil:
+    """The order-log record `{"order_no":N,"received_ns":N,<fields><body>}` at `off` of the
+    `size` bytes at `base`, where body is an encoded order without its braces; the next
+    record's offset, or -1 (nothing written) when the longest such record would not fit."""
     # 12 + 15 + 2 commas/braces + up to 2 x 20 digits: the longest the record can be.
-    cdef Py_ssize_t most = 12 + 20 + 15 + 20 + 1 + nfl + (nf - 3) + 1
-    if off < 0 or off + 8 + most > buf.shape[0]:
+    cdef Py_ssize_t most = 12 + 20 + 15 + 20 + 1 + nfl + nb + 1
+    if off < 0 or off + 8 + most > size:
         return -1
-    cdef unsigned char *base = &buf[0]
     cdef unsigned char *p = base + off + 8
     cdef Py_ssize_t k = 0
     memcpy(p, b'{"order_no":', 12)
@@ -101,11 +102,22 @@ def put_order(unsigned char[::1] buf, Py_ssize_t off, int64_t order_no, int64_t 
     p[k] = 44  # ','
     k += 1
     if nfl:
-        memcpy(p + k, &fields[0], nfl)
+        memcpy(p + k, fields, nfl)
         k += nfl
-    memcpy(p + k, &frame[1], nf - 3)
-    k += nf - 3
+    if nb:
+        memcpy(p + k, body, nb)
+        k += nb
     p[k] = 125  # '}'
     k += 1
     _header(base + off, <uint32_t>k, _crc32(p, k))   # the commit marker: last
     return (off + 8 + k + 7) & ~7
+
+
+def put_order(unsigned char[::1] buf, Py_ssize_t off, int64_t order_no, int64_t received_ns,
+              const unsigned char[::1] fields, const unsigned char[::1] frame):
+    """One order-log record (see ext.journal_py.put_order)."""
+    cdef Py_ssize_t nf = frame.shape[0], nfl = fields.shape[0]
+    if nf < 3 or frame[0] != 123 or frame[nf - 2] != 125 or frame[nf - 1] != 42:
+        raise ValueError("not an encoded order frame")
+    return store_order(&buf[0], buf.shape[0], off, order_no, received_ns,
+                       &fields[0] if nfl else NULL, nfl, &frame[1], nf - 3)

@@ -1,7 +1,8 @@
 """Single-threaded epoll reactor: fd callbacks, timers, idle sources and signals.
 
 One loop turn:
-  1. poll every IdleSource (any True -> this turn does not block);
+  1. poll every IdleSource (any True -> this turn does not block), unless the previous turn
+     polled them right after its wait;
   2. timeout from the earliest live timer and the idle mode;
   3. if about to block, arm() every source (any False -> do not block);
   4. epoll_wait; 5. disarm the armed sources;
@@ -57,7 +58,8 @@ class IdleSource(Protocol):
         ...
 
     def arm(self) -> bool:
-        """About to block: announce it; False = work arrived meanwhile, do not block."""
+        """About to block: announce it; False = work arrived since the last poll(), do not
+        block (the loop may arm without polling again right after a wake-up's poll)."""
         ...
 
     def disarm(self) -> None:
@@ -377,6 +379,12 @@ class Reactor:
         write_events = _WRITE_EVENTS
         max_events = _MAX_EVENTS
         last_work = monotonic()
+        # The sources were polled right after the last wait (step 5): polling them again before
+        # the next arm() would only repeat it, since arm() refuses when work arrived since that
+        # poll. On a shared core this turn is on the critical path of whatever the process just
+        # sent (its peer runs only once we block), so it goes straight to arming. Held as the
+        # tuple polled: a source added since (a new tuple) is polled as usual.
+        polled: tuple[Callable[[], bool], ...] | None = None
         try:
             while not self._stopping:
                 self.iterations += 1
@@ -384,7 +392,9 @@ class Reactor:
                 # 1. idle sources
                 worked = False
                 polls = self._polls
-                if polls:
+                if polled is polls:
+                    polled = None
+                elif polls:
                     for p in polls:
                         if p():
                             worked = True
@@ -441,6 +451,7 @@ class Reactor:
                     for p in polls:
                         if p():
                             worked = True
+                    polled = polls
 
                 # 6. fd callbacks
                 if events:

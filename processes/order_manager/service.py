@@ -20,6 +20,11 @@ because a reconnect has a new port). Then, per order:
    landing between the two). The same line goes to the JSONL order log and the console line
    to the log a moment after the ack (_flush_lines), both write(2)s off the order's path.
 
+Steps 1-4 for the canonical order frame (the one the Strategy writes) are one native call,
+ext.OrderDesk, while no kill switch, risk limit or fsync could refuse or delay the order; any other
+frame, and any order the desk declines (a duplicate, a reject, a full journal chunk), takes the
+Python path, which names every reject.
+
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
 current session only. Every record names its session; a session is one `python main.py` (or one
@@ -45,9 +50,10 @@ from typing import IO, Any
 
 import msgspec
 
+from ext import OrderDesk
 from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
-from processes.shared import exposure, runtime
+from processes.shared import exposure, protocol, runtime
 from processes.shared.journal import Journal, journal_dir, read_records
 from processes.shared.pnl import PnLBook
 from processes.shared.protocol import (
@@ -360,6 +366,8 @@ class OrderManager:
         # that booked them is done: on a shared core the client must get its ack first.
         self._lines: list[tuple[int, str, int, str, float]] = []
         self._flush_scheduled = False
+        self._desk: OrderDesk | None = None
+        self._fast: OrderDesk | None = None   # the desk while it may book, else None
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -368,6 +376,10 @@ class OrderManager:
         self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
         self._commit = self.order_log.commit   # bound once: the hot path's call
+        # The native order path (ext.OrderDesk): a canonical, valid, new order is booked in one
+        # call; used only while nothing else may refuse an order (_use_desk).
+        self._desk = OrderDesk(protocol, self.symbols, self.booked, self.order_log.journal)
+        self._use_desk()
         net = self.cfg.network
         # overflow="close": a client that stops reading acks is closed, never silently
         # short of an ack for an order we booked.
@@ -397,6 +409,7 @@ class OrderManager:
     def stats(self) -> dict[str, Any]:
         return {"session": self.session,
                 "orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
+                "native_orders": self._desk.booked_here if self._desk is not None else 0,
                 "rejects": self.rejects, "duplicates": self.duplicates, "refused": self.refused,
                 "bad_clients": self.bad_clients, "kill_switch": self.kill_switch,
                 **{f"rejects_{rule}": n for rule, n in self.rule_rejects.items()},
@@ -438,9 +451,16 @@ class OrderManager:
             log.warning("order log %s books %d ids more than once; the first booking counts",
                         self.order_log.path, doubled)
 
+    def _use_desk(self) -> None:
+        """The desk books only what nothing else could refuse: not with the kill switch on, a
+        risk limit set, or an fsync'ed journal (its records need an msync the desk does not do)."""
+        allowed = not (self.kill_switch or self._risk_limits or self.order_log.fsync)
+        self._fast = self._desk if allowed else None
+
     def toggle_kill_switch(self) -> None:
         """SIGUSR1: flip the kill switch; loud, because it stops all trading."""
         self.kill_switch = not self.kill_switch
+        self._use_desk()
         if self.kill_switch:
             log.error("KILL SWITCH ON: every new order is rejected until the next SIGUSR1")
         else:
@@ -532,6 +552,21 @@ class OrderManager:
         now = time.monotonic_ns
         received_ns = now()
         conn = sess.conn
+        desk = self._fast
+        if desk is not None:
+            # The canonical order frame of a new, valid order: validated, journaled and its ack
+            # encoded in one native call. None = anything else: the Python path below decides.
+            booked = desk.book(frame, sess.client, sess.record_fields, self.order_no + 1,
+                               received_ns)
+            if booked is not None:
+                journaled_ns = now()
+                self.order_no += 1
+                conn.send(booked[0])
+                self.order_to_ack_sent.record(now() - received_ns)
+                self.order_journaled.record(journaled_ns - received_ns)
+                sess.bad_streak = 0
+                self._booked(booked[1], received_ns)
+                return
         try:
             order = decode_order(frame, self.symbols)
         except ProtocolError as exc:
@@ -544,8 +579,7 @@ class OrderManager:
         decoded_ns = now()
         sess.bad_streak = 0
         client = order.client = sess.client  # booked under the name of the hello
-        key = (client, order.id)
-        done = self.booked.get(key)
+        done = self.booked.get((client, order.id))
         if done is not None:  # a resend of a booked order: same number, nothing booked
             self.duplicates += 1
             conn.send(encode_ack(order.id, done))
@@ -553,10 +587,9 @@ class OrderManager:
         if self.kill_switch:
             self._reject_rule(conn, order.id, "kill_switch", KILL_SWITCH_REASON)
             return
-        pkey = (client, order.symbol)
-        before = self.positions.get(pkey, 0)
-        after = before + order.qty if order.side == "BUY" else before - order.qty
         if self._risk_limits:
+            before = self.positions.get((client, order.symbol), 0)
+            after = before + order.qty if order.side == "BUY" else before - order.qty
             broken = self._risk(order, before, after, received_ns)
             if broken is not None:
                 self._reject_rule(conn, order.id, *broken)
@@ -580,8 +613,16 @@ class OrderManager:
         self.order_decoded.record(decoded_ns - received_ns)
         self.order_checked.record(checked_ns - received_ns)
         self.order_journaled.record(journaled_ns - received_ns)
-        self.booked[key] = order_no
-        self.positions[pkey] = after
+        self._booked(order, received_ns)
+
+    def _booked(self, order: Order, received_ns: int) -> None:
+        """After the ack of a booked order (either path): its id, position, rate window,
+        latencies, fill and console line."""
+        client = order.client
+        self.booked[(client, order.id)] = self.order_no
+        pkey = (client, order.symbol)
+        before = self.positions.get(pkey, 0)
+        self.positions[pkey] = before + order.qty if order.side == "BUY" else before - order.qty
         if self.max_order_rate:
             self._rate[client].append(received_ns)
         self.orders += 1
@@ -592,7 +633,7 @@ class OrderManager:
         if 0 < order.sent_ns <= received_ns:
             self.send_to_order.record(received_ns - order.sent_ns)
         self.pnl.on_fill(client, order.symbol, order.side, order.qty, order.price)
-        self._lines.append((order_no, order.side, order.qty, order.symbol, order.price))
+        self._lines.append((self.order_no, order.side, order.qty, order.symbol, order.price))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             # A timer, not call_soon: call_soon would still run before this process sleeps.

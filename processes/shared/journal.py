@@ -136,8 +136,11 @@ class Journal:
         self._chunk: _Chunk | None = None
         self._spare: _Chunk | None = None
         self._seq = 0
-        self._mm: mmap.mmap | None = None
-        self._off = 0
+        # The write cursor: the current chunk's mapping (None when closed) and the next
+        # record's offset in it. ext.OrderDesk (the OrderManager's native order path) stores a
+        # record at `off` and advances `off` and `records` itself, as commit_order does.
+        self.mm: mmap.mmap | None = None
+        self.off = 0
         self._size = 0
         self._taken = 0                  # records before this offset were handed to take()
         self._untaken: list[bytes] = []  # of chunks already left, not yet taken
@@ -157,53 +160,53 @@ class Journal:
 
     def _use(self, chunk: _Chunk) -> None:
         self._chunk = chunk
-        self._mm = chunk.mm
-        self._off = self._taken = 0
+        self.mm = chunk.mm
+        self.off = self._taken = 0
         self._size = chunk.size
 
     def append(self, payload: bytes) -> None:
         """Commit one record (see the module docstring for why it survives a kill -9 once this
         returns). OSError if no chunk can be made for it (disk full): nothing is committed."""
-        off = self._off
-        end = journal_records.put(self._mm, off, payload) if self._mm is not None else -1
+        off = self.off
+        end = journal_records.put(self.mm, off, payload) if self.mm is not None else -1
         if end < 0:
             off = self._next(HEADER.size + len(payload))
-            end = journal_records.put(self._mm, off, payload)
+            end = journal_records.put(self.mm, off, payload)
         self._committed(off, end)
 
     def commit_order(self, order_no: int, received_ns: int, fields: bytes, frame: bytes) -> None:
         """append() of an order-log record (ext.journal_py.put_order: its text is built and
         stored by one native call, the hot path of the OrderManager)."""
-        off = self._off
-        end = (journal_records.put_order(self._mm, off, order_no, received_ns, fields, frame)
-               if self._mm is not None else -1)
+        off = self.off
+        end = (journal_records.put_order(self.mm, off, order_no, received_ns, fields, frame)
+               if self.mm is not None else -1)
         if end < 0:
             off = self._next(HEADER.size + 69 + len(fields) + len(frame))
-            end = journal_records.put_order(self._mm, off, order_no, received_ns, fields, frame)
+            end = journal_records.put_order(self.mm, off, order_no, received_ns, fields, frame)
         self._committed(off, end)
 
     def _committed(self, off: int, end: int) -> None:
         if end < 0:   # cannot happen after _next's size check; never ack on it
             raise OSError("journal record did not fit a fresh chunk")
         if self.sync:
-            msync(self._mm, off, end - off)
-        self._off = end
+            msync(self.mm, off, end - off)
+        self.off = end
         self.records += 1
 
     def take(self) -> list[bytes]:
         """The payloads committed since the last take(), oldest first (read back from the
         mapping: the hot path keeps no copy)."""
         out, self._untaken = self._untaken, []
-        if self._mm is not None and self._taken < self._off:
-            out += [p for p in _records(self._mm, self._taken, self._off) if p is not None]
-            self._taken = self._off
+        if self.mm is not None and self._taken < self.off:
+            out += [p for p in _records(self.mm, self._taken, self.off) if p is not None]
+            self._taken = self.off
         return out
 
     def _next(self, length: int) -> int:
         """Move to the next chunk (the spare if made); its first offset."""
         if length > self.chunk_bytes:
             raise ValueError(f"a record of {length} bytes does not fit a journal chunk")
-        if self._mm is None:
+        if self.mm is None:
             raise OSError("journal is not open")
         spare, self._spare = self._spare, None
         nxt = spare if spare is not None else self._new_chunk()   # OSError: nothing changes
@@ -220,7 +223,7 @@ class Journal:
     def prepare(self) -> None:
         """Off the hot path: make the next chunk once the current one is half full, so append
         only switches mappings. OSError (disk full) is left for append to meet."""
-        if self._spare is None and self._chunk is not None and self._off * 2 >= self._size:
+        if self._spare is None and self._chunk is not None and self.off * 2 >= self._size:
             self._spare = self._new_chunk()
 
     def release(self) -> None:
@@ -234,7 +237,7 @@ class Journal:
     def discard(self) -> None:
         """Close and remove every chunk file (and the directory when empty)."""
         self.close()
-        self._off = self._size = 0
+        self.off = self._size = 0
         self._left = []
         for path in _chunks(self.directory):
             path.unlink(missing_ok=True)
@@ -249,4 +252,4 @@ class Journal:
             if chunk is not None:
                 chunk.close()
         self._chunk = self._spare = None
-        self._mm = None
+        self.mm = None

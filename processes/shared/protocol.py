@@ -17,6 +17,8 @@ SIDES = ("BUY", "SELL")
 MAX_FRAME = 4096  # bytes; a longer frame closes the connection (see reactor.FrameReader)
 MAX_PRICE = 1e9   # anything above is a feed error, and would overflow fixed-point maths downstream
 MAX_U64 = (1 << 64) - 1
+MAX_ID = 128      # characters of an order id (1..MAX_ID)
+MAX_CLIENT = 128  # characters of an order's client field
 MAX_I64 = (1 << 63) - 1
 
 _COMMA = b","
@@ -166,8 +168,9 @@ def decode_order(frame: memoryview | bytes, symbols: frozenset[str] | set[str]) 
 
 def _order_in_range(o: Order, symbols: frozenset[str] | set[str]) -> bool:
     """The rules of validate_order that the types do not state."""
-    return (0 < len(o.id) <= 128 and o.symbol in symbols and (o.side == "BUY" or o.side == "SELL")
-            and 0 < o.qty <= MAX_I64 and 0.0 < o.price <= MAX_PRICE and len(o.client) <= 128
+    return (0 < len(o.id) <= MAX_ID and o.symbol in symbols
+            and (o.side == "BUY" or o.side == "SELL") and 0 < o.qty <= MAX_I64
+            and 0.0 < o.price <= MAX_PRICE and len(o.client) <= MAX_CLIENT
             and 0 <= o.tick_ns <= MAX_U64 and 0 <= o.tick_seq <= MAX_U64
             and 0 <= o.sent_ns <= MAX_U64)
 
@@ -175,8 +178,9 @@ def _order_in_range(o: Order, symbols: frozenset[str] | set[str]) -> bool:
 def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
     """Check one decoded order; ProtocolError names the first rule it breaks."""
     oid = obj.get("id")
-    if not isinstance(oid, str) or not oid or len(oid) > 128:
-        raise ProtocolError(f"bad order id {oid!r}: it must be a string of 1..128 characters")
+    if not isinstance(oid, str) or not oid or len(oid) > MAX_ID:
+        raise ProtocolError(f"bad order id {oid!r}: it must be a string of 1..{MAX_ID} "
+                            "characters")
     symbol = obj.get("symbol")
     if not isinstance(symbol, str) or symbol not in symbols:
         raise ProtocolError(f"unknown symbol {symbol!r}")
@@ -199,7 +203,7 @@ def validate_order(obj: dict, symbols: frozenset[str] | set[str]) -> Order:
         raise ProtocolError("qty out of range")
     client = obj.get("client", "")
     ints = [obj.get(k, 0) for k in ("tick_ns", "tick_seq", "sent_ns")]
-    if not isinstance(client, str) or len(client) > 128 or not all(
+    if not isinstance(client, str) or len(client) > MAX_CLIENT or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_U64 for v in ints):
         raise ProtocolError("bad client, tick_ns, tick_seq or sent_ns field")
     return Order(id=oid, client=client, symbol=symbol, side=side, qty=qty, price=price,

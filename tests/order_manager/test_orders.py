@@ -295,6 +295,36 @@ def test_a_resent_id_is_acked_with_the_same_number_and_booked_once(oms, tmp_path
     assert stats["duplicates"] == 3 and stats["orders"] == 4
 
 
+def test_the_strategys_frames_take_the_native_path_and_the_rest_the_python_path(oms, tmp_path):
+    """The native order path (ext.OrderDesk) books the canonical frames; a resend, a reject, a
+    frame of another shape or naming another client are the Python path's, with its answers."""
+    oms.start()
+    cli = oms.client()
+    cli.send(order("v-1"), order("v-2", side="SELL", price=99.5), order("v-1"),
+             order("v-3", symbol="NOPE"), order("v-4", client="someone-else"),
+             order("v-5").replace(b'"qty":10', b'"qty": 10'))
+    replies = cli.replies(6)
+    assert [(r["type"], r.get("order_no")) for r in replies] == [
+        ("ack", 1), ("ack", 2), ("ack", 1), ("reject", None), ("ack", 3), ("ack", 4)]
+    assert replies[3]["reason"] == "unknown symbol 'NOPE'"
+    oms.children[0].stop()
+    stats = final_stats(tmp_path)
+    assert stats["native_orders"] == 2 and stats["orders"] == 4 and stats["duplicates"] == 1
+    assert [(r["id"], r["client"], r["side"], r["price"]) for r in booked(tmp_path)] == [
+        ("v-1", "c1", "BUY", 100.0), ("v-2", "c1", "SELL", 99.5), ("v-4", "c1", "BUY", 100.0),
+        ("v-5", "c1", "BUY", 100.0)]
+
+
+def test_with_a_risk_limit_every_order_takes_the_python_path(oms, tmp_path):
+    oms.start(**{"order_manager.max_position": 1000})
+    cli = oms.client()
+    cli.send(order("r-1"), order("r-2"))
+    assert [r["order_no"] for r in cli.replies(2)] == [1, 2]
+    oms.children[0].stop()
+    stats = final_stats(tmp_path)
+    assert stats["native_orders"] == 0 and stats["orders"] == 2
+
+
 def test_the_order_log_is_read_back_after_a_restart(oms, tmp_path):
     oms.start()
     cli = oms.client()

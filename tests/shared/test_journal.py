@@ -39,7 +39,7 @@ def test_a_record_cut_short_is_not_read(tmp_path):
     recs = payloads(5)
     for rec in recs:
         j.append(rec)
-    off = j._off
+    off = j.off
     j.close()
     chunk = tmp_path / "j" / "00000001.chunk"
     torn = b'{"order_no":5,"id":"j-5"}'
@@ -134,3 +134,16 @@ def test_release_removes_only_the_chunks_already_left(tmp_path):
     got, torn = jm.read_records(tmp_path / "j")
     assert torn == 0 and got == recs[len(recs) - len(got):] and len(got) >= 50
     j.discard()
+
+
+def test_records_of_a_chunk_left_behind_are_taken_once(tmp_path):
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    j.open()
+    try:
+        data = payloads(200)   # several chunks, nothing taken in between
+        for p in data:
+            j.append(p)
+        assert j.take() == data
+        assert j.take() == []
+    finally:
+        j.discard()

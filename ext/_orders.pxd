@@ -1,0 +1,25 @@
+# Declarations of ext/_orders.pyx (the OrderManager's native order path); the logic and the
+# frame shape it takes are in the .pyx, the contract in its twin ext/orders_py.py.
+from libc.stdint cimport int64_t, uint64_t
+
+
+cdef struct order_text:
+    # Offsets into one frame: [start, end) of each string field, and the numbers parsed.
+    Py_ssize_t id0, id1, client0, client1, symbol0, symbol1, price0, price1
+    int buy
+    uint64_t qty, tick_ns, tick_seq, sent_ns
+    double price
+
+
+cdef class OrderDesk:
+    cdef object order_type    # the protocol's Order struct, built for a booked order
+    cdef object symbols       # the symbols an order may name (a frozenset of str)
+    cdef dict booked          # (client, id) -> order_no: an id found here is not ours to book
+    cdef object journal       # the journal's write cursor: .mm, .off, .records
+    cdef Py_ssize_t max_id
+    cdef Py_ssize_t max_client
+    cdef double max_price
+    cdef readonly unsigned long long booked_here   # orders this desk booked
+
+    cdef object _book(self, const unsigned char *p, Py_ssize_t n, str client, bytes fields,
+                      int64_t order_no, int64_t received_ns)

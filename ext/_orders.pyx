@@ -1,0 +1,268 @@
+# cython: language_level=3
+"""The OrderManager's order path for the canonical order frame, compiled: the twin of
+ext.orders_py (which states the contract). One call parses, validates, looks up the id, stores
+the journal record and encodes the ack, where the Python path makes a dozen Python-level calls:
+on a process woken cold, every one of them costs microseconds.
+
+The canonical frame is the one the Strategy's encoder writes (msgspec, fields in declaration
+order, every field present, no whitespace):
+
+    {"id":"..","client":"..","symbol":"..","side":"BUY","qty":N,"price":X,
+     "tick_ns":N,"tick_seq":N,"sent_ns":N}
+
+with strings of printable ASCII and no escapes, integers without sign or leading zeros, and the
+price as Python's (and msgspec's) shortest repr of its double, without an exponent. Anything
+else, and any frame that breaks a rule, returns None: the caller's Python path then decides, so
+every reject reason is its own.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcmp, memcpy, strlen
+
+from ext._journal cimport store_order
+
+cdef extern from "Python.h":
+    int Py_DTSF_ADD_DOT_0
+    const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
+    char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int *ptype) except NULL
+    double PyOS_string_to_double(const char *s, char **endptr, object overflow_exception) \
+        except? -1.0
+
+cdef uint64_t MAX_I64 = 9223372036854775807ULL
+cdef object _BUY = "BUY"
+cdef object _SELL = "SELL"
+
+
+cdef inline Py_ssize_t _key(const unsigned char *p, Py_ssize_t i, Py_ssize_t n,
+                            const char *key, Py_ssize_t klen) noexcept nogil:
+    """i past `key` if the frame has it at i, else -1."""
+    if i < 0 or i + klen > n or memcmp(p + i, key, klen) != 0:
+        return -1
+    return i + klen
+
+
+cdef inline Py_ssize_t _string(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """The offset of the closing quote of a string of printable ASCII without quotes or
+    backslashes starting at i, else -1."""
+    cdef unsigned char c
+    if i < 0:
+        return -1
+    while i < n:
+        c = p[i]
+        if c == 34:   # '"'
+            return i
+        if c < 32 or c > 126 or c == 92:   # control, non-ASCII, backslash: not canonical
+            return -1
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t _uint(const unsigned char *p, Py_ssize_t i, Py_ssize_t n,
+                             uint64_t *out) noexcept nogil:
+    """Past the unsigned integer at i ("0" or no leading zero, at most 2**64-1), else -1."""
+    cdef uint64_t v = 0, d
+    cdef Py_ssize_t start = i
+    if i < 0 or i >= n:
+        return -1
+    while i < n and 48 <= p[i] <= 57:
+        d = p[i] - 48
+        if v > (0xFFFFFFFFFFFFFFFFULL - d) // 10:
+            return -1
+        v = v * 10 + d
+        i += 1
+    if i == start or (p[start] == 48 and i - start > 1):
+        return -1
+    out[0] = v
+    return i
+
+
+cdef inline Py_ssize_t _price(const unsigned char *p, Py_ssize_t i, Py_ssize_t n,
+                              double *out) except -2:
+    """Past the price at i, digits '.' digits written as repr() writes its double, else -1."""
+    cdef char text[40]
+    cdef Py_ssize_t start = i, dot = -1, k, first = -1, last = -1, j
+    cdef char *endp
+    cdef char *back
+    cdef double v
+    cdef bint same
+    if i < 0:
+        return -1
+    while i < n and (48 <= p[i] <= 57 or (p[i] == 46 and dot < 0)):
+        if p[i] == 46:
+            dot = i
+        elif p[i] != 48:
+            if first < 0:
+                first = i
+            last = i
+        i += 1
+    k = i - start
+    # One digit at least on each side of the dot, no leading zero, at most 30 characters.
+    if dot <= start or dot == i - 1 or k > 30 or (p[start] == 48 and dot != start + 1):
+        return -1
+    memcpy(text, p + start, k)
+    text[k] = 0
+    v = PyOS_string_to_double(text, &endp, None)
+    if endp != text + k:
+        return -1
+    # repr() writes a double in [1e-4, 1e16) as the shortest digits that read back as it. Text
+    # with at most 15 significant digits reads back as itself (DBL_DIG), so it is that shortest
+    # form exactly when it has no trailing zero after the dot (but the one of "173.0"):
+    # the common case, decided without formatting the double.
+    if first >= 0 and 1e-4 <= v < 1e16 and (p[i - 1] != 48 or dot == i - 2):
+        j = last - first + 1 - (1 if first < dot < last else 0)
+        if j <= 15:
+            out[0] = v
+            return i
+    back = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)   # as repr(): "1.0"
+    same = <Py_ssize_t>strlen(back) == k and memcmp(back, text, k) == 0
+    PyMem_Free(back)
+    if not same:
+        return -1   # not how an encoder writes this double ("1.50", "1e-05")
+    out[0] = v
+    return i
+
+
+cdef Py_ssize_t _parse(const unsigned char *p, Py_ssize_t n, order_text *o) except -2:
+    """0 if the frame is canonical (o filled), else -1."""
+    cdef Py_ssize_t i
+    i = _key(p, 0, n, b'{"id":"', 7)
+    o.id0 = i
+    i = _string(p, i, n)
+    o.id1 = i
+    i = _key(p, i, n, b'","client":"', 12)
+    o.client0 = i
+    i = _string(p, i, n)
+    o.client1 = i
+    i = _key(p, i, n, b'","symbol":"', 12)
+    o.symbol0 = i
+    i = _string(p, i, n)
+    o.symbol1 = i
+    i = _key(p, i, n, b'","side":"', 10)
+    if i < 0:
+        return -1
+    if _key(p, i, n, b'BUY"', 4) >= 0:
+        o.buy = 1
+        i += 4
+    elif _key(p, i, n, b'SELL"', 5) >= 0:
+        o.buy = 0
+        i += 5
+    else:
+        return -1
+    i = _key(p, i, n, b',"qty":', 7)
+    i = _uint(p, i, n, &o.qty)
+    i = _key(p, i, n, b',"price":', 9)
+    o.price0 = i
+    i = _price(p, i, n, &o.price)
+    o.price1 = i
+    i = _key(p, i, n, b',"tick_ns":', 11)
+    i = _uint(p, i, n, &o.tick_ns)
+    i = _key(p, i, n, b',"tick_seq":', 12)
+    i = _uint(p, i, n, &o.tick_seq)
+    i = _key(p, i, n, b',"sent_ns":', 11)
+    i = _uint(p, i, n, &o.sent_ns)
+    if i < 0 or i + 1 != n or p[i] != 125:   # '}' and nothing after it
+        return -1
+    return 0
+
+
+cdef class OrderDesk:
+    """See ext.orders_py.OrderDesk (the contract); this one books the canonical frame only."""
+
+    def __init__(self, protocol, symbols, dict booked, journal):
+        self.order_type = protocol.Order
+        self.symbols = symbols
+        self.booked = booked
+        self.journal = journal
+        # The protocol's limits, read from it: its rules are stated there once.
+        self.max_id = protocol.MAX_ID
+        self.max_client = protocol.MAX_CLIENT
+        self.max_price = protocol.MAX_PRICE
+        if protocol.MAX_I64 != MAX_I64:
+            raise ValueError("the protocol's qty limit is not the one this desk checks")
+        self.booked_here = 0
+
+    def book(self, frame, str client, bytes fields, int64_t order_no, int64_t received_ns):
+        """(ack frame, Order) of a booked order, its record committed; None: not booked (not
+        canonical, a reject, a duplicate, no room in the journal chunk), nothing done."""
+        # Raw buffers, not typed memoryviews: acquiring one of those builds an object per call.
+        cdef Py_buffer view
+        PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
+        try:
+            return self._book(<const unsigned char *>view.buf, view.len, client, fields,
+                              order_no, received_ns)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object _book(self, const unsigned char *p, Py_ssize_t n, str client, bytes fields,
+                      int64_t order_no, int64_t received_ns):
+        cdef order_text o
+        cdef Py_ssize_t end, nid, ncl, nd = 0, k
+        cdef Py_buffer out
+        cdef char digits[24]
+        cdef char *a
+        cdef uint64_t v
+        cdef const char *cb
+        if n < 8 or _parse(p, n, &o) < 0:
+            return None
+        nid = o.id1 - o.id0
+        ncl = o.client1 - o.client0
+        if (nid < 1 or nid > self.max_id or ncl > self.max_client or o.qty < 1
+                or o.qty > MAX_I64 or not 0.0 < o.price <= self.max_price):
+            return None
+        # Booked under the hello's name: the frame's text is the record only when it says so.
+        cb = PyUnicode_AsUTF8AndSize(client, &k)   # cached in the str: no copy per call
+        if k != ncl or memcmp(cb, p + o.client0, ncl) != 0:
+            return None
+        symbol = PyUnicode_DecodeASCII(<const char *>p + o.symbol0, o.symbol1 - o.symbol0, NULL)
+        if symbol not in self.symbols:
+            return None
+        oid = PyUnicode_DecodeASCII(<const char *>p + o.id0, nid, NULL)
+        if (client, oid) in self.booked:
+            return None   # a resend: the Python path acks it again with its number
+        order = self.order_type(id=oid, client=client, symbol=symbol,
+                                side=_BUY if o.buy else _SELL, qty=<int64_t>o.qty,
+                                price=o.price, tick_ns=o.tick_ns, tick_seq=o.tick_seq,
+                                sent_ns=o.sent_ns)
+        journal = self.journal
+        mm = journal.mm
+        if mm is None:
+            return None
+        PyObject_GetBuffer(mm, &out, PyBUF_WRITABLE)
+        end = store_order(<unsigned char *>out.buf, out.len, journal.off, order_no, received_ns,
+                          <const unsigned char *>PyBytes_AS_STRING(fields), len(fields),
+                          p + 1, n - 2)
+        PyBuffer_Release(&out)
+        if end < 0:
+            return None   # the next chunk: the Python path switches to it
+        journal.off = end
+        journal.records += 1
+        self.booked_here += 1
+        # The ack: {"type":"ack","id":"<id>","order_no":N}* as the protocol's encoder writes it
+        # (the id needs no escape: printable ASCII without quotes or backslashes, and no '*',
+        # the delimiter, which no frame contains).
+        v = <uint64_t>order_no
+        while True:
+            digits[nd] = <char>(48 + v % 10)
+            nd += 1
+            v //= 10
+            if v == 0:
+                break
+        ack = PyBytes_FromStringAndSize(NULL, 20 + nid + 13 + nd + 2)
+        a = PyBytes_AS_STRING(ack)
+        memcpy(a, b'{"type":"ack","id":"', 20)
+        memcpy(a + 20, p + o.id0, nid)
+        k = 20 + nid
+        memcpy(a + k, b'","order_no":', 13)
+        k += 13
+        while nd:
+            nd -= 1
+            a[k] = digits[nd]
+            k += 1
+        a[k] = 125   # '}'
+        a[k + 1] = 42   # '*'
+        return ack, order

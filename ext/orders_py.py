@@ -1,0 +1,59 @@
+"""The OrderManager's order path for the canonical order frame, pure Python: the twin of
+ext._orders, and the statement of its contract. The twin is the protocol's own msgspec path
+(decode_order, encode_order, encode_ack), so it states no rule of its own.
+
+`OrderDesk(protocol, symbols, booked, journal)`; `book(frame, client, fields, order_no,
+received_ns)` books one order frame when it is canonical, i.e. exactly what the protocol's
+encoder writes for the order it decodes to, booked under `client` (so the frame's own text,
+braces off, is the order's part of its record), valid, and not in `booked` (the (client, id)
+-> order_no map), and its record fits the journal's current chunk. Then the record
+`{"order_no":N,"received_ns":N,<fields><the order>}` is committed at the journal's cursor
+(`journal.mm`, `journal.off`, advanced with `journal.records`, as Journal.commit_order does)
+and book returns (the ack frame, the Order). Anything else returns None with nothing done: the
+caller's Python path decides it (reject, duplicate, chunk switch), so every reason is its own.
+
+The caller uses a desk only when nothing else may refuse the order: no kill switch, no risk
+limit, and a journal without sync (the desk does not msync). The compiled desk books the same
+frames when their strings are printable ASCII without escapes and the price has no exponent;
+it declines the rest, which the Python path then books.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from ext.journal_py import put_order
+
+
+class OrderDesk:
+    def __init__(self, protocol: ModuleType, symbols: frozenset[str] | set[str],
+                 booked: dict[tuple[str, str], int], journal: Any) -> None:
+        self.protocol = protocol
+        self.symbols = symbols
+        self.booked = booked
+        self.journal = journal
+        self.booked_here = 0
+
+    def book(self, frame: memoryview | bytes, client: str, fields: bytes, order_no: int,
+             received_ns: int) -> tuple[bytes, Any] | None:
+        protocol = self.protocol
+        try:
+            order = protocol.decode_order(frame, self.symbols)
+        except protocol.ProtocolError:
+            return None
+        if order.client != client or (client, order.id) in self.booked:
+            return None
+        encoded = protocol.encode_order(order)
+        if encoded[:-1] != frame:
+            return None   # not how the encoder writes this order: its record would differ
+        journal = self.journal
+        if journal.mm is None:
+            return None
+        end = put_order(journal.mm, journal.off, order_no, received_ns, fields, encoded)
+        if end < 0:
+            return None
+        journal.off = end
+        journal.records += 1
+        self.booked_here += 1
+        return protocol.encode_ack(order.id, order_no), order
