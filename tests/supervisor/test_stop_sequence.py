@@ -28,6 +28,27 @@ def before_own_stop(log_file: Path, line: str) -> bool:
     return line in text[:own]
 
 
+@pytest.fixture(autouse=True)
+def _wall_clock_guard(request):
+    """Without pytest-timeout (scripts/mutation_report.py turns it off, and mutmut bounds only
+    CPU time) a mutant of the stop sequence can wait forever on a child, using no CPU: an alarm
+    every few seconds after a minute turns each such wait into a failure, and the fixture's
+    cleanup then kills the children."""
+    if request.config.pluginmanager.has_plugin("timeout"):
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError("the stop sequence hung")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, 60, 5)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture
 def running(tmp_path, monkeypatch):
     """A whole stack trading in this process's children; stopped (again) at teardown."""
