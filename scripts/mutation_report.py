@@ -290,30 +290,30 @@ def write_report(statuses: dict[str, str], verdicts: list[Verdict], baseline: di
         "Mutated: the target functions below (scripts/mutation_report.py, TARGETS), log lines "
         "and latency samples excepted. Each mutant runs against the fast in-process tests that "
         "call its function (pyproject.toml, pytest_add_cli_args_test_selection).", "",
-        "## Now", "", *table(counts), "",
+        "## This run", "", *table(counts), "",
     ]
     if wall_s is not None:
         lines += [f"Run time: {wall_s / 60:.1f} min with --max-children {max_children}.", ""]
-    lines += ["## Before the tests written for this report", "",
-              "The same targets with the tests as they were (log lines unmutated; latency "
-              "samples and the host's log helper still mutated then):", "",
+    lines += ["## The baseline (the tests before the ones written for this report)", "",
+              "The same targets against the baseline's tests (log lines unmutated; latency "
+              "samples and the host's log helper mutated in it):", "",
               *table(baseline["counts"]), "", "## Targets", ""]
     lines += [f"- `{path}`: {', '.join(f'`{f}`' for f in fns)}" for path, fns in targets.items()]
-    lines += ["", "## The survivors of before, now", "",
-              "Each mutant that survived before, found again by its diff; a killed one names "
+    lines += ["", "## The baseline's survivors in this run", "",
+              "Each mutant that survived the baseline, found again by its diff; a killed one names "
               "the test files added that call its function.", "",
-              "| mutant (before) | now | killed by one of |", "|---|---|---|"]
+              "| mutant (baseline) | this run | killed by one of |", "|---|---|---|"]
     for entry in baseline["survived"]:
         m = now_by_key.get(diff_key(entry["mutant"], entry["diff"]))
         if m is None:
             lines.append(f"| `{short(entry['mutant'])}` | not generated (its line is not "
-                         "mutated now) | |")
+                         "mutated) | |")
         else:
             status = mine[m]
             lines.append(f"| `{short(entry['mutant'])}` | {status} | "
                          f"{added_tests(function_of(m)) if status == 'killed' else ''} |")
-    lines += ["", "## Functions that had no test before", "",
-              "| function | untested before | killed now | survived now | no tests now | "
+    lines += ["", "## Functions the baseline left untested", "",
+              "| function | untested (baseline) | killed | survived | no tests | "
               "tests added |", "|---|---|---|---|---|---|"]
     for fn, n in baseline["no_tests_by_function"].items():
         got = [s for m, s in mine.items() if function_of(m) == fn]
