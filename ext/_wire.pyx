@@ -419,7 +419,10 @@ cdef class PriceFeedDecoder:
         self.book.publish_c()
         if sent and wns:
             if self._nlat < self.latency_capacity:
-                self._lat[self._nlat] = wns - sent
+                # From the stamp as sent, not as clamped, so sample + clock_offset is always
+                # the raw write - send the clock check needs; unsigned: wraps, never UB.
+                self._lat[self._nlat] = <int64_t>(<uint64_t>wns - <uint64_t>t.sent_ns
+                                                  - <uint64_t>self._clock_offset)
                 self._nlat += 1
             else:
                 self.latency_dropped += 1

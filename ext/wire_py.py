@@ -142,6 +142,10 @@ def shift_sent_ns(sent_ns: int, offset: int) -> int:
     return min(max(sent_ns + offset, 1), MAX_I64)
 
 
+def _wrap64(x: int) -> int:
+    return ((x + (1 << 63)) & MAX_U64) - (1 << 63)
+
+
 def _readonly(name: str) -> property:
     return property(lambda self: getattr(self, name))
 
@@ -159,7 +163,9 @@ class PriceFeedDecoder:
     clock_offset (ns, 0 by default) is added to every non-zero sent_ns before the write, so the
     book holds the Gateway's send times on this host's clock when the Gateway's is another
     host's (processes.orderbook.clock decides the offset; on the hot path it is one add). The
-    recorded latencies are then on this host's clock too.
+    recorded latencies are then on this host's clock too: write - sent_ns - clock_offset, from
+    the stamp as sent (shift_sent_ns may clamp the one written), so a latency plus the offset
+    is always the raw write - send.
     """
 
     frames = _readonly("_frames")          # non-empty frames seen == ticks + malformed + unknown
@@ -271,14 +277,17 @@ class PriceFeedDecoder:
             elif seq < prev:
                 self._seq_resets += 1
             self._last_seq[i] = seq
+        written = sent_ns
         if sent_ns and self._clock_offset:
-            sent_ns = shift_sent_ns(sent_ns, self._clock_offset)
-        self._book.write(i, price, sent_ns, seq)
+            written = shift_sent_ns(sent_ns, self._clock_offset)
+        self._book.write(i, price, written, seq)
         now = time.monotonic_ns()
         self._book.publish()
         if sent_ns:
             if self._nlat < self._latency_capacity:
-                self._lat[self._nlat] = now - sent_ns
+                # From the stamp as sent, not as clamped, so sample + clock_offset is always
+                # the raw write - send; wrapped to int64 as the compiled decoder's is.
+                self._lat[self._nlat] = _wrap64(now - sent_ns - self._clock_offset)
                 self._nlat += 1
             else:
                 self._latency_dropped += 1

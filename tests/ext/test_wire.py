@@ -484,8 +484,14 @@ def test_clock_offset_keeps_stamps_in_range(impl, book, sent, offset, written) -
     dec = impl.wire.PriceFeedDecoder(book)
     dec.clock_offset = offset
     frame = b"AAPL,1,1,%d*" % sent
+    before = time.monotonic_ns()
     dec.feed(frame, 0, len(frame))
+    after = time.monotonic_ns()
     assert book.read_slot(0)[1] == written == wire_py.shift_sent_ns(sent, offset)
+    # The latency is from the stamp as sent, not as clamped: plus the offset, it is always
+    # the raw write - send the OrderBook's clock check estimates the offset from.
+    (lat,) = dec.take_latencies().tolist()
+    assert before - sent <= lat + offset <= after - sent
 
 
 @pytest.mark.parametrize("bad,error", [(2**63, ValueError), (-(2**63), ValueError),
