@@ -4,6 +4,9 @@ shared memory (ext.SharedPriceBook), for any number of readers that never block 
 Each tick is published as soon as it is written: publish() is one atomic add when nobody sleeps, and
 rings a sleeping reader's doorbell otherwise, so the first tick of a burst reaches the Strategy
 without waiting for the rest of the recv() batch to be parsed.
+
+When the Gateway's clock is another host's, the send times are written on this host's clock
+(processes/orderbook/clock.py says how and what it costs), so readers judge ages on one clock.
 """
 
 from __future__ import annotations
