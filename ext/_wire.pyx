@@ -410,11 +410,11 @@ cdef class PriceFeedDecoder:
             elif seq < prev:
                 self.seq_resets += 1
             self._last_seq[i] = seq
+        if sent and self._clock_offset:
+            sent = _shift(sent, self._clock_offset)
         # The write returns its own CLOCK_MONOTONIC stamp (write_ns, taken inside the write),
         # or 0 when it was skipped (the lock stayed held): no read-back of our own slot, which a
         # foreign process could hold odd, and no second clock read.
-        if sent and self._clock_offset:
-            sent = _shift(sent, self._clock_offset)
         wns = self.book.write_c(i, t.price, sent, seq)
         self.book.publish_c()
         if sent and wns:
