@@ -8,9 +8,10 @@ strategy settings. The difference is the link: two more kernel network stacks (v
 on every hop that crosses it (price, news, order, ack), and the trading host's own reactor loop.
 
 The namespaces share one kernel, so CLOCK_MONOTONIC is one clock and tick -> ack (Gateway send
-in the core, ack received on the trading host) is exact. On two real hosts only the round trips
-(order send -> ack) stay on one clock. Needs root and `ip netns`; skipped with the reason
-otherwise. Run:
+in the core, ack received on the trading host) is exact. On two real hosts the trading host's
+OrderBook puts the send times on its own clock through a measured offset, which makes tick -> ack
+shorter by the smallest one-way transit (README, "Clocks"); order send -> ack is exact there.
+Needs root and `ip netns`; skipped with the reason otherwise. Run:
     python -m pytest bench/bench_multihost.py --benchmark-only
 """
 

@@ -23,6 +23,7 @@ from ext.wire_py import (
     MAX_PRICE_DIGITS,
     FrameTooLong,
     check_batch_args,
+    check_clock_offset,
     check_delimiter,
     check_encoder_args,
     parse_price_frame,
@@ -182,6 +183,15 @@ cdef inline bint _parse(const unsigned char *p, const unsigned char *e, Tick *t)
     return True
 
 
+cdef inline int64_t _shift(int64_t sent, int64_t offset) noexcept nogil:
+    """sent (1..2**63-1) + offset (|offset| <= 2**63-1), kept in 1..2**63-1 as
+    wire_py.shift_sent_ns keeps it."""
+    if offset > 0:
+        return INT64_MAX if sent > INT64_MAX - offset else sent + offset
+    sent += offset                        # >= 1 - INT64_MAX: no overflow
+    return sent if sent > 0 else 1
+
+
 # ------------------------------------------------------------------ symbol table
 cdef struct SymKey:
     uint64_t w[2]                 # the symbol's bytes, zero padded
@@ -221,6 +231,8 @@ cdef class PriceFeedDecoder:
     the last delimiter consumed; the caller keeps the unterminated rest for the next call.
     Each valid tick is written and published at once (publish is one atomic add unless a
     reader sleeps), so the first tick of a batch reaches readers before the rest is parsed.
+    clock_offset is added to every non-zero sent_ns before the write (ext.wire_py's decoder
+    says why).
     """
 
     cdef readonly SharedPriceBook book
@@ -236,6 +248,7 @@ cdef class PriceFeedDecoder:
     cdef readonly uint64_t gaps             # saturates at 2**64-1 (hostile sequence numbers)
     cdef readonly uint64_t seq_resets
     cdef readonly uint64_t latency_dropped
+    cdef int64_t _clock_offset
     cdef unsigned char _delim
     cdef SymKey *_table
     cdef uint64_t _mask
@@ -295,6 +308,16 @@ cdef class PriceFeedDecoder:
         self.latency_capacity = latency_capacity
         self.delimiter = delimiter
         self.on_reject = on_reject
+
+    @property
+    def clock_offset(self):
+        """ns added to every tick's sent_ns (not to a 0, which means "no stamp") before it is
+        written: the Gateway's clock onto this host's (ext.wire_py.check_clock_offset)."""
+        return self._clock_offset
+
+    @clock_offset.setter
+    def clock_offset(self, ns):
+        self._clock_offset = check_clock_offset(ns)
 
     def rebind(self, SharedPriceBook book not None):
         """Write into `book` from now on (a re-created segment with the same symbols); the
@@ -376,7 +399,7 @@ cdef class PriceFeedDecoder:
         # Gap/reset accounting (seq == prev is the snapshot sent on reconnect), written so that
         # nothing overflows at 2**64-1.
         cdef uint64_t seq = t.seq, prev, g
-        cdef int64_t wns
+        cdef int64_t wns, sent = t.sent_ns
         if seq:
             prev = self._last_seq[i]
             if prev and seq > prev and seq - prev > 1:
@@ -387,14 +410,19 @@ cdef class PriceFeedDecoder:
             elif seq < prev:
                 self.seq_resets += 1
             self._last_seq[i] = seq
+        if sent and self._clock_offset:
+            sent = _shift(sent, self._clock_offset)
         # The write returns its own CLOCK_MONOTONIC stamp (write_ns, taken inside the write),
         # or 0 when it was skipped (the lock stayed held): no read-back of our own slot, which a
         # foreign process could hold odd, and no second clock read.
-        wns = self.book.write_c(i, t.price, t.sent_ns, seq)
+        wns = self.book.write_c(i, t.price, sent, seq)
         self.book.publish_c()
-        if t.sent_ns and wns:
+        if sent and wns:
             if self._nlat < self.latency_capacity:
-                self._lat[self._nlat] = wns - t.sent_ns
+                # From the stamp as sent, not as clamped, so sample + clock_offset is always
+                # the raw write - send the clock check needs; unsigned: wraps, never UB.
+                self._lat[self._nlat] = <int64_t>(<uint64_t>wns - <uint64_t>t.sent_ns
+                                                  - <uint64_t>self._clock_offset)
                 self._nlat += 1
             else:
                 self.latency_dropped += 1

@@ -126,6 +126,26 @@ def check_delimiter(delimiter: bytes, symbols: Sequence[str]) -> int:
     return delimiter[0]
 
 
+def check_clock_offset(ns: int) -> int:
+    """A PriceFeedDecoder.clock_offset: an int of at most 2**63-1 either way."""
+    if isinstance(ns, bool) or not isinstance(ns, int):
+        raise TypeError(f"clock_offset must be an int (ns), got {type(ns).__name__}")
+    if not -MAX_I64 <= ns <= MAX_I64:
+        raise ValueError(f"clock_offset must be within +-(2**63-1) ns, got {ns}")
+    return ns
+
+
+def shift_sent_ns(sent_ns: int, offset: int) -> int:
+    """A send stamp (1..2**63-1) moved by offset, kept in 1..2**63-1: a stamp from before this
+    clock's zero becomes 1, the oldest there is (so its price is stale, never "from the future"),
+    and one past the end saturates."""
+    return min(max(sent_ns + offset, 1), MAX_I64)
+
+
+def _wrap64(x: int) -> int:
+    return ((x + (1 << 63)) & MAX_U64) - (1 << 63)
+
+
 def _readonly(name: str) -> property:
     return property(lambda self: getattr(self, name))
 
@@ -139,6 +159,13 @@ class PriceFeedDecoder:
     readers without waiting for the rest of it. A tick with sent_ns != 0 records
     CLOCK_MONOTONIC right after its write minus sent_ns (the compiled decoder reads back the
     write's own write_ns stamp instead, a few ns earlier and one clock read cheaper).
+
+    clock_offset (ns, 0 by default) is added to every non-zero sent_ns before the write, so the
+    book holds the Gateway's send times on this host's clock when the Gateway's is another
+    host's (processes.orderbook.clock decides the offset; on the hot path it is one add). The
+    recorded latencies are then on this host's clock too: write - sent_ns - clock_offset, from
+    the stamp as sent (shift_sent_ns may clamp the one written), so a latency plus the offset
+    is always the raw write - send.
     """
 
     frames = _readonly("_frames")          # non-empty frames seen == ticks + malformed + unknown
@@ -180,6 +207,17 @@ class PriceFeedDecoder:
         self.on_reject = on_reject
         self._frames = self._ticks = self._malformed = self._unknown = self._empty = 0
         self._gaps = self._seq_resets = self._latency_dropped = 0
+        self._clock_offset = 0
+
+    @property
+    def clock_offset(self) -> int:
+        """ns added to every tick's sent_ns (not to a 0, which means "no stamp") before it is
+        written: the Gateway's clock onto this host's."""
+        return self._clock_offset
+
+    @clock_offset.setter
+    def clock_offset(self, ns: int) -> None:
+        self._clock_offset = check_clock_offset(ns)
 
     def rebind(self, book: Any) -> None:
         """Write into `book` from now on (a re-created segment with the same symbols); the
@@ -239,12 +277,17 @@ class PriceFeedDecoder:
             elif seq < prev:
                 self._seq_resets += 1
             self._last_seq[i] = seq
-        self._book.write(i, price, sent_ns, seq)
+        written = sent_ns
+        if sent_ns and self._clock_offset:
+            written = shift_sent_ns(sent_ns, self._clock_offset)
+        self._book.write(i, price, written, seq)
         now = time.monotonic_ns()
         self._book.publish()
         if sent_ns:
             if self._nlat < self._latency_capacity:
-                self._lat[self._nlat] = now - sent_ns
+                # From the stamp as sent, not as clamped, so sample + clock_offset is always
+                # the raw write - send; wrapped to int64 as the compiled decoder's is.
+                self._lat[self._nlat] = _wrap64(now - sent_ns - self._clock_offset)
                 self._nlat += 1
             else:
                 self._latency_dropped += 1

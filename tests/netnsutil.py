@@ -234,11 +234,11 @@ class Desk:
         run.wait_for("stack running")
         return run
 
-    def start_core(self, *extra: str) -> HostRun:
+    def start_core(self, *extra: str, wrap: tuple[str, ...] = ()) -> HostRun:
         addr = self.lan.core_addr
         self.core = self._start(self.lan.core, [
             "--role", "core", "--gateway-listen", addr, "--order-listen", addr,
-            "--shm-name", self.core_segment, "--order-log", "orders.jsonl", *extra])
+            "--shm-name", self.core_segment, "--order-log", "orders.jsonl", *extra], wrap=wrap)
         return self.core
 
     def start_trading(self, ns: str, *extra: str, wrap: tuple[str, ...] = ()) -> HostRun:

@@ -4,6 +4,9 @@ shared memory (ext.SharedPriceBook), for any number of readers that never block 
 Each tick is published as soon as it is written: publish() is one atomic add when nobody sleeps, and
 rings a sleeping reader's doorbell otherwise, so the first tick of a burst reaches the Strategy
 without waiting for the rest of the recv() batch to be parsed.
+
+When the Gateway's clock is another host's, the send times are written on this host's clock
+(processes/orderbook/clock.py says how and what it costs), so readers judge ages on one clock.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import socket
 from typing import Any
 
 from ext import IMPLEMENTATION, WIRE_IMPLEMENTATION, PriceFeedDecoder, SharedPriceBook
+from processes.orderbook.clock import CLOCK_SKEW_WARN, ClockOffset
 from processes.shared import config as config_mod
 from processes.shared import runtime, telemetry
 from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
@@ -27,8 +31,6 @@ GAP_CHECK_INTERVAL = 1.0  # seconds between looks at the decoder's gap counter (
 GAP_LOG_EVERY = 10.0      # at most one gap line per this many seconds while gaps keep coming
 LOGGED_REJECTS = 5        # malformed/unknown frames logged one by one; the rest only counted
 MAX_PRICE_FRAME = 256     # bytes; a longer price frame closes the feed connection
-CLOCK_SKEW_WARN = 1.0     # seconds between a tick's send and write stamps that cannot be latency
-CLOCK_SLOTS = 16          # slots the clock check reads (their minimum is the closest to the skew)
 
 
 class OrderBookService:
@@ -50,8 +52,8 @@ class OrderBookService:
         self._gap_logged_at = float("-inf")
         self.repairs = 0           # corrupted parts of our segment rewritten (check_segment)
         self.recreated = 0         # segments re-created after ours was unlinked or replaced
-        self.clock_skew_s = 0.0    # write - send stamps, at best; far from 0: another host's clock
-        self._skew_warned = False  # once per connection
+        self.clock = ClockOffset()  # the Gateway's clock onto ours (processes/orderbook/clock.py)
+        self.latency_other_clock = 0   # samples dropped: measured against another host's clock
         self._repairing = False    # a corruption episode is on (logged at start and end)
         self._lock_skips_seen = 0
         self._lock_episode = False
@@ -70,7 +72,6 @@ class OrderBookService:
         self.reactor.call_every(telemetry.FOLD_INTERVAL, self._drain_latencies)
         self._gaps_by_symbol = [0] * self.book.nsymbols
         self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_gaps)
-        self.reactor.call_every(GAP_CHECK_INTERVAL, self._check_clock)
         self.dialer = Dialer(self.reactor, net.gateway_host, net.price_port,
                              on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                              on_data=self.decoder.feed, backoff=Backoff(),
@@ -94,9 +95,44 @@ class OrderBookService:
 
     def _drain_latencies(self) -> None:
         """The decoder stamps latencies into its own bounded buffer; move them into the
-        histogram often enough that it never fills at the rates we sustain."""
-        if self.decoder is not None:
-            self.tick_to_shm.extend(self.decoder.take_latencies())
+        histogram often enough that it never fills at the rates we sustain.
+
+        Each drain is also a window of the clock check: the samples are write - send on the
+        offset the decoder applied, so their smallest plus that offset is the window's raw
+        write - send (processes/orderbook/clock.py). Taken and applied in this one call, on the
+        reactor's thread, no sample ever mixes two offsets.
+        """
+        d = self.decoder
+        if d is None:
+            return
+        samples = d.take_latencies()
+        if not samples.size:
+            return
+        was = self.clock.applied_ns
+        if self.clock.observe(int(samples.min()) + was):
+            d.clock_offset = self.clock.applied_ns
+            if self._clock_changed(was):
+                self.latency_other_clock += int(samples.size)
+                return   # measured against a clock we now know is not ours
+        self.tick_to_shm.extend(samples)
+
+    def _clock_changed(self, was: int) -> bool:
+        """Log a change of the applied offset that is a change of clock (on, off, or a jump:
+        another Gateway host); True for those. The estimate following a drifting clock is not
+        logged."""
+        now = self.clock.applied_ns
+        if abs(now - was) <= CLOCK_SKEW_WARN * 1e9:
+            return False
+        if now:
+            log.warning("the Gateway's clock is %+.1f s off this host's (CLOCK_MONOTONIC counts "
+                        "from each host's boot): writing its send times into the book on this "
+                        "host's clock, so price ages (strategy.max_price_age) and tick "
+                        "latencies are this host's, younger by the smallest transit",
+                        now / 1e9)
+        else:
+            log.warning("the Gateway's clock is this host's again: writing its send times "
+                        "into the book as they come")
+        return True
 
     def stats(self) -> dict[str, Any]:
         d = self.decoder
@@ -107,7 +143,9 @@ class OrderBookService:
                 "lock_skips": self.book.lock_skips if self.book else 0,
                 "repairs": self.repairs, "recreated": self.recreated,
                 "connected": bool(self.dialer and self.dialer.connected),
-                "clock_skew_s": round(self.clock_skew_s, 3),
+                "clock_skew_s": round((self.clock.estimate_ns or 0) / 1e9, 3),
+                "clock_offset_s": round(self.clock.applied_ns / 1e9, 6),
+                "latency_other_clock": self.latency_other_clock,
                 "reconnects": self.dialer.reconnects if self.dialer else 0}
 
     # --- the segment we own: heartbeat, repair, re-create (timer, never per tick) ----------------
@@ -183,32 +221,10 @@ class OrderBookService:
     # --- feed ------------------------------------------------------------------------------------
     def _on_connect(self, conn: Connection) -> None:
         log.info("connected to price feed %s", conn.peer)
-        self._skew_warned = False
-
-    def _check_clock(self) -> None:
-        """Timer: warn once per connection when the Gateway's CLOCK_MONOTONIC is not ours.
-
-        Ticks carry the Gateway's send time, which every reader compares with its own clock
-        (staleness, the tick -> X latencies). On one host, or in network namespaces of one
-        kernel, that is one clock; across real hosts each clock counts from its own boot, so
-        every price looks stale (never traded) or never does. The smallest write - send
-        difference over a few slots is latency plus that offset.
-        """
-        book = self.book
-        if book is None or self._skew_warned:
-            return
-        gaps = [w - s for _, s, _, w in map(book.read_slot, range(min(book.nsymbols,
-                                                                        CLOCK_SLOTS))) if s and w]
-        if not gaps:
-            return
-        self.clock_skew_s = min(gaps) / 1e9
-        if abs(self.clock_skew_s) > CLOCK_SKEW_WARN:
-            self._skew_warned = True
-            log.error("the Gateway's clock is %+.1f s off this host's (CLOCK_MONOTONIC counts "
-                      "from each host's boot): strategy.max_price_age will judge every price "
-                      "stale or none, and tick latencies are meaningless. Across real hosts set "
-                      "strategy.max_price_age = 0 (README, \"More than one host\")",
-                      self.clock_skew_s)
+        # The Gateway may be another one now, on another host's clock: the old connection's
+        # samples are judged first, so no window mixes the two.
+        self._drain_latencies()
+        self.clock.reset()
 
     def _on_disconnect(self, reason: str | None) -> None:
         if self.dialer is not None and self.dialer.closed:

@@ -79,7 +79,8 @@ class Order(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     side: str
     qty: int
     price: float
-    tick_ns: int = 0   # Gateway send time of the tick that triggered it (CLOCK_MONOTONIC)
+    tick_ns: int = 0   # send time of the tick that triggered it, as the Strategy's book holds it:
+                       # on the Strategy host's CLOCK_MONOTONIC (README, "Clocks")
     tick_seq: int = 0
     sent_ns: int = 0   # Strategy send time
 

@@ -90,7 +90,8 @@ class Tick:
     def __init__(self) -> None:
         self.index = 0     # the symbol's position in Context.symbols
         self.seq = 0       # the Gateway's per-symbol tick sequence (0 on a plain feed)
-        self.sent_ns = 0   # the Gateway's send time, CLOCK_MONOTONIC ns (0 on a plain feed)
+        self.sent_ns = 0   # the Gateway's send time on this host's CLOCK_MONOTONIC, ns (0 on a
+                           # plain feed); README, "Clocks"
 
 
 class OrderReply(msgspec.Struct, frozen=True):

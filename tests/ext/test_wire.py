@@ -439,6 +439,72 @@ def test_latency_recording(impl, book) -> None:
     assert len(dec.take_latencies()) == 1 and dec.latency_dropped == 2
 
 
+# --------------------------------------------------------------------------- clock offset
+DAY_NS = 86_400 * 10**9
+
+
+def test_clock_offset_moves_send_times_onto_this_hosts_clock(impl, book) -> None:
+    """A Gateway a day ahead of this host: with the offset its send stamps are written as this
+    host's, and the recorded latency is this host's write time minus that."""
+    dec = impl.wire.PriceFeedDecoder(book)
+    assert dec.clock_offset == 0
+    far = time.monotonic_ns() + DAY_NS - 1_000_000   # sent 1 ms ago on a clock a day ahead
+    frame = b"AAPL,1.5,1,%d*" % far
+    dec.feed(frame, 0, len(frame))
+    assert book.read_slot(0)[1] == far                # no offset: written as it came
+    assert dec.take_latencies().tolist()[0] < -DAY_NS + 10**9
+    dec.clock_offset = -DAY_NS
+    frame = b"AAPL,1.5,2,%d*V,2*" % far               # V: plain, no stamp
+    before = time.monotonic_ns()
+    dec.feed(frame, 0, len(frame))
+    after = time.monotonic_ns()
+    assert slots(book)[0] == (1.5, far - DAY_NS, 2)
+    assert slots(book)[SYMS.index("V")] == (2.0, 0, 0)   # 0 means "no stamp": never shifted
+    (lat,) = dec.take_latencies().tolist()
+    assert before - (far - DAY_NS) <= lat <= after - (far - DAY_NS)
+    assert dec.ticks == 3 and dec.seq_resets == 0 and dec.gaps == 0
+    dec.clock_offset = 0
+    frame = b"MSFT,3,1,%d*" % far
+    dec.feed(frame, 0, len(frame))
+    assert book.read_slot(SYMS.index("MSFT"))[1] == far
+
+
+@pytest.mark.parametrize("sent,offset,written", [
+    (5, -10, 1),                                  # before this clock's zero: the oldest stamp
+    (10, -10, 1),
+    (11, -10, 1),
+    (2**63 - 1, 1, 2**63 - 1),                    # past the end: saturates
+    (2**63 - 11, 10, 2**63 - 1),
+    (2**63 - 12, 10, 2**63 - 2),
+    (1, 2**63 - 1, 2**63 - 1),
+    (2**63 - 1, -(2**63 - 1), 1),
+    (7, 3, 10),
+])
+def test_clock_offset_keeps_stamps_in_range(impl, book, sent, offset, written) -> None:
+    dec = impl.wire.PriceFeedDecoder(book)
+    dec.clock_offset = offset
+    frame = b"AAPL,1,1,%d*" % sent
+    before = time.monotonic_ns()
+    dec.feed(frame, 0, len(frame))
+    after = time.monotonic_ns()
+    assert book.read_slot(0)[1] == written == wire_py.shift_sent_ns(sent, offset)
+    # The latency is from the stamp as sent, not as clamped: plus the offset, it is always
+    # the raw write - send the OrderBook's clock check estimates the offset from.
+    (lat,) = dec.take_latencies().tolist()
+    assert before - sent <= lat + offset <= after - sent
+
+
+@pytest.mark.parametrize("bad,error", [(2**63, ValueError), (-(2**63), ValueError),
+                                       (1.5, TypeError), ("1", TypeError), (None, TypeError),
+                                       (True, TypeError)])
+def test_clock_offset_refuses_what_is_not_an_int64_ns(impl, book, bad, error) -> None:
+    dec = impl.wire.PriceFeedDecoder(book)
+    dec.clock_offset = 7
+    with pytest.raises(error):
+        dec.clock_offset = bad
+    assert dec.clock_offset == 7                       # a refused value changes nothing
+
+
 def test_latency_capacity_zero_records_nothing(impl, book) -> None:
     dec = impl.wire.PriceFeedDecoder(book, latency_capacity=0)
     dec.feed(b"AAPL,1,1,5*V,2*", 0, 15)

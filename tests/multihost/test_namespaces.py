@@ -11,6 +11,10 @@ orders are resent, never booked twice.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -22,6 +26,7 @@ from mainutil import child_pids
 from netnsutil import ROOT, Desk, clock_ahead, time_namespaces_unavailable, unavailable
 from stackutil import shm_exists, wait_until
 
+from processes.shared import config as config_mod
 from processes.shared.dead_peer import DEAD_PEER_TIMEOUT
 
 REASON = unavailable()
@@ -150,24 +155,74 @@ def test_a_delayed_link_still_books_every_order(tmp_path: Path) -> None:
         desk.close()
 
 
-@pytest.mark.timeout(60)
-def test_a_trading_host_with_another_clock_is_told_and_trades_without_the_age_check(
-        tmp_path: Path) -> None:
-    """Real hosts' CLOCK_MONOTONIC count from their own boots; a time namespace puts the
-    trading host's a day ahead. Its OrderBook says so, and with strategy.max_price_age = 0 (the
-    README's advice for real hosts) its strategy trades; with the age check every price would
-    look a day old."""
+AHEAD = 86_400    # seconds: one host's CLOCK_MONOTONIC a day ahead of the other's
+
+
+def _ages(segment: str, wrap: tuple[str, ...]) -> list[float]:
+    """now - sent_ns of every slot of `segment`, read with the trading host's clock (behind
+    `wrap`, as its processes run): the age its Strategy judges a price by."""
+    code = ("import json, time\n"
+            "from ext import SharedPriceBook\n"
+            f"with SharedPriceBook(name={segment!r}, create=False) as book:\n"
+            "    now = time.monotonic_ns()\n"
+            "    print(json.dumps([(now - book.read_slot(i)[1]) / 1e9\n"
+            "                      for i in range(book.nsymbols)]))\n")
+    done = subprocess.run([*wrap, sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("ahead", ["trading", "core"])
+def test_a_trading_host_on_another_clock_trades_with_the_age_check_on(
+        tmp_path: Path, ahead: str) -> None:
+    """Real hosts' CLOCK_MONOTONIC count from their own boots; a time namespace puts one
+    host's a day ahead of the other's. The trading host's OrderBook says so and writes the send
+    times on its own clock, so with strategy.max_price_age at its default its prices are
+    judged fresh and it trades, and when the Gateway stops under it they go stale after
+    max_price_age: the age check works across the clocks, whichever is ahead (a trading host
+    behind is the case where, uncorrected, no price would ever look stale)."""
     why = time_namespaces_unavailable()
     if why is not None:
         pytest.skip(why)
+    max_age = config_mod.Strategy().max_price_age
+    assert max_age > 0
+    trading_wrap = clock_ahead(AHEAD) if ahead == "trading" else ()
     desk = Desk(tmp_path, hosts=1, common=COMMON)
+    gateway = 0
     try:
         (a,) = desk.lan.hosts
-        desk.start_core()
-        run = desk.start_trading(a, "--set", "strategy.max_price_age=0",
-                                 wrap=clock_ahead(86_400))
-        run.wait_for("the Gateway's clock is +86400", 15)
-        wait_until(lambda: desk.booked_by(a) >= 3, 30, what="orders from the day-ahead host")
-        assert run.stop() == 0
+        core = desk.start_core(wrap=clock_ahead(AHEAD) if ahead == "core" else ())
+        gateway = child_pids(core.output)["gateway"]
+        run = desk.start_trading(a, wrap=trading_wrap)
+        sign = "+" if ahead == "trading" else "-"
+        run.wait_for(f"the Gateway's clock is {sign}{AHEAD}", 15)
+        wait_until(lambda: desk.booked_by(a) >= 3, 30, what="orders from the other-clock host")
+        ages = _ages(desk.segments[a], trading_wrap)
+        assert all(0 <= age < max_age for age in ages), ages
+        # Once the offset is applied, no order is refused as stale (the first window's ticks,
+        # written before it, may be).
+        skips = desk.counter(a, "strategy", "stale_skips")
+        booked = desk.booked_by(a)
+        wait_until(lambda: desk.booked_by(a) >= booked + 3, 30, what="more orders")
+        assert desk.counter(a, "strategy", "stale_skips") == skips
+        assert desk.counter(a, "orderbook", "clock_offset_s") == pytest.approx(
+            AHEAD if ahead == "trading" else -AHEAD, abs=1)
+
+        os.kill(gateway, signal.SIGSTOP)      # the feed stops; the connection stays up
+        wait_until(lambda: min(_ages(desk.segments[a], trading_wrap)) > max_age,
+                   max_age + 15, what="every price older than max_price_age")
+        wait_until(lambda: desk.counter(a, "strategy", "stale_symbols") == len(ages), 10,
+                   what="the trading host's Strategy to judge every price stale")
+        os.kill(gateway, signal.SIGCONT)
+        booked = desk.booked_by(a)
+        wait_until(lambda: desk.booked_by(a) > booked, 30,
+                   what="orders again once the Gateway sends again")
+        assert run.stop() == 0, run.output[-2000:]
+        assert core.stop() == 0, core.output[-2000:]
     finally:
+        if gateway:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(gateway, signal.SIGCONT)   # a stopped process cannot be stopped
         desk.close()
