@@ -65,14 +65,15 @@ def assert_nothing_left(output: str, shm: str, *strategies: str) -> None:
     assert not shm_exists(shm)
 
 
-class MainRun:
-    """main.py in its own session, its output collected by a thread so the test can wait on it."""
+class CollectedRun:
+    """A command in its own session, its output (stdout and stderr) collected line by line by
+    a thread, so a test can wait on it while it runs."""
 
-    def __init__(self, tmp_path: Path, shm: str, *extra: str) -> None:
-        tmp_path.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(main_cmd(tmp_path, shm, *extra), cwd=tmp_path,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -84,6 +85,13 @@ class MainRun:
     @property
     def output(self) -> str:
         return "".join(self.lines)
+
+
+class MainRun(CollectedRun):
+    """main.py in its own session, its output collected by a thread so the test can wait on it."""
+
+    def __init__(self, tmp_path: Path, shm: str, *extra: str) -> None:
+        super().__init__(main_cmd(tmp_path, shm, *extra), tmp_path)
 
     def wait_for(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match:
         """The first match of `pattern` in the output lines from index `after` on."""

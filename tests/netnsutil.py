@@ -18,11 +18,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from mainutil import CollectedRun
 
 from processes.shared import telemetry
 
@@ -136,30 +137,16 @@ def clock_ahead(seconds: int) -> tuple[str, ...]:
     return ("unshare", "--time", "--monotonic", str(seconds))
 
 
-class HostRun:
+class HostRun(CollectedRun):
     """`python main.py ARGS` inside namespace `ns` (behind the `wrap` command prefix, if any),
     in its own session, its output collected."""
 
     def __init__(self, ns: str, workdir: Path, args: list[str],
                  env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
         self.ns = ns
         self.workdir = workdir
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *wrap, sys.executable, str(ROOT / "main.py"), *args],
-            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True, env={**os.environ, **(env or {})})
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
+        super().__init__(["ip", "netns", "exec", ns, *wrap, sys.executable,
+                          str(ROOT / "main.py"), *args], workdir, env or {})
 
     def wait_for(self, text: str, timeout: float = 30.0) -> None:
         """Until `text` is in the output; AssertionError with the output if main.py exits or

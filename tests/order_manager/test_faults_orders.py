@@ -69,6 +69,10 @@ def test_kill_9_the_order_manager_mid_stream_loses_and_doubles_nothing(tmp_path)
         # news agrees with a trend half the time
         "strategy.params.bullish": 50, "strategy.params.bearish": 50,
         "logging.level": "DEBUG", "logging.stats_interval": 0.1,
+        # One order in flight per symbol and side: with ten symbols, the orders frozen at the
+        # kill leave sides free for the orders the Strategy makes during the outage.
+        "market.symbols": ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA", "META", "NFLX",
+                           "INTC", "ORCL"],
     })
     children: list[Child] = []
     held = hold_port()          # the restarted OrderManager binds the same port: nobody else may
