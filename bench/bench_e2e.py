@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import hop_percentiles
 from processes.shared import config, placement, telemetry
 from processes.supervisor import summary
 from processes.supervisor.stack import Stack
@@ -92,15 +93,12 @@ def test_e2e_latency(benchmark, tmp_path: Path, layout: str) -> None:
                 orders=strategy["orders"], decisions=strategy["decisions"])
     for row in built["flow"]:
         info[f"{row['process']}.{row['counter']}_per_s"] = round(row["per_s"], 1)
+    info.update(hop_percentiles(latency, HOPS))
     for hop in HOPS:
         row = latency.get(hop)
-        if row is None:
-            continue
-        info[f"{hop}_count"] = row["count"]
-        for key in ("p50", "p99", "p99.9", "max"):
-            info[f"{hop}_{key}_us"] = round(row[key] / 1e3, 2)
-        published = snaps[row["process"]]["latency"][hop]["pairs"]
-        info[f"{hop}_pairs"] = telemetry.decode_pairs(published)
+        if row is not None:
+            published = snaps[row["process"]]["latency"][hop]["pairs"]
+            info[f"{hop}_pairs"] = telemetry.decode_pairs(published)
 
 
 def _tick_seqs(book: Any) -> int:

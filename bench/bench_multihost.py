@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from netnsutil import Desk, unavailable
 
+from bench.harness import hop_percentiles
 from processes.shared import placement, telemetry
 from processes.supervisor import summary
 
@@ -64,15 +65,8 @@ def _trade(desk: Desk, seconds: float, link: bool) -> dict[str, dict[str, Any]]:
 
 def percentiles(side: str, snaps: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """{side}_{hop}_{p50,p99,p99.9,max}_us and _count from the processes' final histograms."""
-    out: dict[str, Any] = {}
     latency = {row["name"]: row for row in summary.build(snaps)["latency"]}
-    for hop in HOPS:
-        row = latency.get(hop)
-        if row is None:
-            continue
-        out[f"{side}_{hop}_count"] = row["count"]
-        for key in ("p50", "p99", "p99.9", "max"):
-            out[f"{side}_{hop}_{key}_us"] = round(row[key] / 1e3, 2)
+    out = hop_percentiles(latency, HOPS, f"{side}_")
     strategy = snaps["strategy"]["counters"]
     out[f"{side}_orders"] = strategy["orders"]
     out[f"{side}_acks"] = strategy["acks"]

@@ -1,4 +1,5 @@
-"""Shared helpers for the process-based benchmarks (bench_orders, bench_throughput, bench_scale).
+"""Shared helpers for the process-based benchmarks (bench_orders, bench_throughput, bench_scale;
+hop_percentiles also for bench_e2e and bench_multihost).
 
 They run real stack processes (spawned like main.py spawns them) on loopback with ephemeral ports
 and a ``tsbench_<uuid>`` segment, so each benchmark measures what the stack really does. Under
@@ -120,6 +121,21 @@ def hop_latency(before: dict[str, Any], after: dict[str, Any], hop: str,
 
 
 # --- shared memory --------------------------------------------------------------------------------
+
+def hop_percentiles(latency: dict[str, dict[str, Any]], hops: Iterable[str],
+                    prefix: str = "") -> dict[str, Any]:
+    """{prefix}{hop}_count and _{p50,p99,p99.9,max}_us for each hop in `latency` (the rows of
+    processes.supervisor.summary.build(...)["latency"], by name); hops it lacks are left out."""
+    out: dict[str, Any] = {}
+    for hop in hops:
+        row = latency.get(hop)
+        if row is None:
+            continue
+        out[f"{prefix}{hop}_count"] = row["count"]
+        for key in ("p50", "p99", "p99.9", "max"):
+            out[f"{prefix}{hop}_{key}_us"] = round(row[key] / 1e3, 2)
+    return out
+
 
 def tick_seq_total(book: SharedPriceBook) -> int:
     """Sum of the per-symbol Gateway tick sequences in the slots = ticks written so far."""
