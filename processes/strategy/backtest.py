@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -276,10 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in report.lines()[1:]:
         log.warning("%s", line)
     result = Backtest(strategy_cls, params, symbols, section.name).run(events)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(result.report())
+    text = json.dumps(result.to_json(), indent=2) if args.json else result.report()
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # The reader left early (`| head`): what it took is what it wanted. Point stdout at
+        # /dev/null so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -169,3 +169,19 @@ def test_the_command_line(tmp_path, capsys):
     assert "gateway.csv: cannot read" in capsys.readouterr().err
     assert backtest.main(["--csv", str(SAMPLE), "--set", "strategy.class=nope.mod:X"]) == 2
     assert "strategy.class" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`python -m processes.strategy.backtest ... | head`: the pipe closes under the report
+    (here before it is written, so the write surely meets a closed pipe)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "processes.strategy.backtest", "--csv",
+                             str(SAMPLE)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=50) == 0
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
