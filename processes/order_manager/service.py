@@ -54,6 +54,7 @@ from ext import OrderDesk
 from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import exposure, protocol, runtime
+from processes.shared.errors import OperatorError
 from processes.shared.journal import Journal, journal_dir, read_records
 from processes.shared.pnl import PnLBook
 from processes.shared.protocol import (
@@ -105,7 +106,7 @@ def _says_hello(frame: memoryview) -> bool:
         return False
 
 
-class OrderLogError(RuntimeError):
+class OrderLogError(OperatorError, RuntimeError):
     """The order log is damaged somewhere other than its last line: refuse to start."""
 
 

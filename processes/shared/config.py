@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from processes.shared.errors import OperatorError
 from processes.shared.placement import (
     LAYOUTS,
     PLACEMENT_KEYS,
@@ -31,7 +32,7 @@ TOKEN_ENV = "TRADESTACK_TOKEN"
 MAX_TOKEN = 256
 SLOW_CLIENT_POLICIES = ("drop", "close", "conflate")
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """A setting is unknown or out of range; the message names the key."""
 
 

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from processes.shared.errors import OperatorError
 from processes.shared.protocol import MAX_PRICE
 
 LOGGED_BAD_ROWS = 10      # bad rows logged one by one; the rest only counted
@@ -41,7 +42,7 @@ COLUMNS = ("timestamp", "symbol", "price")
 NEWS_COLUMN = "sentiment"
 
 
-class ReplayError(ValueError):
+class ReplayError(OperatorError, ValueError):
     """The price file cannot be replayed at all; the message names gateway.csv."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from processes.shared import config as config_mod
 from processes.shared import telemetry
+from processes.shared.errors import OperatorError
 from processes.shared.placement import pin, set_rt_priority, unpaced
 from processes.shared.rt_budget import RtBudget
 from reactor import Reactor
@@ -145,7 +146,10 @@ def serve(name: str, cfg: config_mod.Config, build: Callable[[Reactor], Service]
         log.info("stopping: %s", format_stats(_scalars(service.stats())))
         return 0
     except Exception as exc:
-        log.exception("%s failed: %s", name, exc)
+        if isinstance(exc, OperatorError):
+            log.error("%s failed: %s", name, exc)
+        else:
+            log.exception("%s failed: %s", name, exc)
         if ready is not None and not ready.closed:
             ready.send({"error": f"{type(exc).__name__}: {exc}"})
         return 1
