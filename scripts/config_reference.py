@@ -29,9 +29,6 @@ NOTES = {
     "market.symbols": "traded symbols: the segment's slots, the Gateway's feed, the "
                       "OrderManager's accepted symbols",
     "market.shm_name": "name of the shared-memory price book (/dev/shm/NAME)",
-    "strategy.name": "client name in orders and in the OrderManager's pnl",
-    "strategy.class": "the Strategy subclass this process runs, \"package.module:ClassName\"",
-    "strategy.symbols": "what it trades; [] = every market symbol",
     "strategy.params": "[strategy.params]: the class's own settings, checked by its "
                        "config_class (below: the built-in's)",
     "strategy.params.short_window": "ticks in the short moving average",
@@ -41,7 +38,6 @@ NOTES = {
     "strategy.params.quantity": "order size; a flip long <-> short trades 2 x quantity",
     "strategies.NAME": "one more strategy process per table, named NAME (its client name); "
                        "inherits every [strategy] key but name, class, symbols and params",
-    "order_manager.order_log": "one JSON line per booked order",
     "logging.dir": "logs/<process>.log and, by default, the stats snapshots",
     "logging.level": "DEBUG, INFO, WARNING or ERROR",
 }
