@@ -75,7 +75,12 @@ def builtin_params() -> list[tuple[str, object]]:
 
 
 def table() -> str:
-    notes = {**NOTES, **comments(config.DEFAULT_CONFIG)}
+    commented = comments(config.DEFAULT_CONFIG)
+    if shadowed := sorted(NOTES.keys() & commented.keys()):
+        # One statement per key: a note the file's comment overrides is never printed.
+        raise SystemExit(f"config_reference: NOTES repeats what {config.DEFAULT_CONFIG.name} "
+                         f"says: {', '.join(shadowed)}")
+    notes = {**NOTES, **commented}
     names = by_name(config.DEFAULT_CONFIG)
     rows = ["| key | default | meaning |", "|---|---|---|"]
     defaults = config.Config()
