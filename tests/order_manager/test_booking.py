@@ -30,9 +30,11 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def order(oid: str, symbol: str = "AAPL", side: str = "BUY", qty: int = 10,
-          price: float = 100.0, **stamps: int) -> bytes:
+          price: float = 100.0, client: str = "ignored", **stamps: int) -> bytes:
+    """An order frame; the OrderManager books it under the hello's name whatever its client
+    says (a frame naming that client is canonical: the native desk books it)."""
     return encode_order(Order(id=oid, symbol=symbol, side=side, qty=qty, price=price,
-                              client="ignored", **stamps))
+                              client=client, **stamps))
 
 
 class OMRig:
@@ -372,3 +374,28 @@ def test_a_failed_journal_commit_rejects_that_order_by_its_id(rigs, tmp_path, mo
     assert reply == {"type": "reject", "id": "w-9",
                      "reason": "order log write failed: [Errno 28] No space left on device"}
     assert rig.om.kill_switch and booked(tmp_path) == []
+
+
+# --- the native desk (the fast path of a canonical order frame) -----------------------------------
+
+def test_a_canonical_order_is_booked_by_the_desk_the_same_as_any_other(rigs, tmp_path):
+    """What a Strategy's OrderClient sends (the encoder's own frame, under the hello's name)
+    is booked by the native desk in one call: the same numbers, acks, records, positions and
+    latency samples as the Python path, and a good order ends a malformed streak there too."""
+    rig = rigs(**{"order_manager.max_bad_frames": 3})
+    cli = rig.client("c1")
+    mine = [order(f"n-{i}", client="c1", tick_ns=1, sent_ns=1) for i in (1, 2)]
+    replies = rig.exchange(cli, mine[0] + order("p-3") + mine[1], 3)
+    assert replies == [{"type": "ack", "id": "n-1", "order_no": 1},
+                       {"type": "ack", "id": "p-3", "order_no": 2},
+                       {"type": "ack", "id": "n-2", "order_no": 3}]
+    stats = rig.om.stats()
+    assert (stats["native_orders"], stats["orders"]) == (2, 3)
+    assert [(r["order_no"], r["id"], r["client"]) for r in booked(tmp_path)] == [
+        (1, "n-1", "c1"), (2, "p-3", "c1"), (3, "n-2", "c1")]
+    assert rig.om.positions == {("c1", "AAPL"): 30} and rig.om.order_no == 3
+    assert rig.om.booked == {("c1", "n-1"): 1, ("c1", "p-3"): 2, ("c1", "n-2"): 3}
+    assert rig.om.tick_to_order.count == 2 and rig.om.send_to_order.count == 2   # stamped ones
+    replies = rig.exchange(cli, b"nope*nope*" + order("n-4", client="c1") + b"nope*nope*", 5)
+    assert kinds(replies) == ["reject", "reject", "ack", "reject", "reject"]
+    assert rig.om.stats()["native_orders"] == 3 and rig.om.bad_clients == 0

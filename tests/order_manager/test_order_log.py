@@ -264,7 +264,60 @@ def test_a_journal_record_that_is_not_an_order_stops_the_start_and_is_kept(tmp_p
     log.journal.close()                                     # the process dies: no close()
     log._file.close()
     again = OrderLog(path)
-    with pytest.raises(OrderLogError, match="holds a record that is not an order"):
+    with pytest.raises(OrderLogError) as exc:
         again.open()
     again.close()
+    assert str(exc.value) == (f"order journal {again.journal.directory} holds a record that is "
+                              "not an order (bad order_no None); fix or move it before starting")
     assert len(read_records(again.journal.directory)[0]) == 2
+
+
+def crashed_with_journal_only(path, *records: bytes) -> None:
+    """An OrderLog whose process died after committing `records` to the journal (acked) and
+    before mirroring them."""
+    log = OrderLog(path)
+    log.open()
+    for rec in records:
+        log.journal.append(rec)
+    log.journal.close()
+    log._file.close()
+
+
+def test_a_recovery_that_cannot_be_mirrored_stops_the_start_and_keeps_the_journal(tmp_path,
+                                                                                  monkeypatch):
+    path = tmp_path / "orders.jsonl"
+    crashed_with_journal_only(path, line(order_no=1, id="o-1")[:-1],
+                              line(order_no=2, id="o-2")[:-1])
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "write", full)
+    again = OrderLog(path)
+    with pytest.raises(OrderLogError) as exc:
+        again.open()
+    monkeypatch.undo()
+    again.close()
+    assert str(exc.value) == (f"order log {path}: the journal's 2 orders could not be copied "
+                              "into it ([Errno 28] No space left on device)")
+    assert path.read_bytes() == b""
+    assert len(read_records(again.journal.directory)[0]) == 2   # nothing lost: still there
+
+
+def test_with_fsync_the_recovered_orders_are_synced_before_the_start(tmp_path, monkeypatch):
+    path = tmp_path / "orders.jsonl"
+    crashed_with_journal_only(path, line(order_no=1, id="o-1")[:-1])
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def spy(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", spy)
+    again = OrderLog(path, fsync=True)
+    try:
+        assert [r["id"] for r in again.open()] == ["o-1"]
+        assert synced.count(again._fd) == 2          # the mirror's write, then the recovery's
+    finally:
+        monkeypatch.undo()
+        again.close()
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["o-1"]

@@ -8,6 +8,7 @@ import zlib
 
 import pytest
 
+from ext import journal_py
 from processes.shared import journal as jm
 
 pytestmark = pytest.mark.timeout(30)
@@ -145,5 +146,202 @@ def test_records_of_a_chunk_left_behind_are_taken_once(tmp_path):
             j.append(p)
         assert j.take() == data
         assert j.take() == []
+    finally:
+        j.discard()
+
+
+# --- the writing side's contract, record by record ------------------------------------------------
+
+@pytest.fixture(params=["compiled", "python"])
+def writer(request, monkeypatch):
+    """The journal with each record writer: ext._journal (what runs) and its Python twin."""
+    if request.param == "python":
+        monkeypatch.setattr(jm, "journal_records", journal_py)
+    elif jm.journal_records is journal_py:
+        pytest.skip("ext._journal is not built (python setup.py build_ext --inplace)")
+    return request.param
+
+
+def order_record(order_no: int, received_ns: int, fields: bytes, frame: bytes) -> bytes:
+    """The record commit_order stores (ext.journal_py.put_order states it)."""
+    return b'{"order_no":%d,"received_ns":%d,%b%b}' % (order_no, received_ns, fields, frame[1:-2])
+
+
+def test_a_journal_not_open_refuses_every_record_with_oserror(tmp_path, writer):
+    """Before open() and after close() there is no mapping: append and commit_order raise
+    OSError (what the OrderManager rejects an order on) and count nothing."""
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    for attempt in (lambda: j.append(b"{}"), lambda: j.commit_order(1, 1, b"", b'{"id":"a"}*')):
+        with pytest.raises(OSError, match="^journal is not open$"):
+            attempt()
+    assert j.records == 0 and j.take() == [] and not (tmp_path / "j").exists()
+    j.open()
+    j.append(b"{}")
+    j.close()
+    for attempt in (lambda: j.append(b"{}"), lambda: j.commit_order(2, 2, b"", b'{"id":"b"}*')):
+        with pytest.raises(OSError, match="^journal is not open$"):
+            attempt()
+    assert j.records == 1
+    # take() after close hands nothing more (the mapping is gone); the record is in its file.
+    assert j.take() == []
+    assert jm.read_records(tmp_path / "j") == ([b"{}"], 0)
+    j.discard()
+
+
+def test_order_records_come_back_whole_across_chunks_and_are_counted(tmp_path, writer):
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    j.open()
+    try:
+        fields = b'"peer":"127.0.0.1:5000","session":"s1",'
+        want = []
+        for n in range(1, 121):
+            frame = b'{"id":"o-%d","symbol":"AAPL","pad":"%s"}*' % (n, b"x" * (n % 29))
+            j.commit_order(n, 1_000_000 + n, fields, frame)
+            want.append(order_record(n, 1_000_000 + n, fields, frame))
+            assert j.records == n
+        assert len(list((tmp_path / "j").iterdir())) >= 3        # it crossed chunks
+        assert j.take() == want
+        assert jm.read_records(tmp_path / "j") == (want, 0)
+    finally:
+        j.discard()
+
+
+def test_an_order_record_is_admitted_by_its_longest_form(tmp_path, writer):
+    """A chunk switch admits an order record by the longest text it can take: the header,
+    68 bytes of keys and two 20-digit numbers, the closing brace, and fields and frame as
+    given. The longest admitted is committed at the start of a fresh chunk; one byte more is
+    a ValueError with nothing changed (never an OSError, which would halt trading)."""
+    chunk = 4096
+    j = jm.Journal(tmp_path / "j", chunk_bytes=chunk)
+    j.open()
+    try:
+        j.append(b"{}")
+        room = chunk - jm.HEADER.size - 69           # fields + frame of the longest admitted
+        fields = b'"peer":"%s",' % (b"p" * 1000)
+        too_big = b'{"id":"big","pad":"%s"}*' % (b"y" * (room + 1 - len(fields) - 22))
+        assert len(fields) + len(too_big) == room + 1
+        with pytest.raises(ValueError, match="does not fit a journal chunk"):
+            j.commit_order(2, 5, fields, too_big)
+        assert (j.records, j.off, len(list((tmp_path / "j").iterdir()))) == (1, 16, 1)
+        fits = too_big[:19] + too_big[20:]
+        j.commit_order(2, 5, fields, fits)
+        assert j.records == 2 and len(list((tmp_path / "j").iterdir())) == 2
+        assert jm.read_records(tmp_path / "j") == ([b"{}", order_record(2, 5, fields, fits)], 0)
+    finally:
+        j.discard()
+
+
+def test_a_record_filling_a_whole_chunk_is_committed_and_read_back(tmp_path, writer):
+    chunk = 4096
+    j = jm.Journal(tmp_path / "j", chunk_bytes=chunk)
+    j.open()
+    try:
+        j.append(b"{}")
+        whole = b"w" * (chunk - jm.HEADER.size)
+        j.append(whole)                              # the next chunk, to its last byte
+        assert j.off == chunk
+        j.append(b"[]")
+        assert j.take() == [b"{}", whole, b"[]"]
+        assert jm.read_records(tmp_path / "j") == ([b"{}", whole, b"[]"], 0)
+    finally:
+        j.discard()
+
+
+def test_prepare_makes_the_next_chunk_from_half_full_and_append_uses_it(tmp_path, monkeypatch):
+    chunk = 4096
+    j = jm.Journal(tmp_path / "j", chunk_bytes=chunk)
+    j.prepare()                                      # not open: nothing to prepare for
+    assert not (tmp_path / "j").exists()
+    j.open()
+    try:
+        rec = b"r" * 56                              # 64 bytes a record: 32 fill half a chunk
+        for _ in range(31):
+            j.append(rec)
+        j.prepare()
+        assert [p.name for p in (tmp_path / "j").iterdir()] == ["00000001.chunk"]
+        j.append(rec)
+        assert j.off * 2 == chunk
+        j.prepare()
+        j.prepare()                                  # one spare, however often it is asked
+        assert sorted(p.name for p in (tmp_path / "j").iterdir()) == [
+            "00000001.chunk", "00000002.chunk"]
+
+        def full(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(os, "posix_fallocate", full)
+        for _ in range(64):                          # into the spare: no chunk to make
+            j.append(rec)
+        assert j.records == 96 and j._chunk.path.name == "00000002.chunk"
+        with pytest.raises(OSError, match="No space"):
+            for _ in range(64):                      # past the spare: none can be made
+                j.append(rec)
+        monkeypatch.undo()
+        assert jm.read_records(tmp_path / "j") == ([rec] * j.records, 0)
+    finally:
+        j.discard()
+
+
+def test_sync_msyncs_each_record_and_fsyncs_each_new_chunk(tmp_path, monkeypatch):
+    msynced: list[tuple[int, int]] = []
+    fsynced: list[int] = []
+    real_msync, real_fsync = jm.msync, os.fsync
+
+    def spy_msync(mm, offset: int, length: int) -> None:
+        msynced.append((offset, length))
+        real_msync(mm, offset, length)
+
+    def spy_fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+    monkeypatch.setattr(jm, "msync", spy_msync)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    plain = jm.Journal(tmp_path / "plain", chunk_bytes=4096)    # sync is off by default
+    plain.open()
+    for rec in payloads(80):
+        plain.append(rec)
+    plain.discard()
+    assert msynced == [] and fsynced == []
+
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096, sync=True)
+    j.open()
+    try:
+        assert len(fsynced) == 2                     # the first chunk's file and its directory
+        spans = []
+        for rec in payloads(80):
+            before = j.off if j.off + jm.HEADER.size + len(rec) <= 4096 else 0
+            j.append(rec)
+            spans.append((before, (jm.HEADER.size + len(rec) + 7) & ~7))
+        assert msynced == spans                      # exactly each record (and its padding)
+        assert len(fsynced) == 2 * len(list((tmp_path / "j").iterdir()))
+    finally:
+        j.discard()
+
+
+def test_open_makes_missing_parents_and_reuses_a_directory_holding_other_files(tmp_path):
+    j = jm.Journal(tmp_path / "a" / "b" / "j", chunk_bytes=4096)
+    j.open()
+    j.append(b"{}")
+    j.close()
+    (tmp_path / "a" / "b" / "j" / "README").write_text("the operator's note")
+    again = jm.Journal(tmp_path / "a" / "b" / "j", chunk_bytes=4096)
+    again.open()                                     # the old chunk goes, the note stays
+    try:
+        assert sorted(p.name for p in (tmp_path / "a" / "b" / "j").iterdir()) == [
+            "00000001.chunk", "README"]
+        assert jm.read_records(tmp_path / "a" / "b" / "j") == ([], 0)
+    finally:
+        again.discard()
+
+
+def test_release_tolerates_a_left_chunk_already_gone(tmp_path):
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    j.open()
+    try:
+        for rec in payloads(150):
+            j.append(rec)
+        j.take()
+        (tmp_path / "j" / "00000001.chunk").unlink()   # removed by hand meanwhile
+        j.release()
+        assert [p.name for p in (tmp_path / "j").iterdir()] == [j._chunk.path.name]
     finally:
         j.discard()
