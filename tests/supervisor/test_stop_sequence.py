@@ -97,9 +97,13 @@ def test_teardown_reports_the_exits_and_a_bad_one_makes_exit_code_1(tmp_path, mo
                                                                     caplog):
     monkeypatch.setattr(stack_mod, "STOP_TIMEOUT", STOP_S)
     cfg = make_config(tmp_path, **{"gateway.tick_rate": 500, "logging.stats_interval": 0.1})
+    # What start() saves and teardown() gives back: pytest's handler, or SIG_IGN when the run
+    # was started in the background by a non-interactive shell.
+    before = signal.getsignal(signal.SIGINT)
     sup = Supervisor(cfg)
     try:
         sup.start()
+        assert signal.getsignal(signal.SIGINT) is not before   # start() installed its own
         wait_until(lambda: len(sup.stack.snapshots()) == 4, 20, what="four stats snapshots")
         os.kill(sup.stack.procs["orderbook"].pid, signal.SIGSTOP)
         sup.stop_reason.append("test")
@@ -114,7 +118,7 @@ def test_teardown_reports_the_exits_and_a_bad_one_makes_exit_code_1(tmp_path, mo
     assert re.search(r"children exited badly: orderbook .*SIGKILL", caplog.text), caplog.text
     stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped: ")]
     assert len(stopped) == 1 and "orderbook" in stopped[0]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before   # handlers restored
 
 
 def test_a_stack_or_supervisor_that_never_started_stops_cleanly(tmp_path, caplog):
