@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import hop_percentiles
+from bench.harness import SMOKE_STATS_INTERVAL, hop_percentiles, until_acked
 from processes.shared import config, placement, telemetry
 from processes.supervisor import summary
 from processes.supervisor.stack import Stack
@@ -29,8 +29,7 @@ from processes.supervisor.stack import Stack
 pytestmark = pytest.mark.timeout(180)
 
 TICK_RATE = 1000          # ticks/s over all symbols: one tick every ms, every hop wakes from idle
-FULL_SECONDS = 20.0
-SMOKE_SECONDS = 1.0       # under --benchmark-disable (CI): proves the path, measures nothing
+FULL_SECONDS = 20.0       # under --benchmark-disable (CI) a run lasts until a few orders are acked
 LAYOUTS = ("unpinned", "one-core", "one-core-rt", "spread", "spread-rt", "strategy-spin",
            "strategy-spin-rt", "strategy-hybrid", "spin-om-rt", "om-spin-rt")
 HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "om_ack",
@@ -51,12 +50,25 @@ def trading_config(tmp_path: Path, layout: str, tick_rate: float = TICK_RATE) ->
     return config.load(None, overrides)
 
 
-def run_stack(cfg: config.Config, seconds: float) -> dict[str, dict[str, Any]]:
-    """Start, trade for `seconds`, stop; the processes' final snapshots."""
+def run_stack(cfg: config.Config, seconds: float | None) -> dict[str, dict[str, Any]]:
+    """Start, trade for `seconds`, stop; the processes' final snapshots.
+
+    seconds None is a smoke run (--benchmark-disable): it trades until SMOKE_ACKS orders are
+    acked, which proves the path and measures nothing.
+    """
+    if seconds is None:
+        cfg.logging.stats_interval = SMOKE_STATS_INTERVAL
     stack = Stack(cfg)
+
+    def acks() -> int:
+        return stack.snapshots().get("strategy", {}).get("counters", {}).get("acks", 0)
+
     try:
         stack.start()
-        time.sleep(seconds)
+        if seconds is None:
+            until_acked(acks, f"stack on {cfg.market.shm_name}")
+        else:
+            time.sleep(seconds)
     finally:
         codes = stack.stop()
     assert all(c == 0 for c in codes.values()), codes
@@ -66,7 +78,7 @@ def run_stack(cfg: config.Config, seconds: float) -> dict[str, dict[str, Any]]:
 @pytest.mark.benchmark(group="e2e")
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_e2e_latency(benchmark, tmp_path: Path, layout: str) -> None:
-    seconds = SMOKE_SECONDS if benchmark.disabled else FULL_SECONDS
+    seconds = None if benchmark.disabled else FULL_SECONDS
     cfg = trading_config(tmp_path, layout)
     snaps: dict[str, dict[str, Any]] = {}
 

@@ -23,10 +23,10 @@ from processes.shared import telemetry
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("impl", ["cython", "python"])
 def test_main_duration_trades_and_exits_clean(tmp_path, impl):
-    """The whole stack for 8 s, on the compiled price book and on its pure-Python twin."""
+    """The whole stack for 4 s, on the compiled price book and on its pure-Python twin."""
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
     env = dict(os.environ, TRADESTACK_PURE_PYTHON="1" if impl == "python" else "0")
-    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "8"), cwd=tmp_path, env=env,
+    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "4"), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=80)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

@@ -386,7 +386,7 @@ def test_demo_script_runs_records_and_stops_clean(tmp_path):
     """scripts/demo.sh: five panes on a private tmux server, a recording of the dashboard, every
     process stopped by Ctrl+C with exit code 0, and nothing left behind."""
     record = tmp_path / "demo.frames"
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh"), "--duration", "10",
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh"), "--duration", "7",
                              "--record", str(record), "--workdir", str(tmp_path / "work"),
                              "--no-attach"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
