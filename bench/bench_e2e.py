@@ -129,19 +129,27 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
 
     outage = 0.5 if benchmark.disabled else 2.0
     before = 0.5 if benchmark.disabled else 3.0
-    after = 3.0 if benchmark.disabled else 5.0   # covers the OrderBook's reconnect backoff
+    # Long enough for the OrderBook's reconnect backoff; a smoke run ends at the first tick
+    # that reaches shared memory after the restart.
+    after = 3.0 if benchmark.disabled else 5.0
     cfg = trading_config(tmp_path, "one-core")
     cfg.logging.stats_interval = 0.1
     stack = Stack(cfg)
     timeline: list[tuple[float, int, int]] = []
     marks: dict[str, float] = {}
 
-    def sample(book: Any, until: float) -> None:
+    def sample(book: Any, until: float, resumed_from: int | None = None) -> None:
+        """Every 20 ms until `until`; with resumed_from (smoke), also until the tick sum has
+        moved off it after a later sample."""
         stats_file = Path(cfg.logging.dir) / "stats" / "strategy.json"
+        first = len(timeline)
         while time.monotonic() < until:
             snap = telemetry.read_snapshot(stats_file) or {}
             orders = snap.get("counters", {}).get("orders", timeline[-1][2] if timeline else 0)
             timeline.append((time.monotonic(), _tick_seqs(book), orders))
+            if (resumed_from is not None and len(timeline) - first > 1
+                    and timeline[-2][1] != resumed_from):
+                return
             time.sleep(0.02)
 
     def run() -> None:
@@ -158,7 +166,8 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
                 sample(book, marks["killed"] + outage)
                 stack.restart("gateway")
                 marks["restarted"] = time.monotonic()
-                sample(book, marks["restarted"] + after)
+                sample(book, marks["restarted"] + after,
+                       timeline[-1][1] if benchmark.disabled else None)
             finally:
                 book.close()
         finally:
@@ -187,7 +196,7 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
 @pytest.mark.benchmark(group="idle")
 def test_idle_cpu(benchmark, tmp_path: Path) -> None:
     """With no ticks flowing, what does each process cost? (target: < 2 % of a core each)."""
-    seconds = 2.0 if benchmark.disabled else 10.0
+    seconds = 1.0 if benchmark.disabled else 10.0
     cfg = trading_config(tmp_path, "unpinned", tick_rate=0.001)
     cfg.gateway.news_rate = 0.001
     stack = Stack(cfg)

@@ -13,7 +13,15 @@ import time
 import uuid
 
 import pytest
-from mainutil import ROOT, assert_nothing_left, child_pids, main_cmd, reap, start_main
+from mainutil import (
+    ROOT,
+    MainRun,
+    assert_nothing_left,
+    child_pids,
+    main_cmd,
+    reap,
+    start_main,
+)
 from stackutil import shm_exists, wait_until
 
 from ext.layout import pid_alive
@@ -61,14 +69,24 @@ def test_each_main_run_is_a_new_session_unless_resumed(tmp_path):
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
 
     def run(*extra: str) -> dict:
-        proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "3", *extra), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=40)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        """main.py until it has booked an order, then SIGTERM; the OrderManager's counters."""
+        had = len(records())
+        main = MainRun(tmp_path, shm, *extra)
+        try:
+            main.wait_for("stack running", 30)
+            wait_until(lambda: len(records()) > had, 30, interval=0.05,
+                       what="an order booked in this run")
+            os.kill(main.proc.pid, signal.SIGTERM)
+            main.proc.wait(30)
+        finally:
+            main.close()
+        assert main.proc.returncode == 0, main.output[-3000:]
         snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / "order_manager.json")
         return snap["counters"]
 
     def records() -> list[dict]:
-        return [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+        path = tmp_path / "orders.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     first = run()
     n1 = len(records())
