@@ -25,7 +25,7 @@ from processes.shared import placement, telemetry
 pytestmark = pytest.mark.timeout(300)
 
 ROUNDS, FULL_SECONDS = 3, 12.0
-SMOKE_ROUNDS, SMOKE_SECONDS = 1, 1.0
+SMOKE_ROUNDS, SMOKE_SECONDS = 1, 0.5
 HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "om_ack",
         "order_to_ack", "tick_to_ack")
 
