@@ -139,8 +139,8 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
     marks: dict[str, float] = {}
 
     def sample(book: Any, until: float, resumed_from: int | None = None) -> None:
-        """Every 20 ms until `until`; with resumed_from (smoke), also until the tick sum has
-        moved off it after a later sample."""
+        """Every 20 ms until `until`; with resumed_from (a smoke run), only until the sample
+        after the first whose tick sum differs from resumed_from."""
         stats_file = Path(cfg.logging.dir) / "stats" / "strategy.json"
         first = len(timeline)
         while time.monotonic() < until:
