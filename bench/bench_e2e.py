@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import hop_percentiles
+from bench.harness import SMOKE_STATS_INTERVAL, hop_percentiles, until_acked
 from processes.shared import config, placement, telemetry
 from processes.supervisor import summary
 from processes.supervisor.stack import Stack
@@ -29,8 +29,7 @@ from processes.supervisor.stack import Stack
 pytestmark = pytest.mark.timeout(180)
 
 TICK_RATE = 1000          # ticks/s over all symbols: one tick every ms, every hop wakes from idle
-FULL_SECONDS = 20.0
-SMOKE_SECONDS = 1.0       # under --benchmark-disable (CI): proves the path, measures nothing
+FULL_SECONDS = 20.0       # under --benchmark-disable (CI) a run lasts until a few orders are acked
 LAYOUTS = ("unpinned", "one-core", "one-core-rt", "spread", "spread-rt", "strategy-spin",
            "strategy-spin-rt", "strategy-hybrid", "spin-om-rt", "om-spin-rt")
 HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "tick_to_order", "om_ack",
@@ -51,12 +50,25 @@ def trading_config(tmp_path: Path, layout: str, tick_rate: float = TICK_RATE) ->
     return config.load(None, overrides)
 
 
-def run_stack(cfg: config.Config, seconds: float) -> dict[str, dict[str, Any]]:
-    """Start, trade for `seconds`, stop; the processes' final snapshots."""
+def run_stack(cfg: config.Config, seconds: float | None) -> dict[str, dict[str, Any]]:
+    """Start, trade for `seconds`, stop; the processes' final snapshots.
+
+    seconds None is a smoke run (--benchmark-disable): it trades until SMOKE_ACKS orders are
+    acked, which proves the path and measures nothing.
+    """
+    if seconds is None:
+        cfg.logging.stats_interval = SMOKE_STATS_INTERVAL
     stack = Stack(cfg)
+
+    def acks() -> int:
+        return stack.snapshots().get("strategy", {}).get("counters", {}).get("acks", 0)
+
     try:
         stack.start()
-        time.sleep(seconds)
+        if seconds is None:
+            until_acked(acks, f"stack on {cfg.market.shm_name}")
+        else:
+            time.sleep(seconds)
     finally:
         codes = stack.stop()
     assert all(c == 0 for c in codes.values()), codes
@@ -66,7 +78,7 @@ def run_stack(cfg: config.Config, seconds: float) -> dict[str, dict[str, Any]]:
 @pytest.mark.benchmark(group="e2e")
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_e2e_latency(benchmark, tmp_path: Path, layout: str) -> None:
-    seconds = SMOKE_SECONDS if benchmark.disabled else FULL_SECONDS
+    seconds = None if benchmark.disabled else FULL_SECONDS
     cfg = trading_config(tmp_path, layout)
     snaps: dict[str, dict[str, Any]] = {}
 
@@ -117,19 +129,27 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
 
     outage = 0.5 if benchmark.disabled else 2.0
     before = 0.5 if benchmark.disabled else 3.0
-    after = 3.0 if benchmark.disabled else 5.0   # covers the OrderBook's reconnect backoff
+    # Long enough for the OrderBook's reconnect backoff; a smoke run ends at the first tick
+    # that reaches shared memory after the restart.
+    after = 3.0 if benchmark.disabled else 5.0
     cfg = trading_config(tmp_path, "one-core")
     cfg.logging.stats_interval = 0.1
     stack = Stack(cfg)
     timeline: list[tuple[float, int, int]] = []
     marks: dict[str, float] = {}
 
-    def sample(book: Any, until: float) -> None:
+    def sample(book: Any, until: float, resumed_from: int | None = None) -> None:
+        """Every 20 ms until `until`; with resumed_from (a smoke run), only until the sample
+        after the first whose tick sum differs from resumed_from."""
         stats_file = Path(cfg.logging.dir) / "stats" / "strategy.json"
+        first = len(timeline)
         while time.monotonic() < until:
             snap = telemetry.read_snapshot(stats_file) or {}
             orders = snap.get("counters", {}).get("orders", timeline[-1][2] if timeline else 0)
             timeline.append((time.monotonic(), _tick_seqs(book), orders))
+            if (resumed_from is not None and len(timeline) - first > 1
+                    and timeline[-2][1] != resumed_from):
+                return
             time.sleep(0.02)
 
     def run() -> None:
@@ -146,7 +166,8 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
                 sample(book, marks["killed"] + outage)
                 stack.restart("gateway")
                 marks["restarted"] = time.monotonic()
-                sample(book, marks["restarted"] + after)
+                sample(book, marks["restarted"] + after,
+                       timeline[-1][1] if benchmark.disabled else None)
             finally:
                 book.close()
         finally:
@@ -175,7 +196,7 @@ def test_gateway_outage(benchmark, tmp_path: Path) -> None:
 @pytest.mark.benchmark(group="idle")
 def test_idle_cpu(benchmark, tmp_path: Path) -> None:
     """With no ticks flowing, what does each process cost? (target: < 2 % of a core each)."""
-    seconds = 2.0 if benchmark.disabled else 10.0
+    seconds = 1.0 if benchmark.disabled else 10.0
     cfg = trading_config(tmp_path, "unpinned", tick_rate=0.001)
     cfg.gateway.news_rate = 0.001
     stack = Stack(cfg)

@@ -103,6 +103,7 @@ def test_order_flood(benchmark, tmp_path: Path, variant: str) -> None:
         pytest.skip(problem)
     cfg = flood_config(tmp_path, overrides)
     flood_s = seconds(benchmark, FLOOD_SECONDS)
+    before_s = seconds(benchmark, BEFORE_SECONDS)
 
     def run() -> dict[str, Any]:
         stack = Stack(cfg)
@@ -114,7 +115,7 @@ def test_order_flood(benchmark, tmp_path: Path, variant: str) -> None:
             if soft is not None:
                 pids["ksoftirqd"] = soft
             with BookWatch(cfg.market.shm_name) as watch:
-                time.sleep(BEFORE_SECONDS)   # the measurement: normal trading, watched
+                time.sleep(before_s)   # the measurement: normal trading, watched
                 before = _kernel_view(pids, cpu)
                 strategy_before = stack.snapshots().get("strategy", {})
                 result = flood(stack.info["order_manager"]["order_port"], cfg.market.symbols,
@@ -131,7 +132,7 @@ def test_order_flood(benchmark, tmp_path: Path, variant: str) -> None:
         all_gaps = gaps_ns(watch.writes, start, end)
         for gap in all_gaps:
             gaps.record(gap)
-        pre = [w for w in watch.writes if start - int(BEFORE_SECONDS * 1e9) <= w < start]
+        pre = [w for w in watch.writes if start - int(before_s * 1e9) <= w < start]
         info: dict[str, Any] = {
             "variant": variant, "flood_seconds": round(during_s, 2), "ranks": ranks,
             "rt_runtime_us": int(Path("/proc/sys/kernel/sched_rt_runtime_us").read_text()),
@@ -139,7 +140,7 @@ def test_order_flood(benchmark, tmp_path: Path, variant: str) -> None:
             "max_gap_bound_ms": MAX_GAP_MS,
             "max_gap_at_s": round((sum(all_gaps[:all_gaps.index(max(all_gaps))])) / 1e9, 3),
             "watch_longest_look_ms": round(watch.longest_look_ns / 1e6, 2),
-            "writes_per_s_before": round(len(pre) / BEFORE_SECONDS),
+            "writes_per_s_before": round(len(pre) / before_s),
             "writes_per_s_during": round(sum(start < w < end for w in watch.writes) / during_s),
             "flood_acks_per_s": round(result["acks"] / during_s),
             "flood_closed": result["closed"],

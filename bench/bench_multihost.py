@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from netnsutil import Desk, unavailable
 
-from bench.harness import hop_percentiles
+from bench.harness import SMOKE_STATS_INTERVAL, hop_percentiles, until_acked
 from processes.shared import placement, telemetry
 from processes.supervisor import summary
 
@@ -32,17 +32,17 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.benchmark(group="e2e-link")]
 
 TICK_RATE = 1000
 NEWS_RATE = 200
-FULL_SECONDS = 20.0
-SMOKE_SECONDS = 1.5        # under --benchmark-disable (CI): proves the path, measures nothing
+FULL_SECONDS = 20.0        # under --benchmark-disable (CI) a run lasts until a few orders are acked
 LAYOUT = placement.DEFAULT_LAYOUT
 HOPS = ("tick_to_shm", "tick_to_decision", "send_to_order", "om_ack", "order_to_ack",
         "tick_to_ack")
 SIDES = ("single", "link")
 
 
-def _trade(desk: Desk, seconds: float, link: bool) -> dict[str, dict[str, Any]]:
+def _trade(desk: Desk, seconds: float | None, link: bool) -> dict[str, dict[str, Any]]:
     """One run: start, trade for `seconds` (the measurement window), stop; every process's
-    final snapshot by name."""
+    final snapshot by name. seconds None (a smoke run) trades until SMOKE_ACKS orders are acked:
+    that proves the path and measures nothing."""
     if link:
         (host,) = desk.lan.hosts
         desk.start_core()
@@ -53,7 +53,12 @@ def _trade(desk: Desk, seconds: float, link: bool) -> dict[str, dict[str, Any]]:
         run = desk.start_single()
         runs = {desk.lan.core: run}
         dirs = [run.workdir]
-    time.sleep(seconds)
+    if seconds is None:
+        strategy = dirs[-1] / "logs" / "stats" / "strategy.json"
+        until_acked(lambda: (telemetry.read_snapshot(strategy) or {}).get("counters", {})
+                    .get("acks", 0), "link" if link else "single")
+    else:
+        time.sleep(seconds)
     for ns in reversed(list(runs)):             # the trading host first, as a desk stops
         code = runs[ns].stop()
         assert code == 0, runs[ns].output[-2000:]
@@ -77,11 +82,12 @@ def test_tick_to_ack_across_a_veth_link(benchmark, tmp_path: Path) -> None:
     why = unavailable()
     if why is not None:
         pytest.skip(why)
-    seconds = SMOKE_SECONDS if benchmark.disabled else FULL_SECONDS
+    seconds = None if benchmark.disabled else FULL_SECONDS
     info = benchmark.extra_info
+    smoke = ("--set", f"logging.stats_interval={SMOKE_STATS_INTERVAL}") if seconds is None else ()
     desk = Desk(tmp_path, hosts=1, common=(
         "--layout", LAYOUT, "--tick-rate", str(TICK_RATE), "--news-rate", str(NEWS_RATE),
-        "--set", "gateway.seed=11"))
+        "--set", "gateway.seed=11", *smoke))
 
     def run() -> None:
         for side in SIDES:

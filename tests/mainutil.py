@@ -86,6 +86,11 @@ class CollectedRun:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def close(self) -> None:
+        """Teardown: kill the session if it still runs, and collect the rest of the output."""
+        reap(self.proc)
+        self._reader.join(5)
+
 
 class MainRun(CollectedRun):
     """main.py in its own session, its output collected by a thread so the test can wait on it."""
@@ -103,7 +108,3 @@ class MainRun(CollectedRun):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"no {pattern!r} in main.py output:\n{self.output[-3000:]}")
             time.sleep(0.02)
-
-    def close(self) -> None:
-        reap(self.proc)
-        self._reader.join(5)

@@ -30,6 +30,22 @@ def run_main(tmp_path, *extra: str, timeout: float = 80) -> tuple[subprocess.Com
     return proc, proc.stdout + proc.stderr, shm
 
 
+def run_until_booked(tmp_path, clients: set[str], *extra: str) -> tuple[int, str, str]:
+    """main.py until each of `clients` has an order booked, then SIGTERM (as a user's kill);
+    its exit code, its output, and its segment name."""
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    run = MainRun(tmp_path, shm, *extra)
+    try:
+        run.wait_for("stack running", 30)
+        wait_until(lambda: clients <= {o["client"] for o in booked(tmp_path)}, 60,
+                   interval=0.05, what=f"orders booked from {sorted(clients)}")
+        os.kill(run.proc.pid, signal.SIGTERM)
+        run.proc.wait(30)
+    finally:
+        run.close()
+    return run.proc.returncode, run.output, shm
+
+
 def booked(tmp_path) -> list[dict]:
     path = tmp_path / "orders.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
@@ -41,9 +57,10 @@ def snapshot(tmp_path, process: str) -> dict:
 
 @pytest.mark.timeout(90)
 def test_a_user_strategy_class_trades_under_its_name(tmp_path):
-    proc, out, shm = run_main(tmp_path, "--set", "strategy.class=examples.sentiment:SentimentOnly",
-                              "--set", "strategy.name=news-only", "--duration", "6")
-    assert proc.returncode == 0, out[-3000:]
+    code, out, shm = run_until_booked(
+        tmp_path, {"news-only"}, "--set", "strategy.class=examples.sentiment:SentimentOnly",
+        "--set", "strategy.name=news-only")
+    assert code == 0, out[-3000:]
     assert re.search(r"Received Order \d+: (BUY|SELL) \d+ [A-Z]+ @ \d+\.\d\d", out), out[-3000:]
     orders = booked(tmp_path)
     assert orders and {o["client"] for o in orders} == {"news-only"}
@@ -57,10 +74,11 @@ def test_a_user_strategy_class_trades_under_its_name(tmp_path):
 
 @pytest.mark.timeout(90)
 def test_two_strategies_at_once_are_separate_clients_with_their_own_files(tmp_path):
-    proc, out, shm = run_main(
-        tmp_path, "--set", "strategies.sentiment.class=examples.sentiment:SentimentOnly",
-        "--set", "strategies.sentiment.params.threshold=70", "--duration", "8")
-    assert proc.returncode == 0, out[-3000:]
+    code, out, shm = run_until_booked(
+        tmp_path, {"strat-1", "sentiment"},
+        "--set", "strategies.sentiment.class=examples.sentiment:SentimentOnly",
+        "--set", "strategies.sentiment.params.threshold=70")
+    assert code == 0, out[-3000:]
     clients = Counter(o["client"] for o in booked(tmp_path))
     assert set(clients) == {"strat-1", "sentiment"}, clients
     logs = tmp_path / "logs"
@@ -83,12 +101,28 @@ def test_a_reject_storm_is_stopped_by_the_backoff(tmp_path):
     """Kill switch on: every order is rejected. The host restores each position and backs the
     symbol and side off, doubling; so rejects per symbol and side stay within the backoff
     periods that fit in the run, one backoff line each."""
-    duration = 8.0
-    proc, out, shm = run_main(tmp_path, "--set", "order_manager.kill_switch=true",
-                              "--duration", str(duration))
-    assert proc.returncode == 0, out[-3000:]
+    strategy_log = tmp_path / "logs" / "strategy.log"
+
+    def storm() -> bool:   # rejects, and the strategy asking again while backed off
+        c = (snapshot(tmp_path, "strategy") or {}).get("counters", {})
+        return c.get("rejects", 0) >= 3 and c.get("refused_backoff", 0) > c["rejects"]
+
+    shm = f"tstest_{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    run = MainRun(tmp_path, shm, "--set", "order_manager.kill_switch=true",
+                  "--set", "logging.stats_interval=0.2")
+    try:
+        run.wait_for("stack running", 30)
+        wait_until(storm, 60, interval=0.05, what="a reject storm held off by the backoff")
+        os.kill(run.proc.pid, signal.SIGTERM)
+        run.proc.wait(30)
+    finally:
+        run.close()
+    duration = time.monotonic() - started    # no less than the strategy traded
+    out = run.output
+    assert run.proc.returncode == 0, out[-3000:]
     assert booked(tmp_path) == []
-    log = (tmp_path / "logs" / "strategy.log").read_text()
+    log = strategy_log.read_text()
     rejects = Counter(re.findall(r"order \S+ (BUY|SELL) \d+ (\w+) rejected: ", log))
     assert rejects, log[-3000:]
     backoffs = defaultdict(list)

@@ -13,7 +13,16 @@ import time
 import uuid
 
 import pytest
-from mainutil import ROOT, assert_nothing_left, child_pids, main_cmd, reap, start_main
+from mainutil import (
+    ROOT,
+    CollectedRun,
+    MainRun,
+    assert_nothing_left,
+    child_pids,
+    main_cmd,
+    reap,
+    start_main,
+)
 from stackutil import shm_exists, wait_until
 
 from ext.layout import pid_alive
@@ -23,10 +32,10 @@ from processes.shared import telemetry
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("impl", ["cython", "python"])
 def test_main_duration_trades_and_exits_clean(tmp_path, impl):
-    """The whole stack for 8 s, on the compiled price book and on its pure-Python twin."""
+    """The whole stack for 4 s, on the compiled price book and on its pure-Python twin."""
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
     env = dict(os.environ, TRADESTACK_PURE_PYTHON="1" if impl == "python" else "0")
-    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "8"), cwd=tmp_path, env=env,
+    proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "4"), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=80)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -61,14 +70,24 @@ def test_each_main_run_is_a_new_session_unless_resumed(tmp_path):
     shm = f"tstest_{uuid.uuid4().hex[:12]}"
 
     def run(*extra: str) -> dict:
-        proc = subprocess.run(main_cmd(tmp_path, shm, "--duration", "3", *extra), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=40)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        """main.py until it has booked an order, then SIGTERM; the OrderManager's counters."""
+        had = len(records())
+        main = MainRun(tmp_path, shm, *extra)
+        try:
+            main.wait_for("stack running", 30)
+            wait_until(lambda: len(records()) > had, 30, interval=0.05,
+                       what="an order booked in this run")
+            os.kill(main.proc.pid, signal.SIGTERM)
+            main.proc.wait(30)
+        finally:
+            main.close()
+        assert main.proc.returncode == 0, main.output[-3000:]
         snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / "order_manager.json")
         return snap["counters"]
 
     def records() -> list[dict]:
-        return [json.loads(x) for x in (tmp_path / "orders.jsonl").read_text().splitlines()]
+        path = tmp_path / "orders.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     first = run()
     n1 = len(records())
@@ -313,15 +332,23 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path)
 def test_without_realtime_privilege_the_default_layout_runs_with_a_warning(tmp_path):
     """The default layout asks for SCHED_FIFO; a user without CAP_SYS_NICE gets normal
     scheduling, a warning naming each priority not applied, and a stack that trades."""
-    cmd = main_cmd(tmp_path, f"tstest_{uuid.uuid4().hex[:12]}", "--duration", "3")
+    cmd = main_cmd(tmp_path, f"tstest_{uuid.uuid4().hex[:12]}")
     if os.geteuid() == 0:       # root holds CAP_SYS_NICE: drop it for main.py and its children
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("setpriv (util-linux) is not installed: root cannot drop CAP_SYS_NICE")
         cmd = [setpriv, "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", *cmd]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=80)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    orders = tmp_path / "orders.jsonl"
+    run = CollectedRun(cmd, tmp_path)
+    try:       # until it has traded, then stopped as a user's kill stops it
+        wait_until(lambda: orders.exists() and orders.read_text().strip(), 60, interval=0.05,
+                   what="an order booked without real-time priority")
+        os.kill(run.proc.pid, signal.SIGTERM)
+        run.proc.wait(30)
+    finally:
+        run.close()
+    out = run.output
+    assert run.proc.returncode == 0, out[-3000:]
     logs = {name: (tmp_path / "logs" / f"{name}.log").read_text()
             for name in ("gateway", "orderbook", "strategy", "order_manager")}
     for name, priority in (("gateway", 20), ("orderbook", 30), ("strategy", 40),
