@@ -3,15 +3,11 @@ its traceback (processes/shared/errors.py)."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from processes.shared import config as config_mod
-from processes.shared import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,26 +27,34 @@ def test_an_unreadable_price_file_is_one_line_and_exit_1(tmp_path: Path) -> None
     assert "gateway failed: gateway.csv" in log and "Traceback" not in log
 
 
+# A service whose start() has a bug, served in a child process: serve() pins, ranks, and
+# replaces the logging of the process it runs in, which must not be pytest's.
+DEFECT = """
+import sys
+from processes.shared import config, runtime
+
 class Broken:
-    def start(self) -> dict:
+    def start(self):
         raise KeyError("a bug")
 
-    def stats(self) -> dict:
+    def stats(self):
         return {}
 
-    def close(self) -> None:
+    def close(self):
         pass
 
+cfg = config.Config()
+cfg.logging.dir = sys.argv[1]
+cfg.logging.console = False
+sys.exit(runtime.serve("gateway", cfg, lambda reactor: Broken()))
+"""
 
-@pytest.mark.timeout(30)
+
+@pytest.mark.timeout(60)
 def test_a_defect_keeps_its_traceback(tmp_path: Path) -> None:
-    cfg = config_mod.Config()
-    cfg.logging.dir = str(tmp_path)
-    cfg.logging.console = False
-    try:
-        assert runtime.serve("gateway", cfg, lambda reactor: Broken()) == 1
-    finally:
-        logging.getLogger().handlers.clear()   # serve() replaced pytest's handlers
+    out = subprocess.run([sys.executable, "-c", DEFECT, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=50)
+    assert out.returncode == 1, out.stdout + out.stderr
     text = (tmp_path / "gateway.log").read_text()
     assert "gateway failed: 'a bug'" in text
     assert "Traceback" in text and "KeyError: 'a bug'" in text
