@@ -107,7 +107,7 @@ def _says_hello(frame: memoryview) -> bool:
 
 
 class OrderLogError(OperatorError, RuntimeError):
-    """The order log is damaged somewhere other than its last line: refuse to start."""
+    """The order log is in use, damaged before its last line, or cannot take its journal."""
 
 
 class OrderLog:
