@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from stackutil import shm_exists, wait_until
@@ -85,6 +86,17 @@ class CollectedRun:
     @property
     def output(self) -> str:
         return "".join(self.lines)
+
+    def stop_when(self, done: Callable[[], object], what: str, timeout: float = 60) -> int:
+        """Wait until `done()` holds while the command runs, then SIGTERM it as a user's kill
+        stops it; its exit code. The caller's finally still calls close()."""
+        wait_until(lambda: done() or self.proc.poll() is not None, timeout, interval=0.05,
+                   what=what)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"exited ({self.proc.returncode}) before {what}:\n"
+                                 f"{self.output[-3000:]}")
+        os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(30)
 
     def close(self) -> None:
         """Teardown: kill the session if it still runs, and collect the rest of the output."""

@@ -37,13 +37,11 @@ def run_until_booked(tmp_path, clients: set[str], *extra: str) -> tuple[int, str
     run = MainRun(tmp_path, shm, *extra)
     try:
         run.wait_for("stack running", 30)
-        wait_until(lambda: clients <= {o["client"] for o in booked(tmp_path)}, 60,
-                   interval=0.05, what=f"orders booked from {sorted(clients)}")
-        os.kill(run.proc.pid, signal.SIGTERM)
-        run.proc.wait(30)
+        code = run.stop_when(lambda: clients <= {o["client"] for o in booked(tmp_path)},
+                             f"orders booked from {sorted(clients)}")
     finally:
         run.close()
-    return run.proc.returncode, run.output, shm
+    return code, run.output, shm
 
 
 def booked(tmp_path) -> list[dict]:
@@ -113,14 +111,12 @@ def test_a_reject_storm_is_stopped_by_the_backoff(tmp_path):
                   "--set", "logging.stats_interval=0.2")
     try:
         run.wait_for("stack running", 30)
-        wait_until(storm, 60, interval=0.05, what="a reject storm held off by the backoff")
-        os.kill(run.proc.pid, signal.SIGTERM)
-        run.proc.wait(30)
+        code = run.stop_when(storm, "a reject storm held off by the backoff")
     finally:
         run.close()
     duration = time.monotonic() - started    # no less than the strategy traded
     out = run.output
-    assert run.proc.returncode == 0, out[-3000:]
+    assert code == 0, out[-3000:]
     assert booked(tmp_path) == []
     log = strategy_log.read_text()
     rejects = Counter(re.findall(r"order \S+ (BUY|SELL) \d+ (\w+) rejected: ", log))

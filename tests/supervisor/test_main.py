@@ -75,13 +75,10 @@ def test_each_main_run_is_a_new_session_unless_resumed(tmp_path):
         main = MainRun(tmp_path, shm, *extra)
         try:
             main.wait_for("stack running", 30)
-            wait_until(lambda: len(records()) > had, 30, interval=0.05,
-                       what="an order booked in this run")
-            os.kill(main.proc.pid, signal.SIGTERM)
-            main.proc.wait(30)
+            code = main.stop_when(lambda: len(records()) > had, "an order booked in this run", 30)
         finally:
             main.close()
-        assert main.proc.returncode == 0, main.output[-3000:]
+        assert code == 0, main.output[-3000:]
         snap = telemetry.read_snapshot(tmp_path / "logs" / "stats" / "order_manager.json")
         return snap["counters"]
 
@@ -340,15 +337,13 @@ def test_without_realtime_privilege_the_default_layout_runs_with_a_warning(tmp_p
         cmd = [setpriv, "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", *cmd]
     orders = tmp_path / "orders.jsonl"
     run = CollectedRun(cmd, tmp_path)
-    try:       # until it has traded, then stopped as a user's kill stops it
-        wait_until(lambda: orders.exists() and orders.read_text().strip(), 60, interval=0.05,
-                   what="an order booked without real-time priority")
-        os.kill(run.proc.pid, signal.SIGTERM)
-        run.proc.wait(30)
+    try:
+        code = run.stop_when(lambda: orders.exists() and orders.read_text().strip(),
+                             "an order booked without real-time priority")
     finally:
         run.close()
     out = run.output
-    assert run.proc.returncode == 0, out[-3000:]
+    assert code == 0, out[-3000:]
     logs = {name: (tmp_path / "logs" / f"{name}.log").read_text()
             for name in ("gateway", "orderbook", "strategy", "order_manager")}
     for name, priority in (("gateway", 20), ("orderbook", 30), ("strategy", 40),
