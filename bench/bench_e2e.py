@@ -90,7 +90,7 @@ def test_e2e_latency(benchmark, tmp_path: Path, layout: str) -> None:
     built = summary.build(snaps)
     latency = {row["name"]: row for row in built["latency"]}
     strategy = snaps["strategy"]["counters"]
-    # (wt-news) ticks sent before the Strategy attached are decisions but no samples.
+    # Ticks sent before the Strategy attached are decisions but no samples.
     assert latency["tick_to_decision"]["count"] == strategy["decisions"] - strategy.get(
         "early_ticks", 0) > 0
     # Every order the Strategy made was booked, except those still unacknowledged when it was
