@@ -166,10 +166,14 @@ class Journal:
 
     def append(self, payload: bytes) -> None:
         """Commit one record (see the module docstring for why it survives a kill -9 once this
-        returns). OSError if no chunk can be made for it (disk full): nothing is committed."""
+        returns). OSError if no chunk can be made for it (disk full): nothing is committed.
+        ValueError for an empty payload: its record could not be told from unwritten space."""
         off = self.off
         end = journal_records.put(self.mm, off, payload) if self.mm is not None else -1
         if end < 0:
+            if not payload:
+                raise ValueError("an empty journal record: nothing to tell it from unwritten "
+                                 "space")
             off = self._next(HEADER.size + len(payload))
             end = journal_records.put(self.mm, off, payload)
         self._committed(off, end)

@@ -345,3 +345,19 @@ def test_release_tolerates_a_left_chunk_already_gone(tmp_path):
         assert [p.name for p in (tmp_path / "j").iterdir()] == [j._chunk.path.name]
     finally:
         j.discard()
+
+
+def test_an_empty_record_is_a_valueerror_not_a_disk_failure(tmp_path, writer):
+    """An OSError from append means "no chunk can be made" (the OrderManager stops trading on
+    it); an empty payload is the caller's mistake and changes nothing."""
+    j = jm.Journal(tmp_path / "j", chunk_bytes=4096)
+    j.open()
+    try:
+        j.append(b"{}")
+        with pytest.raises(ValueError, match="empty journal record"):
+            j.append(b"")
+        assert (j.records, j.off, len(list((tmp_path / "j").iterdir()))) == (1, 16, 1)
+        j.append(b"[]")
+        assert j.take() == [b"{}", b"[]"]
+    finally:
+        j.discard()
