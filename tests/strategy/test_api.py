@@ -353,6 +353,21 @@ def test_tick_to_decision_is_recorded_once_per_tick_at_the_first_submit(make_hos
     assert all(o.tick_ns for o in host.orders_out.pending.values())
 
 
+def test_the_decision_latency_is_now_minus_the_ticks_send_time(make_host, monkeypatch):
+    """The tick -> decision sample of a tick that ordered: from its Gateway send time to the
+    submit, on our clock (between the times taken around the tick)."""
+    host = make_host()
+    samples: list[int] = []
+    monkeypatch.setattr(host.tick_to_decision, "record", samples.append)
+    host.strategy.action = lambda sym, price: host.submit(sym, BUY, 1, price)
+    sent = time.monotonic_ns() - 5_000_000            # sent 5 ms ago
+    before = time.monotonic_ns()
+    host._on_tick(host.symbols.index("AAPL"), 100.0, sent, 7)
+    after = time.monotonic_ns()
+    assert len(samples) == 1 and len(host.orders_out.pending) == 1
+    assert before - sent <= samples[0] <= after - sent
+
+
 def test_order_reply_shape():
     assert OrderReply("ack", 3).accepted and not OrderReply("reject", reason="x").accepted
 
