@@ -20,6 +20,10 @@ cdef class OrderDesk:
     cdef Py_ssize_t max_client
     cdef double max_price
     cdef readonly unsigned long long booked_here   # orders this desk booked
+    cdef order_text last          # the last booked frame's fields, for last_order()
+    cdef object last_id
+    cdef object last_client
+    cdef object last_symbol
 
     cdef object _book(self, const unsigned char *p, Py_ssize_t n, str client, bytes fields,
                       int64_t order_no, int64_t received_ns)

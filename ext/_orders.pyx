@@ -185,9 +185,10 @@ cdef class OrderDesk:
         if protocol.MAX_I64 != MAX_I64:
             raise ValueError("the protocol's qty limit is not the one this desk checks")
         self.booked_here = 0
+        self.last_id = None
 
     def book(self, frame, str client, bytes fields, int64_t order_no, int64_t received_ns):
-        """(ack frame, Order) of a booked order, its record committed; None: not booked (not
+        """The ack frame of a booked order, its record committed; None: not booked (not
         canonical, a reject, a duplicate, no room in the journal chunk), nothing done."""
         # Raw buffers, not typed memoryviews: acquiring one of those builds an object per call.
         cdef Py_buffer view
@@ -224,10 +225,6 @@ cdef class OrderDesk:
         oid = PyUnicode_DecodeASCII(<const char *>p + o.id0, nid, NULL)
         if (client, oid) in self.booked:
             return None   # a resend: the Python path acks it again with its number
-        order = self.order_type(id=oid, client=client, symbol=symbol,
-                                side=_BUY if o.buy else _SELL, qty=<int64_t>o.qty,
-                                price=o.price, tick_ns=o.tick_ns, tick_seq=o.tick_seq,
-                                sent_ns=o.sent_ns)
         journal = self.journal
         mm = journal.mm
         if mm is None:
@@ -242,6 +239,10 @@ cdef class OrderDesk:
         journal.off = end
         journal.records += 1
         self.booked_here += 1
+        self.last = o
+        self.last_id = oid
+        self.last_client = client
+        self.last_symbol = symbol
         # The ack: {"type":"ack","id":"<id>","order_no":N}* as the protocol's encoder writes it
         # (the id needs no escape: printable ASCII without quotes or backslashes, and no '*',
         # the delimiter, which no frame contains).
@@ -265,4 +266,15 @@ cdef class OrderDesk:
             k += 1
         a[k] = 125   # '}'
         a[k + 1] = 42   # '*'
-        return ack, order
+        return ack
+
+    def last_order(self):
+        """The Order of the last frame book() booked (None before the first): built here, after
+        the caller has sent the ack, because nothing before the ack needs it."""
+        cdef order_text *o = &self.last
+        if self.last_id is None:
+            return None
+        return self.order_type(id=self.last_id, client=self.last_client,
+                               symbol=self.last_symbol, side=_BUY if o.buy else _SELL,
+                               qty=<int64_t>o.qty, price=o.price, tick_ns=o.tick_ns,
+                               tick_seq=o.tick_seq, sent_ns=o.sent_ns)

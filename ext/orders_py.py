@@ -9,8 +9,10 @@ braces off, is the order's part of its record), valid, and not in `booked` (the 
 -> order_no map), and its record fits the journal's current chunk. Then the record
 `{"order_no":N,"received_ns":N,<fields><the order>}` is committed at the journal's cursor
 (`journal.mm`, `journal.off`, advanced with `journal.records`, as Journal.commit_order does)
-and book returns (the ack frame, the Order). Anything else returns None with nothing done: the
-caller's Python path decides it (reject, duplicate, chunk switch), so every reason is its own.
+and book returns the ack frame; `last_order()` then returns its Order (the caller asks once the
+ack is sent: nothing before the ack needs the Order). Anything else returns None with nothing
+done: the caller's Python path decides it (reject, duplicate, chunk switch), so every reason is
+its own.
 
 The caller uses a desk only when nothing else may refuse the order: no kill switch, no risk
 limit, and a journal without sync (the desk does not msync). The compiled desk books the same
@@ -34,9 +36,10 @@ class OrderDesk:
         self.booked = booked
         self.journal = journal
         self.booked_here = 0
+        self._last: Any = None
 
     def book(self, frame: memoryview | bytes, client: str, fields: bytes, order_no: int,
-             received_ns: int) -> tuple[bytes, Any] | None:
+             received_ns: int) -> bytes | None:
         protocol = self.protocol
         try:
             order = protocol.decode_order(frame, self.symbols)
@@ -56,4 +59,9 @@ class OrderDesk:
         journal.off = end
         journal.records += 1
         self.booked_here += 1
-        return protocol.encode_ack(order.id, order_no), order
+        self._last = order
+        return protocol.encode_ack(order.id, order_no)
+
+    def last_order(self) -> Any:
+        """The Order of the last frame book() booked (None before the first)."""
+        return self._last

@@ -556,16 +556,16 @@ class OrderManager:
         if desk is not None:
             # The canonical order frame of a new, valid order: validated, journaled and its ack
             # encoded in one native call. None = anything else: the Python path below decides.
-            booked = desk.book(frame, sess.client, sess.record_fields, self.order_no + 1,
-                               received_ns)
-            if booked is not None:
+            ack = desk.book(frame, sess.client, sess.record_fields, self.order_no + 1,
+                            received_ns)
+            if ack is not None:
                 journaled_ns = now()
                 self.order_no += 1
-                conn.send(booked[0])
+                conn.send(ack)
                 self.order_to_ack_sent.record(now() - received_ns)
                 self.order_journaled.record(journaled_ns - received_ns)
                 sess.bad_streak = 0
-                self._booked(booked[1], received_ns)
+                self._booked(desk.last_order(), received_ns)
                 return
         try:
             order = decode_order(frame, self.symbols)

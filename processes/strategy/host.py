@@ -526,7 +526,8 @@ class StrategyHost:
             return  # our own shutdown
         self.log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
 
-    def _on_reply(self, reply: Ack | Reject, order: Order) -> None:
+    def _on_reply(self, reply: Ack | Reject, order: Order, received_ns: int = 0) -> None:
+        """`received_ns`: when the reply's bytes were read (OrderClient), else now."""
         j = self._index.get(order.symbol)
         sign = SIGN.get(order.side, 0)
         if j is None or not sign:
@@ -534,7 +535,7 @@ class StrategyHost:
         key = 2 * j + (sign > 0)
         self._pending[key] = max(0, self._pending[key] - 1)
         if type(reply) is Ack:
-            now = time.monotonic_ns()
+            now = received_ns or time.monotonic_ns()
             self.order_to_ack.record(now - order.sent_ns)
             if order.tick_ns:
                 self.tick_to_ack.record(now - order.tick_ns)

@@ -103,7 +103,13 @@ def book(impl: ModuleType, journal: Journal, frame: bytes, booked: dict | None =
     desk = impl.OrderDesk(protocol, SYMBOLS, {} if booked is None else booked, journal)
     # A slice of a larger buffer, as the framer hands frames out.
     buf = bytearray(b"x" + frame + b"*")
-    return desk.book(memoryview(buf)[1:-1], CLIENT, FIELDS, ORDER_NO, RECEIVED_NS)
+    assert desk.last_order() is None   # nothing booked yet
+    ack = desk.book(memoryview(buf)[1:-1], CLIENT, FIELDS, ORDER_NO, RECEIVED_NS)
+    if ack is None:
+        assert desk.last_order() is None
+        return None
+    buf[:] = b"#" * len(buf)   # the framer's buffer is reused before the Order is asked for
+    return ack, desk.last_order()
 
 
 def python_path(frame: bytes) -> tuple[bytes, Order, bytes] | None:
