@@ -309,6 +309,9 @@ class StrategyHost:
         missing = [sym for sym in self.symbols if sym not in book.symbols]
         self.book = book
         self.reader = book.reader()
+        # The reactor disarms its sources on every wake-up, on the way to the tick or the ack
+        # that woke it: the reader's own (compiled) method, not a Python call wrapping it.
+        self.disarm = self.reader.disarm
         # A tick sent before our reader was live (a CSV replayed at speed before we attached,
         # the book's last values at a re-attach) waited for us, not for the pipeline: its age at
         # our decision is not a tick -> decision latency.
@@ -469,6 +472,7 @@ class StrategyHost:
             return True
 
     def disarm(self) -> None:
+        """Shadowed by the attached reader's own disarm (see _adopt)."""
         self.reader.disarm()
 
     def _on_tick(self, j: int, price: float, sent_ns: int, tick_seq: int) -> None:
