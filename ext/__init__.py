@@ -7,8 +7,9 @@ Picks the compiled ``ext._pricebook`` when it is importable, else the pure-Pytho
 compiler). The order journal's record writer (``ext._journal``, twin ``ext.journal_py``)
 and the histograms follow the book too. The codec follows the book: ``ext._wire`` with the
 compiled book (its decoder writes through the book's C fast paths), ``ext.wire_py``
-otherwise. The OrderManager's order path for the canonical order frame (``OrderDesk``:
-``ext._orders``, twin ``ext.orders_py``) follows the book too. Every module stays
+otherwise. The OrderManager's order path for the canonical order frame (``OrderDesk`` and
+its per-connection consumer ``DeskSession``: ``ext._orders``, twin ``ext.orders_py``) follows
+the book too. Every module stays
 importable for tests: ``ext.pricebook_py``, ``ext.wire_py`` and, when built,
 ``ext._pricebook`` and ``ext._wire``. This package must not import ``reactor`` or
 ``processes``.
@@ -88,6 +89,7 @@ LatencyHistogram = _hist_impl.LatencyHistogram
 journal_records = _journal_impl   # put / put_order: the order journal's record writer
 JOURNAL_IMPLEMENTATION: str = "python" if _journal_impl is journal_py else "cython"
 OrderDesk = _orders_impl.OrderDesk
+DeskSession = _orders_impl.DeskSession
 ORDERS_IMPLEMENTATION: str = "python" if _orders_impl is orders_py else "cython"
 demote: ModuleType = _demote_impl     # install() / uninstall() / demotions()
 
@@ -98,6 +100,7 @@ __all__ = [
     "WIRE_IMPLEMENTATION",
     "FrameTooLong",
     "LatencyHistogram",
+    "DeskSession",
     "LayoutError",
     "OrderDesk",
     "PriceFeedDecoder",

@@ -20,6 +20,23 @@ cdef class OrderDesk:
     cdef Py_ssize_t max_client
     cdef double max_price
     cdef readonly unsigned long long booked_here   # orders this desk booked
+    cdef public int64_t order_no  # the last number given: a DeskSession books the next one
+    cdef public bint enabled      # False: a DeskSession hands every frame to its `other`
+    cdef order_text last          # the last booked frame's fields, for last_order()
+    cdef object last_id
+    cdef object last_client
+    cdef object last_symbol
 
     cdef object _book(self, const unsigned char *p, Py_ssize_t n, str client, bytes fields,
                       int64_t order_no, int64_t received_ns)
+
+
+cdef class DeskSession:
+    cdef OrderDesk desk
+    cdef str client
+    cdef bytes fields
+    cdef object send              # the connection's send(ack)
+    cdef object booked            # booked(received_ns, journaled_ns, acked_ns) -> stop?
+    cdef object other             # other(frame) -> stop?
+    cdef Py_ssize_t max_frame
+    cdef unsigned char delimiter

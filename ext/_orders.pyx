@@ -21,7 +21,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcmp, memcpy, strlen
+from libc.string cimport memchr, memcmp, memcpy, strlen
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from ext._journal cimport store_order
 
@@ -170,6 +171,13 @@ cdef Py_ssize_t _parse(const unsigned char *p, Py_ssize_t n, order_text *o) exce
     return 0
 
 
+cdef inline int64_t _now_ns() noexcept nogil:
+    """CLOCK_MONOTONIC in ns, as time.monotonic_ns()."""
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
+
 cdef class OrderDesk:
     """See ext.orders_py.OrderDesk (the contract); this one books the canonical frame only."""
 
@@ -185,9 +193,12 @@ cdef class OrderDesk:
         if protocol.MAX_I64 != MAX_I64:
             raise ValueError("the protocol's qty limit is not the one this desk checks")
         self.booked_here = 0
+        self.order_no = 0
+        self.enabled = True
+        self.last_id = None
 
     def book(self, frame, str client, bytes fields, int64_t order_no, int64_t received_ns):
-        """(ack frame, Order) of a booked order, its record committed; None: not booked (not
+        """The ack frame of a booked order, its record committed; None: not booked (not
         canonical, a reject, a duplicate, no room in the journal chunk), nothing done."""
         # Raw buffers, not typed memoryviews: acquiring one of those builds an object per call.
         cdef Py_buffer view
@@ -224,10 +235,6 @@ cdef class OrderDesk:
         oid = PyUnicode_DecodeASCII(<const char *>p + o.id0, nid, NULL)
         if (client, oid) in self.booked:
             return None   # a resend: the Python path acks it again with its number
-        order = self.order_type(id=oid, client=client, symbol=symbol,
-                                side=_BUY if o.buy else _SELL, qty=<int64_t>o.qty,
-                                price=o.price, tick_ns=o.tick_ns, tick_seq=o.tick_seq,
-                                sent_ns=o.sent_ns)
         journal = self.journal
         mm = journal.mm
         if mm is None:
@@ -242,6 +249,10 @@ cdef class OrderDesk:
         journal.off = end
         journal.records += 1
         self.booked_here += 1
+        self.last = o
+        self.last_id = oid
+        self.last_client = client
+        self.last_symbol = symbol
         # The ack: {"type":"ack","id":"<id>","order_no":N}* as the protocol's encoder writes it
         # (the id needs no escape: printable ASCII without quotes or backslashes, and no '*',
         # the delimiter, which no frame contains).
@@ -265,4 +276,74 @@ cdef class OrderDesk:
             k += 1
         a[k] = 125   # '}'
         a[k + 1] = 42   # '*'
-        return ack, order
+        return ack
+
+    def last_order(self):
+        """The Order of the last frame book() booked (None before the first): built here, after
+        the caller has sent the ack, because nothing before the ack needs it."""
+        cdef order_text *o = &self.last
+        if self.last_id is None:
+            return None
+        return self.order_type(id=self.last_id, client=self.last_client,
+                               symbol=self.last_symbol, side=_BUY if o.buy else _SELL,
+                               qty=<int64_t>o.qty, price=o.price, tick_ns=o.tick_ns,
+                               tick_seq=o.tick_seq, sent_ns=o.sent_ns)
+
+
+cdef class DeskSession:
+    """See ext.orders_py.DeskSession (the contract): one connection's bulk consumer, so a read's
+    frames reach the desk without a Python call per frame between the read and the ack."""
+
+    def __init__(self, OrderDesk desk, str client, bytes fields, send, booked, other,
+                 Py_ssize_t max_frame, bytes delimiter):
+        if len(delimiter) != 1:
+            raise ValueError("the desk frames on a one-byte delimiter")
+        self.desk = desk
+        self.client = client
+        self.fields = fields
+        self.send = send
+        self.booked = booked
+        self.other = other
+        self.max_frame = max_frame
+        self.delimiter = delimiter[0]
+
+    def consume(self, buf, Py_ssize_t start, Py_ssize_t end):
+        cdef Py_buffer view
+        cdef const unsigned char *p
+        cdef const unsigned char *q
+        cdef Py_ssize_t i = start, pos
+        cdef int64_t received_ns, journaled_ns
+        cdef OrderDesk desk = self.desk
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+        try:
+            if start < 0 or end > view.len or start > end:
+                raise ValueError(f"[{start}, {end}) is outside the buffer")
+            p = <const unsigned char *>view.buf
+            while i < end:
+                q = <const unsigned char *>memchr(p + i, self.delimiter, end - i)
+                if q == NULL:
+                    break
+                pos = q - p
+                if pos == i:   # an empty frame
+                    i += 1
+                    continue
+                if pos - i > self.max_frame:
+                    raise ValueError(f"{pos - i} bytes > max_frame {self.max_frame}")
+                received_ns = _now_ns()
+                ack = (desk._book(p + i, pos - i, self.client, self.fields, desk.order_no + 1,
+                                  received_ns) if desk.enabled else None)
+                if ack is None:
+                    frame = memoryview(buf)[i:pos]
+                    i = pos + 1
+                    if self.other(frame):
+                        break
+                    continue
+                i = pos + 1
+                journaled_ns = _now_ns()
+                desk.order_no += 1
+                self.send(ack)
+                if self.booked(received_ns, journaled_ns, _now_ns()):
+                    break
+            return i
+        finally:
+            PyBuffer_Release(&view)

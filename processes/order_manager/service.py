@@ -20,10 +20,11 @@ because a reconnect has a new port). Then, per order:
    landing between the two). The same line goes to the JSONL order log and the console line
    to the log a moment after the ack (_flush_lines), both write(2)s off the order's path.
 
-Steps 1-4 for the canonical order frame (the one the Strategy writes) are one native call,
-ext.OrderDesk, while no kill switch, risk limit or fsync could refuse or delay the order; any other
-frame, and any order the desk declines (a duplicate, a reject, a full journal chunk), takes the
-Python path, which names every reject.
+Steps 1-4 for the canonical order frame (the one the Strategy writes) are native, ext.OrderDesk,
+while no kill switch, risk limit or fsync could refuse or delay the order: a welcomed client's
+reads go whole to its ext.DeskSession, which frames them and books and acks each such frame with
+no Python call between the read and the ack. Any other frame, and any order the desk declines (a
+duplicate, a reject, a full journal chunk), takes the Python path, which names every reject.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
@@ -50,7 +51,7 @@ from typing import IO, Any
 
 import msgspec
 
-from ext import OrderDesk
+from ext import DeskSession, OrderDesk
 from ext.segment import SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import exposure, protocol, runtime
@@ -59,6 +60,7 @@ from processes.shared.journal import Journal, journal_dir, read_records
 from processes.shared.pnl import PnLBook
 from processes.shared.protocol import (
     MAX_FRAME,
+    MESSAGE_DELIMITER,
     PROTOCOL_VERSION,
     SIDES,
     IdEcho,
@@ -337,8 +339,11 @@ class OrderManager:
         self.resume = om.resume
         self.session = ""      # chosen in start(), from the environment or the log
         self._session_json = b'""'
-        self.order_no = 0      # the last number given (continues the order log's)
         self.booked: dict[tuple[str, str], int] = {}     # (client, id) -> order_no
+        # The native order path (ext.OrderDesk): a canonical, valid, new order is booked in one
+        # call; used only while nothing else may refuse an order (_use_desk). It holds the order
+        # numbers (order_no), so its sessions number the orders they book themselves.
+        self._desk = OrderDesk(protocol, self.symbols, self.booked, self.order_log.journal)
         self.positions: dict[tuple[str, str], int] = {}  # (client, symbol) -> net qty
         self._rate: dict[str, deque[int]] = {}           # client -> receive times, last 1 s
         self.orders = 0        # booked by this run
@@ -367,8 +372,6 @@ class OrderManager:
         # that booked them is done: on a shared core the client must get its ack first.
         self._lines: list[tuple[int, str, int, str, float]] = []
         self._flush_scheduled = False
-        self._desk: OrderDesk | None = None
-        self._fast: OrderDesk | None = None   # the desk while it may book, else None
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -377,9 +380,6 @@ class OrderManager:
         self._session_json = msgspec.json.encode(self.session)
         self._replay(self.order_log.open())
         self._commit = self.order_log.commit   # bound once: the hot path's call
-        # The native order path (ext.OrderDesk): a canonical, valid, new order is booked in one
-        # call; used only while nothing else may refuse an order (_use_desk).
-        self._desk = OrderDesk(protocol, self.symbols, self.booked, self.order_log.journal)
         self._use_desk()
         net = self.cfg.network
         # overflow="close": a client that stops reading acks is closed, never silently
@@ -410,7 +410,7 @@ class OrderManager:
     def stats(self) -> dict[str, Any]:
         return {"session": self.session,
                 "orders": self.orders, "order_no": self.order_no, "replayed": self.replayed,
-                "native_orders": self._desk.booked_here if self._desk is not None else 0,
+                "native_orders": self._desk.booked_here,
                 "rejects": self.rejects, "duplicates": self.duplicates, "refused": self.refused,
                 "bad_clients": self.bad_clients, "kill_switch": self.kill_switch,
                 **{f"rejects_{rule}": n for rule, n in self.rule_rejects.items()},
@@ -452,11 +452,20 @@ class OrderManager:
             log.warning("order log %s books %d ids more than once; the first booking counts",
                         self.order_log.path, doubled)
 
+    @property
+    def order_no(self) -> int:
+        """The last number given (continues the order log's)."""
+        return self._desk.order_no
+
+    @order_no.setter
+    def order_no(self, value: int) -> None:
+        self._desk.order_no = value
+
     def _use_desk(self) -> None:
         """The desk books only what nothing else could refuse: not with the kill switch on, a
         risk limit set, or an fsync'ed journal (its records need an msync the desk does not do)."""
         allowed = not (self.kill_switch or self._risk_limits or self.order_log.fsync)
-        self._fast = self._desk if allowed else None
+        self._desk.enabled = allowed
 
     def toggle_kill_switch(self) -> None:
         """SIGUSR1: flip the kill switch; loud, because it stops all trading."""
@@ -513,10 +522,15 @@ class OrderManager:
                  hello.version)
 
     def _welcome(self, sess: Session) -> None:
-        """From now on every frame is an order: handed straight to _on_order (a C-level
-        partial, no Python frame in between on the hot path)."""
+        """From now on every frame is an order: each read goes whole to the session's desk
+        consumer, which books what the desk may and hands the rest to _on_order (the frames
+        after the hello in the read being dispatched now reach _on_frame, then _on_order)."""
         sess.welcomed = True
-        sess.conn.on_frame = functools.partial(self._on_order, sess)
+        conn = sess.conn
+        conn.on_data = DeskSession(self._desk, sess.client, sess.record_fields, conn.send,
+                                   functools.partial(self._desk_booked, sess),
+                                   functools.partial(self._not_for_desk, sess), MAX_FRAME,
+                                   MESSAGE_DELIMITER).consume
 
     def _implicit_hello(self, sess: Session, frame: memoryview) -> None:
         sess.client = "peer-" + sess.conn.peer.replace(":", "-").replace("[", "").replace("]", "")
@@ -540,6 +554,7 @@ class OrderManager:
         sess.closing = True
         conn = sess.conn
         conn.send(encode_refused(reason))
+        conn.on_data = None
         conn.on_frame = None
         if not conn.closed and not conn.pending:
             try:
@@ -549,25 +564,25 @@ class OrderManager:
         self.reactor.call_later(REFUSE_LINGER, conn.close, f"refused: {reason}")
 
     # --- orders (hot path) -----------------------------------------------------------------------
+    def _desk_booked(self, sess: Session, received_ns: int, journaled_ns: int,
+                     acked_ns: int) -> bool:
+        """After the desk booked an order and its ack was sent; True: stop reading this client
+        (its connection is gone)."""
+        self.order_to_ack_sent.record(acked_ns - received_ns)
+        self.order_journaled.record(journaled_ns - received_ns)
+        sess.bad_streak = 0
+        self._booked(self._desk.last_order(), received_ns)
+        return sess.conn.closed
+
+    def _not_for_desk(self, sess: Session, frame: memoryview) -> bool:
+        """A frame the desk declined: the Python path's; True: stop reading this client."""
+        self._on_order(sess, frame)
+        return sess.closing or sess.conn.closed
+
     def _on_order(self, sess: Session, frame: memoryview) -> None:
         now = time.monotonic_ns
         received_ns = now()
         conn = sess.conn
-        desk = self._fast
-        if desk is not None:
-            # The canonical order frame of a new, valid order: validated, journaled and its ack
-            # encoded in one native call. None = anything else: the Python path below decides.
-            booked = desk.book(frame, sess.client, sess.record_fields, self.order_no + 1,
-                               received_ns)
-            if booked is not None:
-                journaled_ns = now()
-                self.order_no += 1
-                conn.send(booked[0])
-                self.order_to_ack_sent.record(now() - received_ns)
-                self.order_journaled.record(journaled_ns - received_ns)
-                sess.bad_streak = 0
-                self._booked(booked[1], received_ns)
-                return
         try:
             order = decode_order(frame, self.symbols)
         except ProtocolError as exc:

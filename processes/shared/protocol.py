@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import msgspec
 
@@ -133,8 +134,8 @@ def _frame(msg: msgspec.Struct) -> bytes:
     return _encode(msg).replace(_STAR, _STAR_ESCAPED) + MESSAGE_DELIMITER
 
 
-def encode_order(order: Order) -> bytes:
-    return _frame(order)
+# The framer itself, not a function calling it: a Python call less on the way to the send.
+encode_order: Callable[[Order], bytes] = _frame
 
 
 def decode_json(frame: memoryview | bytes) -> dict:

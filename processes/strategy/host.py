@@ -309,6 +309,9 @@ class StrategyHost:
         missing = [sym for sym in self.symbols if sym not in book.symbols]
         self.book = book
         self.reader = book.reader()
+        # The reactor disarms its sources on every wake-up, on the way to the tick or the ack
+        # that woke it: the reader's own (compiled) method, not a Python call wrapping it.
+        self.disarm = self.reader.disarm
         # A tick sent before our reader was live (a CSV replayed at speed before we attached,
         # the book's last values at a re-attach) waited for us, not for the pipeline: its age at
         # our decision is not a tick -> decision latency.
@@ -469,6 +472,7 @@ class StrategyHost:
             return True
 
     def disarm(self) -> None:
+        """Shadowed by the attached reader's own disarm (see _adopt)."""
         self.reader.disarm()
 
     def _on_tick(self, j: int, price: float, sent_ns: int, tick_seq: int) -> None:
@@ -526,7 +530,8 @@ class StrategyHost:
             return  # our own shutdown
         self.log.warning("news feed lost (%s); reconnecting", reason or "closed by peer")
 
-    def _on_reply(self, reply: Ack | Reject, order: Order) -> None:
+    def _on_reply(self, reply: Ack | Reject, order: Order, received_ns: int = 0) -> None:
+        """`received_ns`: when the reply's bytes were read (OrderClient), else now."""
         j = self._index.get(order.symbol)
         sign = SIGN.get(order.side, 0)
         if j is None or not sign:
@@ -534,7 +539,7 @@ class StrategyHost:
         key = 2 * j + (sign > 0)
         self._pending[key] = max(0, self._pending[key] - 1)
         if type(reply) is Ack:
-            now = time.monotonic_ns()
+            now = received_ns or time.monotonic_ns()
             self.order_to_ack.record(now - order.sent_ns)
             if order.tick_ns:
                 self.tick_to_ack.record(now - order.tick_ns)

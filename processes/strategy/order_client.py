@@ -41,7 +41,8 @@ class OrderClient:
     """
 
     def __init__(self, reactor: Reactor, host: str, port: int,
-                 on_reply: Callable[[Ack | Reject, Order], None], client: str = "", token: str = "",
+                 on_reply: Callable[[Ack | Reject, Order, int], None], client: str = "",
+                 token: str = "",
                  logger: logging.Logger | None = None) -> None:
         self.on_reply = on_reply
         self.client = client
@@ -135,6 +136,8 @@ class OrderClient:
             conn.close(f"refused: {reason}")  # the Dialer redials with its backoff
 
     def _on_frame(self, frame: memoryview) -> None:
+        # The reply's arrival: its bytes are read from the socket, its decoding is our handling
+        # of it. on_reply gets it as the time the ack (or reject) was received.
         start = time.monotonic_ns()
         try:
             reply = decode_reply(frame)
@@ -152,7 +155,7 @@ class OrderClient:
                 self.acks += 1
             else:
                 self.rejects += 1
-            self.on_reply(reply, order)
+            self.on_reply(reply, order, start)
             self.reply_handled.record(time.monotonic_ns() - start)
         elif cls is Welcome:
             self._on_welcome(reply)

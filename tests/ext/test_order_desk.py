@@ -103,7 +103,13 @@ def book(impl: ModuleType, journal: Journal, frame: bytes, booked: dict | None =
     desk = impl.OrderDesk(protocol, SYMBOLS, {} if booked is None else booked, journal)
     # A slice of a larger buffer, as the framer hands frames out.
     buf = bytearray(b"x" + frame + b"*")
-    return desk.book(memoryview(buf)[1:-1], CLIENT, FIELDS, ORDER_NO, RECEIVED_NS)
+    assert desk.last_order() is None   # nothing booked yet
+    ack = desk.book(memoryview(buf)[1:-1], CLIENT, FIELDS, ORDER_NO, RECEIVED_NS)
+    if ack is None:
+        assert desk.last_order() is None
+        return None
+    buf[:] = b"#" * len(buf)   # the framer's buffer is reused before the Order is asked for
+    return ack, desk.last_order()
 
 
 def python_path(frame: bytes) -> tuple[bytes, Order, bytes] | None:
@@ -243,3 +249,109 @@ def test_a_price_is_booked_as_written_only_when_the_encoder_writes_it_so(impl, j
     written_so = (protocol.msgspec.json.encode(price) == text.encode()
                   and 0 < price <= protocol.MAX_PRICE)
     assert (got is not None) == (written_so and (impl is orders_py or "e" not in text))
+
+
+# --- DeskSession: a read's frames, booked or handed on, in order -------------------------------
+
+def consume(impl: ModuleType, journal: Journal, data: bytes, *, booked: dict | None = None,
+            enabled: bool = True, stop_at: int = -1, max_frame: int = protocol.MAX_FRAME,
+            start_no: int = ORDER_NO - 1) -> tuple[int, list[tuple], object]:
+    """Consume `data` (behind a byte the consumer must not read) on a session of `impl`;
+    (offset returned, the callbacks' calls in order, the desk). The `stop_at`-th callback
+    (from 0) asks the consumer to stop."""
+    booked = {} if booked is None else booked
+    desk = impl.OrderDesk(protocol, SYMBOLS, booked, journal)
+    desk.order_no = start_no
+    desk.enabled = enabled
+    calls: list[tuple] = []
+
+    def stop() -> bool:
+        return len(calls) - 1 == stop_at
+
+    def on_booked(received_ns: int, journaled_ns: int, acked_ns: int) -> bool:
+        assert 0 < received_ns <= journaled_ns <= acked_ns
+        order = desk.last_order()
+        booked[(order.client, order.id)] = desk.order_no   # as the OrderManager's _booked
+        calls.append(("booked", desk.order_no, order.id))
+        return stop()
+
+    def other(frame: memoryview) -> bool:
+        calls.append(("other", bytes(frame)))
+        return stop()
+
+    session = impl.DeskSession(desk, CLIENT, FIELDS, lambda ack: calls.append(("ack", ack)),
+                               on_booked, other, max_frame, b"*")
+    buf = bytearray(b"*" + data + b"x" * 8)   # the byte before and the bytes after: not ours
+    stop_offset = session.consume(buf, 1, 1 + len(data))
+    return stop_offset - 1, calls, desk
+
+
+def expected_calls(impl: ModuleType, frames_: list[bytes]) -> list[tuple]:
+    """What a session of `impl` does with these frames: the canonical frames of new orders
+    booked and acked in turn (the compiled desk declines the few the earlier tests name), every
+    other frame handed on, empty ones skipped."""
+    out: list[tuple] = []
+    seen: set[str] = set()
+    no = ORDER_NO - 1
+    for frame in frames_:
+        if not frame:
+            continue
+        got = python_path(frame)
+        order = got[1] if got is not None else None
+        if (order is not None and canonical(order) == frame and order.id not in seen
+                and (impl is orders_py or not ("e" in repr(order.price) or '"' in order.id
+                                               or "\\" in order.id))):
+            no += 1
+            seen.add(order.id)
+            out += [("ack", protocol.encode_ack(order.id, no)), ("booked", no, order.id)]
+        else:
+            out.append(("other", frame))
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@SETTINGS
+@given(frames_=st.lists(frames() | st.just(b""), max_size=6),
+       partial=st.binary(max_size=20).map(lambda b: b.replace(b"*", b"")))
+def test_a_session_books_each_frame_of_a_read_or_hands_it_on_in_order(impl, journal, frames_,
+                                                                      partial):
+    frames_ = [f for f in frames_ if len(f) <= protocol.MAX_FRAME]
+    data = b"".join(f + b"*" for f in frames_) + partial
+    records = journal.records
+    off, calls, desk = consume(impl, journal, data)
+    assert off == len(data) - len(partial)   # the partial frame is left for the next read
+    want = expected_calls(impl, frames_)
+    assert calls == want
+    booked = [c for c in want if c[0] == "booked"]
+    assert desk.order_no == ORDER_NO - 1 + len(booked)
+    assert journal.records - records == len(booked)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_session_stops_where_a_callback_says_its_connection_is_going(impl, journal):
+    frames_ = [canonical(ORDER), b"not an order", canonical(
+        Order(**{**protocol.msgspec.structs.asdict(ORDER), "id": "s-2"}))]
+    data = b"".join(f + b"*" for f in frames_)
+    off, calls, _ = consume(impl, journal, data, stop_at=1)   # the ack, then "booked": stop
+    assert off == len(frames_[0]) + 1 and [c[0] for c in calls] == ["ack", "booked"]
+    off, calls, _ = consume(impl, journal, data, stop_at=2)   # stop at the frame handed on
+    assert off == len(frames_[0]) + len(frames_[1]) + 2
+    assert calls[-1] == ("other", b"not an order") and len(calls) == 3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_disabled_desk_hands_every_frame_on_and_a_long_one_is_an_error(impl, journal):
+    data = canonical(ORDER) + b"**" + canonical(ORDER) + b"*"
+    off, calls, desk = consume(impl, journal, data, enabled=False)
+    assert off == len(data) and calls == [("other", canonical(ORDER))] * 2
+    assert desk.order_no == ORDER_NO - 1 and journal.records == 0   # nothing booked
+    with pytest.raises(ValueError, match="max_frame"):
+        consume(impl, journal, b"x" * 9 + b"*", max_frame=8)
+    assert consume(impl, journal, b"x" * 8 + b"*", max_frame=8)[1] == [("other", b"x" * 8)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_duplicate_in_a_read_goes_to_the_python_path(impl, journal):
+    data = canonical(ORDER) + b"*"
+    off, calls, _ = consume(impl, journal, data, booked={(CLIENT, "s-1"): 3})
+    assert calls == [("other", canonical(ORDER))]
