@@ -368,6 +368,28 @@ def test_the_decision_latency_is_now_minus_the_ticks_send_time(make_host, monkey
     assert before - sent <= samples[0] <= after - sent
 
 
+def test_an_ack_is_timed_from_when_its_bytes_were_read(make_host, monkeypatch):
+    """order -> ack and tick -> ack end at the reply's read time the OrderClient passes (its
+    decoding is our handling, not the OrderManager's latency), else at now."""
+    host = make_host()
+    got: dict[str, list[int]] = {"order": [], "tick": []}
+    monkeypatch.setattr(host.order_to_ack, "record", got["order"].append)
+    monkeypatch.setattr(host.tick_to_ack, "record", got["tick"].append)
+    host.strategy.action = lambda sym, price: host.submit(sym, BUY, 1, price)
+    tick(host, "AAPL", 100.0)
+    (order,) = host.orders_out.pending.values()
+    host._on_reply(Ack(order.id, 1), host.orders_out.pending.pop(order.id),
+                   order.sent_ns + 1_234)
+    assert got == {"order": [1_234], "tick": [order.sent_ns + 1_234 - order.tick_ns]}
+    host.strategy.action = lambda sym, price: host.submit(sym, SELL, 1, price)
+    tick(host, "MSFT", 100.0)
+    (order,) = host.orders_out.pending.values()
+    before = time.monotonic_ns()
+    host._on_reply(Ack(order.id, 2), host.orders_out.pending.pop(order.id))   # no read time
+    after = time.monotonic_ns()
+    assert before - order.sent_ns <= got["order"][1] <= after - order.sent_ns
+
+
 def test_order_reply_shape():
     assert OrderReply("ack", 3).accepted and not OrderReply("reject", reason="x").accepted
 
