@@ -346,7 +346,8 @@ def test_a_stopped_subscriber_stalls_nobody(tmp_path, children, policy, rate):
     assert not live_closed and before and len(during) > 10, (
         f"the live subscriber stalled: {len(during)} reads while the other was stopped; its "
         f"longest gaps (ms, starting at ms after the SIGSTOP): {gaps}; cont at "
-        f"{(cont_ns - stop_ns) / 1e6:.0f} ms; closed {live_closed}")
+        f"{(cont_ns - stop_ns) / 1e6:.0f} ms; closed {live_closed}; {live_bytes:,} bytes read "
+        "in all (a read is sampled only when its last frame parses)")
     p50_before, p50_during = _p50(before), _p50(during)
     # Generous: 2 shared vCPUs, and at tick_rate 0 the live reader's own queue sets its latency.
     assert p50_during < max(5 * p50_before, 50e6), (p50_before, p50_during)
