@@ -4,32 +4,20 @@ does not fit."""
 
 from __future__ import annotations
 
-import glob
-import importlib
 import json
 import zlib
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twinutil import compiled, needs, twin_params
 
 from ext import journal_py
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
-try:
-    cjournal: ModuleType | None = importlib.import_module("ext._journal")
-except ImportError:
-    if glob.glob(str(ROOT / "ext" / "_journal*.so")):
-        raise  # built but unloadable: fail loudly instead of skipping every cython test
-    cjournal = None
-
-IMPLS = [pytest.param(journal_py, id="python"),
-         pytest.param(cjournal, id="cython", marks=pytest.mark.skipif(
-             cjournal is None, reason="ext._journal is not built (python setup.py build_ext)"))]
+cjournal = compiled("_journal")
+IMPLS = twin_params(journal_py, cjournal, "_journal")
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=300)
 FRAME = (b'{"id":"s-1-2-3","client":"strat-1","symbol":"AAPL","side":"BUY","qty":10,'
          b'"price":172.53,"tick_ns":1,"tick_seq":2,"sent_ns":3}*')
@@ -74,7 +62,7 @@ def test_a_record_that_does_not_fit_writes_nothing(impl):
         impl.put_order(bytearray(4096), 0, 1, 1, FIELDS, FRAME[:-1])
 
 
-@pytest.mark.skipif(cjournal is None, reason="ext._journal is not built")
+@needs(cjournal, "_journal")
 @SETTINGS
 @given(order_no=st.integers(-(2 ** 63), 2 ** 63 - 1), received_ns=st.integers(0, 2 ** 63 - 1),
        fields=st.binary(max_size=64), body=st.binary(max_size=300),

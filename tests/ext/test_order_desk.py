@@ -6,17 +6,15 @@ whatever it books, the twin books the same way."""
 
 from __future__ import annotations
 
-import glob
-import importlib
 import json
 import string
-from pathlib import Path
 from types import ModuleType
 
 import orderspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twinutil import compiled, needs, twin_params
 
 from ext import journal_py, orders_py
 from processes.shared import protocol
@@ -25,18 +23,9 @@ from processes.shared.protocol import MAX_I64, MAX_U64, Order, ProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
-try:
-    corders: ModuleType | None = importlib.import_module("ext._orders")
-except ImportError:
-    if glob.glob(str(ROOT / "ext" / "_orders*.so")):
-        raise  # built but unloadable: fail loudly instead of skipping every cython test
-    corders = None
-
-NEEDS_NATIVE = pytest.mark.skipif(corders is None,
-                                  reason="ext._orders is not built (python setup.py build_ext)")
-IMPLS = [pytest.param(orders_py, id="python"),
-         pytest.param(corders, id="cython", marks=NEEDS_NATIVE)]
+corders = compiled("_orders")
+NEEDS_NATIVE = needs(corders, "_orders")
+IMPLS = twin_params(orders_py, corders, "_orders")
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                           HealthCheck.function_scoped_fixture],
                     max_examples=300)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib
 import math
 import multiprocessing as mp
 import os
@@ -28,18 +27,14 @@ from uuid import uuid4
 
 import pytest
 from stackutil import wait_until
+from twinutil import compiled
 
 import ext
 from ext import layout, pricebook_py
 from ext.layout import LayoutError
 
 ROOT = Path(__file__).resolve().parents[2]
-try:
-    cpb: ModuleType | None = importlib.import_module("ext._pricebook")
-except ImportError:
-    if glob.glob(str(ROOT / "ext" / "_pricebook*.so")):
-        raise  # built but unloadable: fail loudly instead of skipping every cython test
-    cpb = None  # not built: cython params are skipped
+cpb = compiled("_pricebook")   # None when not built: cython params are skipped
 SPAWN = mp.get_context("spawn")
 SYMS = ("AAPL", "MSFT", "BRK.B")
 IMPLS = {"cython": cpb, "python": pricebook_py}

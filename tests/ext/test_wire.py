@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib
 import math
 import os
 import random
@@ -25,6 +24,7 @@ from uuid import uuid4
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twinutil import compiled
 
 from ext import layout, pricebook_py, wire_py
 from ext.wire_py import FrameTooLong
@@ -32,13 +32,8 @@ from ext.wire_py import FrameTooLong
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
-try:
-    cpb: ModuleType | None = importlib.import_module("ext._pricebook")
-    cwire: ModuleType | None = importlib.import_module("ext._wire")
-except ImportError:
-    if glob.glob(str(ROOT / "ext" / "_wire*.so")):
-        raise  # built but unloadable: fail loudly instead of skipping every cython test
-    cpb = cwire = None
+cpb = compiled("_pricebook")
+cwire = compiled("_wire")   # it cimports _pricebook: built without it, it fails to load loudly
 
 SYMS = ("AAPL", "MSFT", "BRK.B", "V")
 NOW = 1_700_000_000_000  # a plausible sent_ns
