@@ -248,13 +248,13 @@ def test_kill_9_the_orderbook_stops_trading_until_it_is_back(tmp_path, children)
 # --- a stopped price subscriber -------------------------------------------------------------------
 
 def _subscriber(port: int, stop, out) -> None:
-    """A raw price subscriber that reads as fast as it can; per read, (receive time, send time
-    of the newest complete frame)."""
+    """A raw price subscriber that reads as fast as it can until stop.value is set; per read,
+    (receive time, send time of the newest complete frame)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.settimeout(0.1)
     samples: list[tuple[int, int]] = []
     closed, nbytes, tail = False, 0, b""
-    while not stop.is_set():
+    while not stop.value:
         try:
             chunk = sock.recv(1 << 20)
         except TimeoutError:
@@ -307,7 +307,10 @@ def test_a_stopped_subscriber_stalls_nobody(tmp_path, children, policy, rate):
                                    "logging.stats_interval": 0.2})
     info = start(children, "gateway", cfg)
     gw_pid = children[0].proc.pid
-    stop, out_live, out_stopped = CTX.Event(), CTX.Queue(), CTX.Queue()
+    # The subscribers share nothing that takes a lock: a multiprocessing Event's is_set() takes
+    # one held in common by every process with the Event, so a SIGSTOP landing inside it would
+    # block the live subscriber for the whole stop. A shared byte read plainly cannot.
+    stop, out_live, out_stopped = CTX.RawValue("b", 0), CTX.Queue(), CTX.Queue()
     procs = [CTX.Process(target=_subscriber, args=(info["price_port"], stop, q))
              for q in (out_live, out_stopped)]
     for p in procs:
@@ -326,11 +329,11 @@ def test_a_stopped_subscriber_stalls_nobody(tmp_path, children, policy, rate):
         cont_ns = time.monotonic_ns()
         os.kill(stopped.pid, signal.SIGCONT)
         time.sleep(2.5)       # the measured window: the resumed reader's backlog, then ticks
-        stop.set()
+        stop.value = 1
         live_samples, live_closed, live_bytes = out_live.get(timeout=20)
         st_samples, st_closed, st_bytes = out_stopped.get(timeout=20)
     finally:
-        stop.set()
+        stop.value = 1
         for p in procs:
             if p.pid is not None and pid_alive(p.pid):
                 os.kill(p.pid, signal.SIGCONT)
