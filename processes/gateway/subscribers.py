@@ -12,6 +12,10 @@ per `gateway.slow_client`:
   rejoins. A latest-value consumer (the OrderBook) thus reads fresh prices as soon as it reads
   again instead of working through a backlog; the skipped sequence numbers show up as gaps.
 
+A batch larger than a client's whole bound is refused with nothing queued, so no drain follows it:
+under "drop" and "conflate" the client stays in the broadcast list and loses that batch (counted
+in its dropped_sends; one line logged per feed), as it cannot be behind with nothing queued.
+
 One line is logged when a client starts being slow and one when it has caught up, never one per
 batch; a client that keeps flapping between the two (at tick_rate 0 the feed runs at the fastest
 client's pace, so every slower one overflows now and then) gets at most one pair per
@@ -55,6 +59,7 @@ class Subscribers:
         self.conflated = 0                # snapshots sent in place of missed batches
         self.conflated_batches = 0        # batches conflating clients missed
         self.bad_clients = 0              # closed for sending to a send-only feed
+        self.oversized = 0                # batches refused for being over a client's whole bound
 
     def __len__(self) -> int:
         return len(self.live) + sum(1 for c in self._slow if c not in self.live)
@@ -81,6 +86,12 @@ class Subscribers:
     def lagging(self, conn: Connection) -> None:
         """conn.send() refused a batch (its queue is full) and conn is still open."""
         if conn.closed or conn in self._slow:
+            return
+        if not conn.pending:
+            # Nothing queued, so no drain follows: the batch alone is over the client's whole
+            # bound. The client is not behind; it stays live (the batch is dropped and counted)
+            # rather than wait, outside `live`, for an on_drain that never comes.
+            self._oversized(conn)
             return
         now = time.monotonic()
         logged = now >= self._quiet_until.get(conn, 0.0)
@@ -115,6 +126,13 @@ class Subscribers:
         if logged:
             self.log.info("%s client %s caught up after %.1fs; %s", self.feed, conn.peer,
                           time.monotonic() - since, what)
+
+    def _oversized(self, conn: Connection) -> None:
+        self.oversized += 1
+        if self.oversized == 1:
+            self.log.warning("a %s batch is larger than gateway.max_client_buffer (%d bytes): "
+                             "dropped for client %s, as is every batch that size (raise the "
+                             "bound)", self.feed, conn.max_write_buffer, conn.peer)
 
     # --- hostile input ------------------------------------------------------------------------
     def _unexpected(self, conn: Connection, buf: bytearray, start: int, end: int) -> int:
