@@ -7,9 +7,9 @@ Picks the compiled ``ext._pricebook`` when it is importable, else the pure-Pytho
 compiler). The order journal's record writer (``ext._journal``, twin ``ext.journal_py``)
 and the histograms follow the book too. The codec follows the book: ``ext._wire`` with the
 compiled book (its decoder writes through the book's C fast paths), ``ext.wire_py``
-otherwise. The OrderManager's order path for the canonical order frame (``OrderDesk`` and
-its per-connection consumer ``DeskSession``: ``ext._orders``, twin ``ext.orders_py``) follows
-the book too. Every module stays
+otherwise. The order path (the OrderManager's ``OrderDesk`` for the canonical order frame and
+its per-connection consumer ``DeskSession``; the Strategy's ``OrderFramer`` and ``OrderGate``:
+``ext._orders``, twin ``ext.orders_py``) follows the book too. Every module stays
 importable for tests: ``ext.pricebook_py``, ``ext.wire_py`` and, when built,
 ``ext._pricebook`` and ``ext._wire``. This package must not import ``reactor`` or
 ``processes``.
@@ -90,6 +90,8 @@ journal_records = _journal_impl   # put / put_order: the order journal's record 
 JOURNAL_IMPLEMENTATION: str = "python" if _journal_impl is journal_py else "cython"
 OrderDesk = _orders_impl.OrderDesk
 DeskSession = _orders_impl.DeskSession
+OrderFramer = _orders_impl.OrderFramer
+OrderGate = _orders_impl.OrderGate
 ORDERS_IMPLEMENTATION: str = "python" if _orders_impl is orders_py else "cython"
 demote: ModuleType = _demote_impl     # install() / uninstall() / demotions()
 
@@ -103,6 +105,8 @@ __all__ = [
     "DeskSession",
     "LayoutError",
     "OrderDesk",
+    "OrderFramer",
+    "OrderGate",
     "PriceFeedDecoder",
     "PriceReader",
     "SharedPriceBook",

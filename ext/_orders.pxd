@@ -40,3 +40,38 @@ cdef class DeskSession:
     cdef object other             # other(frame) -> stop?
     cdef Py_ssize_t max_frame
     cdef unsigned char delimiter
+
+
+cdef class OrderFramer:
+    cdef readonly tuple symbols
+    cdef readonly str client
+    cdef bytes head               # '{"id":"<the id prefix>-'
+    cdef list mids                # per 2 * symbol + buy: '","client":..,"side":"..","qty":'
+    cdef unsigned char delimiter
+    cdef char *buf                # where frame() writes: room for the longest frame
+
+    cdef Py_ssize_t _write(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty,
+                           double price, uint64_t tick_ns, uint64_t tick_seq,
+                           uint64_t sent_ns) except -2
+
+
+cdef class OrderGate:
+    cdef OrderFramer framer
+    cdef readonly str id_prefix
+    # The Strategy host's own lists, shared (never rebound by it), per symbol j or per
+    # key 2 * j + buy.
+    cdef list positions           # net position per symbol
+    cdef list pending             # orders in flight per key
+    cdef list last_tick_ns        # the send time of each symbol's last tick; 0 = none
+    cdef list prices              # each symbol's last accepted price; None = none yet
+    cdef list stale               # per symbol: stale as of the last watch (plain feeds)
+    cdef list backoff_until       # per key: monotonic ns a backoff ends; 0 = none
+    cdef list refusing            # per key: the reason last refused; None once an order goes
+    cdef public int64_t max_age_ns    # 0 = prices never go stale
+    cdef object order_type        # the protocol's Order, built by take()
+    cdef public int fd            # the order socket while send() may write to it, else -1
+    cdef readonly Py_ssize_t length   # of the last frame made
+    cdef readonly Py_ssize_t written  # of it, the bytes send() wrote
+    cdef public unsigned long long seq     # the last order's number (its id's suffix)
+    cdef public unsigned long long orders  # orders made
+    cdef list made                # orders made since the last take(), as tuples

@@ -17,16 +17,25 @@ every reject reason is its own.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from ext._journal cimport store_order
+from ext import orders_py
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
 
 cdef extern from "Python.h":
+    ctypedef struct PyObject
+    object PyUnicode_FromFormat(const char *format, ...)
     int Py_DTSF_ADD_DOT_0
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
     char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
@@ -347,3 +356,210 @@ cdef class DeskSession:
             return i
         finally:
             PyBuffer_Release(&view)
+
+
+# The numeric tail of the template order OrderFramer encodes to find its string parts.
+_TEMPLATE_TAIL = b',"qty":1,"price":1.0,"tick_ns":0,"tick_seq":0,"sent_ns":0}'
+
+
+cdef inline Py_ssize_t _put_uint(char *a, uint64_t v) noexcept nogil:
+    """v in decimal at a; the digits written."""
+    cdef char digits[24]
+    cdef Py_ssize_t nd = 0, k = 0
+    while True:
+        digits[nd] = <char>(48 + v % 10)
+        nd += 1
+        v //= 10
+        if v == 0:
+            break
+    while nd:
+        nd -= 1
+        a[k] = digits[nd]
+        k += 1
+    return k
+
+
+cdef inline Py_ssize_t _put(char *a, const char *s, Py_ssize_t n) noexcept nogil:
+    memcpy(a, s, n)
+    return n
+
+
+cdef class OrderFramer:
+    """See ext.orders_py.OrderFramer (the contract): the Strategy's order frame written in one
+    call, before any Order exists, so the order is on the wire sooner.
+
+    The string parts (the id's prefix, the client, each symbol and side) are cut once from
+    frames the protocol's own encoder writes, so their escaping is the encoder's; the numbers
+    are written here, and a sample frame is checked against the encoder at construction.
+    """
+
+    def __init__(self, protocol, str id_prefix, str client, symbols):
+        cdef list mids = []
+        order, encode = protocol.Order, protocol.encode_order
+        self.symbols = tuple(symbols)
+        self.client = client
+        delimiter = protocol.MESSAGE_DELIMITER
+        if len(delimiter) != 1:
+            raise ValueError("the framer writes a one-byte delimiter")
+        for sym in self.symbols:
+            for side in ("SELL", "BUY"):
+                text = encode(order(id=id_prefix + "-0", client=client, symbol=sym, side=side,
+                                    qty=1, price=1.0))
+                if not text.endswith(_TEMPLATE_TAIL + delimiter):
+                    raise ValueError("the protocol's order frame is not the one this framer "
+                                     "writes")
+                text = text[:len(text) - len(_TEMPLATE_TAIL) - 1]
+                k = text.index(b'-0","client":')   # the id's end: its quote is never escaped
+                self.head = text[:k + 1]
+                mids.append(text[k + 2:] + b',"qty":')
+        self.mids = mids
+        self.delimiter = delimiter[0]
+        # The parts, six numbers of at most 20 digits and the price's repr (< 40) fit.
+        self.buf = <char *>PyMem_Malloc(len(self.head) + max([len(m) for m in mids] or [0])
+                                        + 200)
+        if self.buf == NULL:
+            raise MemoryError()
+        if self.symbols:
+            sample = dict(id=f"{id_prefix}-1234", client=client, symbol=self.symbols[0],
+                          side="BUY", qty=10, price=173.25, tick_ns=12345, tick_seq=6,
+                          sent_ns=789)
+            if self.frame(0, True, 1234, 10, 173.25, 12345, 6, 789) != encode(order(**sample)):
+                raise ValueError("this framer does not write what the protocol's encoder "
+                                 "writes")
+
+    def frame(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty, double price,
+              uint64_t tick_ns, uint64_t tick_seq, uint64_t sent_ns):
+        cdef Py_ssize_t n
+        if not 0 <= j < len(self.symbols):
+            raise IndexError(f"symbol index {j} out of range")
+        n = self._write(j, buy, seq, qty, price, tick_ns, tick_seq, sent_ns)
+        return None if n < 0 else PyBytes_FromStringAndSize(self.buf, n)
+
+    cdef Py_ssize_t _write(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty,
+                           double price, uint64_t tick_ns, uint64_t tick_seq,
+                           uint64_t sent_ns) except -2:
+        """The frame into buf (j in range); its length, or -1 for a price it cannot write."""
+        cdef bytes mid = <bytes>PyList_GET_ITEM(self.mids, 2 * j + buy)
+        cdef char *text
+        cdef char *a = self.buf
+        cdef Py_ssize_t k = 0, n
+        if not 1e-4 <= price < 1e16:
+            return -1   # repr() writes these with an exponent: the caller encodes the Order
+        k += _put(a + k, PyBytes_AS_STRING(self.head), PyBytes_GET_SIZE(self.head))
+        k += _put_uint(a + k, seq)
+        k += _put(a + k, PyBytes_AS_STRING(mid), PyBytes_GET_SIZE(mid))
+        k += _put_uint(a + k, qty)
+        k += _put(a + k, b',"price":', 9)
+        text = PyOS_double_to_string(price, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)   # as repr()
+        n = <Py_ssize_t>strlen(text)
+        k += _put(a + k, text, n)
+        PyMem_Free(text)
+        k += _put(a + k, b',"tick_ns":', 11)
+        k += _put_uint(a + k, tick_ns)
+        k += _put(a + k, b',"tick_seq":', 12)
+        k += _put_uint(a + k, tick_seq)
+        k += _put(a + k, b',"sent_ns":', 11)
+        k += _put_uint(a + k, sent_ns)
+        a[k] = 125   # '}'
+        a[k + 1] = self.delimiter
+        return k + 2
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+
+# The gate's answers, stated once in its contract (ext.orders_py).
+cdef Py_ssize_t _PENDING = orders_py.GATE_PENDING
+cdef Py_ssize_t _NO_PRICE = orders_py.GATE_NO_PRICE
+cdef Py_ssize_t _STALE = orders_py.GATE_STALE
+cdef Py_ssize_t _BACKOFF = orders_py.GATE_BACKOFF
+cdef Py_ssize_t _NO_FRAME = orders_py.GATE_NO_FRAME
+
+
+cdef class OrderGate:
+    """See ext.orders_py.OrderGate (the contract): from the strategy's submit to the kernel and
+    the host's books in one call, the Order itself built later (take())."""
+
+    def __init__(self, OrderFramer framer, str id_prefix, list positions, list pending,
+                 list last_tick_ns, list prices, list stale, list backoff_until, list refusing,
+                 int64_t max_age_ns, order_type):
+        cdef Py_ssize_t n = len(framer.symbols)
+        if not (len(last_tick_ns) == len(prices) == len(stale) == len(positions) == n
+                and len(pending) == len(backoff_until) == len(refusing) == 2 * n):
+            raise ValueError("the gate's lists do not match the framer's symbols")
+        self.framer = framer
+        self.id_prefix = id_prefix
+        self.positions = positions
+        self.pending = pending
+        self.last_tick_ns = last_tick_ns
+        self.prices = prices
+        self.stale = stale
+        self.backoff_until = backoff_until
+        self.refusing = refusing
+        self.max_age_ns = max_age_ns
+        self.order_type = order_type
+        self.fd = -1
+        self.length = 0
+        self.written = 0
+        self.seq = 0
+        self.orders = 0
+        self.made = []
+
+    def send(self, Py_ssize_t j, bint buy, uint64_t qty, double price, int64_t now,
+             uint64_t tick_ns, uint64_t tick_seq):
+        cdef Py_ssize_t key = 2 * j + buy, n
+        cdef int64_t last
+        cdef ssize_t wrote = 0
+        if not 0 <= j < PyList_GET_SIZE(self.prices):
+            raise IndexError(f"symbol index {j} out of range")
+        if self.pending[key]:
+            return _PENDING
+        if self.max_age_ns:
+            if self.prices[j] is None:
+                return _NO_PRICE
+            last = self.last_tick_ns[j]
+            if (now - last > self.max_age_ns) if last else self.stale[j]:
+                return _STALE
+        if self.backoff_until[key]:
+            return _BACKOFF
+        n = self.framer._write(j, buy, self.seq + 1, qty, price, tick_ns, tick_seq,
+                               <uint64_t>now)
+        if n < 0:
+            return _NO_FRAME
+        if self.fd >= 0:
+            wrote = c_send(self.fd, self.framer.buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if wrote < 0:
+                wrote = 0   # EAGAIN, or an error the caller's own send then meets
+        self.length = n
+        self.written = wrote
+        self.seq += 1
+        self.orders += 1
+        self.refusing[key] = None
+        self.pending[key] += 1
+        self.positions[j] += <int64_t>qty if buy else -<int64_t>qty
+        self.made.append((self.seq, j, buy, qty, price, tick_ns, tick_seq, now,
+                          wrote == n, _now_ns() - now))
+        return PyUnicode_FromFormat("%U-%llu", <PyObject *>self.id_prefix,
+                                    <unsigned long long>self.seq)
+
+    def frame(self):
+        """The frame of the last order made."""
+        return PyBytes_FromStringAndSize(self.framer.buf, self.length)
+
+    def sent_last(self, bint sent):
+        """The last order made went on the wire (or is queued) after all: `sent`."""
+        rec = self.made[len(self.made) - 1]
+        self.made[len(self.made) - 1] = (*rec[:8], sent, rec[9])
+
+    @property
+    def unsettled(self):
+        return len(self.made)
+
+    def take(self):
+        """(Order, sent, took_ns) of every order made since the last take(), oldest first."""
+        made, self.made = self.made, []
+        symbols, order = self.framer.symbols, self.order_type
+        return [(order(id=f"{self.id_prefix}-{seq}", client=self.framer.client,
+                       symbol=symbols[j], side=_BUY if buy else _SELL, qty=qty, price=price,
+                       tick_ns=tick_ns, tick_seq=tick_seq, sent_ns=sent_ns), sent, took)
+                for seq, j, buy, qty, price, tick_ns, tick_seq, sent_ns, sent, took in made]

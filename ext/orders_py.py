@@ -24,6 +24,29 @@ the call. A callback returning True stops the consumer there (the connection is 
 frames are skipped; a frame longer than `max_frame` raises ValueError. It returns the offset of
 the first byte not consumed: the partial frame, or the frame after a stop.
 
+`OrderFramer(protocol, id_prefix, client, symbols)` is the Strategy's side: `frame(j, buy, seq,
+qty, price, tick_ns, tick_seq, sent_ns)` returns exactly `protocol.encode_order` of the Order
+with id `f"{id_prefix}-{seq}"`, that client, symbol `symbols[j]` and side BUY (`buy`) or SELL, so
+the frame can go on the wire before the Order is built; None when the compiled framer cannot
+write that order (a price outside [1e-4, 1e16), where repr() uses an exponent), and then the
+caller encodes the Order itself.
+
+`OrderGate(framer, id_prefix, positions, pending, last_tick_ns, prices, stale, backoff_until,
+refusing, max_age_ns, order_type)` holds the Strategy host's own per-symbol lists (which the host
+mutates and never rebinds) and takes an order from the strategy's submit to the kernel and the
+host's books in one call: `send(j, buy, qty, price, now, tick_ns, tick_seq)` answers, in this
+order, GATE_PENDING (an order of that symbol and side is in flight), GATE_NO_PRICE / GATE_STALE
+(with `max_age_ns`: no price yet, or the symbol's last tick is older than it; a symbol with no
+tick time is stale as `stale` says), GATE_BACKOFF (a backoff is set: the caller decides whether
+it is over), GATE_NO_FRAME (the framer cannot write it), each with nothing done; or it makes the
+order: numbers it (`seq`, the id `f"{id_prefix}-{seq}"`, returned), writes its frame (`frame()`,
+`length`) with one non-blocking send() to `fd` (`written` bytes of it: 0 when `fd` is -1, on
+EAGAIN or on an error, which the caller's own send then meets), clears `refusing[key]`, counts
+it in `pending[key]`, `positions[j]` and `orders`. The Order itself is built later: `take()`
+returns (Order, sent, took_ns) of every order made since the last take (`unsettled` of them),
+sent meaning its whole frame was written (`sent_last` corrects the last one's) and took_ns the
+time from `now` to the send's return.
+
 The caller uses a desk only when nothing else may refuse the order: no kill switch, no risk
 limit, and a journal without sync (the desk does not msync). The compiled desk books the same
 frames when their strings are printable ASCII without escapes and the price has no exponent;
@@ -32,6 +55,7 @@ it declines the rest, which the Python path then books.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -79,6 +103,108 @@ class OrderDesk:
     def last_order(self) -> Any:
         """The Order of the last frame book() booked (None before the first)."""
         return self._last
+
+
+class OrderFramer:
+    def __init__(self, protocol: ModuleType, id_prefix: str, client: str,
+                 symbols: tuple[str, ...] | list[str]) -> None:
+        self.protocol = protocol
+        self.id_prefix = id_prefix
+        self.client = client
+        self.symbols = tuple(symbols)
+
+    def frame(self, j: int, buy: bool, seq: int, qty: int, price: float, tick_ns: int,
+              tick_seq: int, sent_ns: int) -> bytes | None:
+        protocol = self.protocol
+        return protocol.encode_order(protocol.Order(
+            id=f"{self.id_prefix}-{seq}", client=self.client, symbol=self.symbols[j],
+            side="BUY" if buy else "SELL", qty=qty, price=price, tick_ns=tick_ns,
+            tick_seq=tick_seq, sent_ns=sent_ns))
+
+
+GATE_PENDING, GATE_NO_PRICE, GATE_STALE, GATE_BACKOFF, GATE_NO_FRAME = -1, -2, -3, -4, -5
+
+
+class OrderGate:
+    def __init__(self, framer: OrderFramer, id_prefix: str, positions: list[int],
+                 pending: list[int], last_tick_ns: list[int], prices: list[float | None],
+                 stale: list[bool], backoff_until: list[int], refusing: list[str | None],
+                 max_age_ns: int, order_type: Any) -> None:
+        n = len(framer.symbols)
+        if not (len(last_tick_ns) == len(prices) == len(stale) == len(positions) == n
+                and len(pending) == len(backoff_until) == len(refusing) == 2 * n):
+            raise ValueError("the gate's lists do not match the framer's symbols")
+        self.framer = framer
+        self.id_prefix = id_prefix
+        self.positions = positions
+        self.pending = pending
+        self.last_tick_ns = last_tick_ns
+        self.prices = prices
+        self.stale = stale
+        self.backoff_until = backoff_until
+        self.refusing = refusing
+        self.max_age_ns = max_age_ns
+        self.order_type = order_type
+        self.fd = -1
+        self.length = 0
+        self.written = 0
+        self.seq = 0
+        self.orders = 0
+        self._made: list[list[Any]] = []
+        self._frame = b""
+
+    def send(self, j: int, buy: bool, qty: int, price: float, now: int, tick_ns: int,
+             tick_seq: int) -> str | int:
+        if not 0 <= j < len(self.prices):
+            raise IndexError(f"symbol index {j} out of range")
+        key = 2 * j + bool(buy)
+        if self.pending[key]:
+            return GATE_PENDING
+        if self.max_age_ns:
+            if self.prices[j] is None:
+                return GATE_NO_PRICE
+            last = self.last_tick_ns[j]
+            if (now - last > self.max_age_ns) if last else self.stale[j]:
+                return GATE_STALE
+        if self.backoff_until[key]:
+            return GATE_BACKOFF
+        frame = self.framer.frame(j, buy, self.seq + 1, qty, price, tick_ns, tick_seq, now)
+        if frame is None:
+            return GATE_NO_FRAME
+        wrote = 0
+        if self.fd >= 0:
+            try:
+                wrote = os.write(self.fd, frame)
+            except OSError:   # EAGAIN, or an error the caller's own send then meets
+                wrote = 0
+        self._frame, self.length, self.written = frame, len(frame), wrote
+        self.seq += 1
+        self.orders += 1
+        self.refusing[key] = None
+        self.pending[key] += 1
+        self.positions[j] += qty if buy else -qty
+        self._made.append([self.seq, j, buy, qty, price, tick_ns, tick_seq, now,
+                           wrote == len(frame), time.monotonic_ns() - now])
+        return f"{self.id_prefix}-{self.seq}"
+
+    def frame(self) -> bytes:
+        return self._frame
+
+    def sent_last(self, sent: bool) -> None:
+        self._made[-1][8] = sent
+
+    @property
+    def unsettled(self) -> int:
+        return len(self._made)
+
+    def take(self) -> list[tuple[Any, bool, int]]:
+        made, self._made = self._made, []
+        symbols = self.framer.symbols
+        return [(self.order_type(id=f"{self.id_prefix}-{seq}", client=self.framer.client,
+                                 symbol=symbols[j], side="BUY" if buy else "SELL", qty=qty,
+                                 price=price, tick_ns=tick_ns, tick_seq=tick_seq,
+                                 sent_ns=sent_ns), sent, took)
+                for seq, j, buy, qty, price, tick_ns, tick_seq, sent_ns, sent, took in made]
 
 
 class DeskSession:

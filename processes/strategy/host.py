@@ -26,13 +26,22 @@ import sys
 import time
 from typing import Any
 
-from ext import PriceReader, SharedPriceBook
+from ext import OrderFramer, OrderGate, PriceReader, SharedPriceBook
 from ext.layout import ReaderLost
+from ext.orders_py import GATE_BACKOFF, GATE_NO_PRICE, GATE_PENDING, GATE_STALE
 from ext.segment import BAND_REANCHOR_S, SegmentWatcher
 from processes.shared import config as config_mod
-from processes.shared import runtime
+from processes.shared import protocol, runtime
 from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
-from processes.shared.protocol import MAX_FRAME, Ack, Order, ProtocolError, Reject, parse_news
+from processes.shared.protocol import (
+    MAX_FRAME,
+    Ack,
+    Order,
+    ProtocolError,
+    Reject,
+    encode_order,
+    parse_news,
+)
 from processes.shared.telemetry import Recorder
 from processes.strategy.api import BUY, SELL, SIGN, OrderReply, Strategy, Tick, check_submit
 from processes.strategy.loader import load_strategy, section_name
@@ -83,7 +92,6 @@ class StrategyHost:
         self.book: SharedPriceBook | None = None
         self.reader: PriceReader | None = None
         self._slot: list[int] = []         # book index -> our symbol index, -1 = not traded
-        self._order_seq = 0
         self._id_prefix = f"{s.name}-{os.getpid()}-{time.time_ns() // 1_000_000}"
         # The hot path: the user's on_tick bound once, one Tick reused for every call.
         self._on_tick_hook = self.strategy.on_tick
@@ -94,7 +102,6 @@ class StrategyHost:
         self.early_ticks = 0               # decided on, sent before that: not latency samples
         self.ticks = 0
         self.decisions = 0
-        self.orders = 0
         self.news = 0
         self.bad_news = 0
         self.unknown_news = 0   # news for a symbol this strategy does not trade: not news to us
@@ -121,6 +128,11 @@ class StrategyHost:
                                       on_attach=self._adopt, on_detach=self._on_book_lost,
                                       dead_after=BOOK_DEAD_S, symbols=cfg.market.symbols)
         self.max_age_ns = int(s.max_price_age * 1e9)
+        # The gate shares the per-symbol lists above (kept, never rebound, by this host).
+        self._gate = OrderGate(OrderFramer(protocol, self._id_prefix, self.name, self.symbols),
+                               self._id_prefix, self.positions, self._pending,
+                               self._last_tick_ns, self.prices, self.stale,
+                               self._backoff_until, self._refusing, self.max_age_ns, Order)
         self.stale_transitions = 0
         self.book_dead = False             # the OrderBook's heartbeat stopped
         self.reattaches = 0
@@ -134,7 +146,13 @@ class StrategyHost:
                                   on_disconnect=self._on_news_lost, backoff=Backoff(),
                                   max_frame=MAX_FRAME, sockopts=DEAD_PEER_SOCKOPTS)
         self.orders_out = OrderClient(reactor, net.order_host, net.order_port, self._on_reply,
-                                      s.name, config_mod.effective_token(s.token), self.log)
+                                      s.name, config_mod.effective_token(s.token), self.log,
+                                      gate=self._gate)
+
+    @property
+    def orders(self) -> int:
+        """Orders made (the gate counts them)."""
+        return self._gate.orders
 
     # --- Context ---------------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -157,43 +175,64 @@ class StrategyHost:
                                       price)
         now = time.monotonic_ns()
         in_tick = self._tick_j >= 0
+        tick = self._tick
+        tick_ns, tick_seq = (tick.sent_ns, tick.seq) if in_tick else (0, 0)
+        # The last checks (one in flight per symbol and side, never on a stale price, not while
+        # backing off), the frame, the send and the books are one call; the Order is built after
+        # the block that lets the OrderManager answer (OrderClient.settle).
+        made = self._gate.send(j, sign > 0, qty, price, now, tick_ns, tick_seq)
         decided = 0   # this tick's decision latency, recorded after the send (it can wait)
         if in_tick and not self._decided:
             self._decided = True
-            if self._tick.sent_ns and self._tick.sent_ns >= self._live_ns:
-                decided = now - self._tick.sent_ns
+            if tick_ns and tick_ns >= self._live_ns:
+                decided = now - tick_ns
+        if type(made) is not str:
+            made = self._not_made(made, j, sign, symbol, side, qty, price, now, tick_ns,
+                                  tick_seq, decided)
+            if made is None:
+                return None
+        gate = self._gate
+        if gate.written < gate.length:
+            self.orders_out.complete()
+        if decided:
+            self.tick_to_decision.record(decided)
+        return made
+
+    def _not_made(self, code: int, j: int, sign: int, symbol: str, side: str, qty: int,
+                  price: float, now: int, tick_ns: int, tick_seq: int,
+                  decided: int) -> str | None:
+        """The gate did not make the order (`code`): refuse it, or make it after all (a backoff
+        that is over; a price its framer does not write). Its id, or None if refused."""
         key = 2 * j + (sign > 0)
-        if self._pending[key]:
-            return self._refuse(key, "pending", "an order of that side is still in flight",
-                                decided)
-        # Never trade on a stale price: the symbol's last tick's age (Gateway send time), or for
-        # a plain feed, which carries none, the symbol's state from the last _watch.
-        if self.max_age_ns:
-            last = self._last_tick_ns[j]
-            if self.prices[j] is None:   # an order from on_start or on_news before any tick
-                return self._refuse(key, "stale", "it has had no valid price yet", decided)
-            if now - last > self.max_age_ns if last else self.stale[j]:
-                return self._refuse(key, "stale", f"its price is older than "
-                                    f"{self.max_age_ns / 1e9:g}s", decided)
-        if self._backoff_until[key]:
+        gate = self._gate
+        if code == GATE_BACKOFF:
             if now < self._backoff_until[key]:
                 return self._refuse(key, "backoff", "", decided)
             self._end_backoff(key, "over")
+            code = gate.send(j, sign > 0, qty, price, now, tick_ns, tick_seq)
+            if type(code) is str:
+                return code
+        if code == GATE_PENDING:
+            return self._refuse(key, "pending", "an order of that side is still in flight",
+                                decided)
+        if code == GATE_NO_PRICE:   # an order from on_start or on_news before any tick
+            return self._refuse(key, "stale", "it has had no valid price yet", decided)
+        if code == GATE_STALE:   # the symbol's last tick is too old (a plain feed: its _watch)
+            return self._refuse(key, "stale", f"its price is older than "
+                                f"{self.max_age_ns / 1e9:g}s", decided)
+        # GATE_NO_FRAME: a price the framer does not write; the protocol's encoder does.
+        self.orders_out.settle()   # its place in `pending` after the orders before it
+        gate.seq += 1
+        gate.orders += 1
+        order = Order(id=f"{self._id_prefix}-{gate.seq}", client=self.name, symbol=symbol,
+                      side=side, qty=qty, price=price, tick_ns=tick_ns, tick_seq=tick_seq,
+                      sent_ns=now)
         self._refusing[key] = None
-        tick = self._tick
-        self._order_seq += 1
-        order = Order(id=f"{self._id_prefix}-{self._order_seq}", client=self.name,
-                      symbol=symbol, side=side, qty=qty, price=price,
-                      tick_ns=tick.sent_ns if in_tick else 0,
-                      tick_seq=tick.seq if in_tick else 0, sent_ns=now)
-        # Made once: the OrderClient owns it until acked (resent after a reconnect, waiting if
-        # the OrderManager is down), so the position moves now; only a reject restores it.
-        self.positions[j] += sign * qty
         self._pending[key] += 1
-        self.orders += 1
-        self.orders_out.submit(order)
-        if decided:
-            self.tick_to_decision.record(decided)
+        self.positions[j] += sign * qty
+        out = self.orders_out
+        sent = out.send_frame(encode_order(order))
+        out.track(order, sent, time.monotonic_ns() - now)
         return order.id
 
     def _refuse(self, key: int, reason: str, why: str, decided: int = 0) -> None:
@@ -431,7 +470,7 @@ class StrategyHost:
     def _set_stale(self, stale: list[bool], why: str) -> None:
         went = [s for s, old, new in zip(self.symbols, self.stale, stale) if new and not old]
         back = [s for s, old, new in zip(self.symbols, self.stale, stale) if old and not new]
-        self.stale = stale
+        self.stale[:] = stale   # in place: the order gate shares the list
         if went:
             self._transition(self.log.warning, f"stale prices ({why}): %s; not trading them",
                              went)

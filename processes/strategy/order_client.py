@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
 from processes.shared.protocol import (
@@ -43,14 +44,17 @@ class OrderClient:
     def __init__(self, reactor: Reactor, host: str, port: int,
                  on_reply: Callable[[Ack | Reject, Order, int], None], client: str = "",
                  token: str = "",
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, gate: Any = None) -> None:
         self.on_reply = on_reply
+        # An ext.OrderGate writing order frames straight to the socket: given its fd only while
+        # a session is up and nothing is queued, so its bytes never overtake queued ones.
+        self.gate = gate
         self.client = client
         self.token = token
         self.log = logger or logging.getLogger("strategy")
         # Read once: Logger.debug costs a call and a level check per order even when disabled.
         self.trace = self.log.isEnabledFor(logging.DEBUG)
-        self.pending: dict[str, Order] = {}   # id -> order, oldest first
+        self._orders: dict[str, Order] = {}   # id -> order, oldest first (see `pending`)
         self.welcomed = False
         self.acks = 0
         self.rejects = 0
@@ -69,6 +73,12 @@ class OrderClient:
                              sockopts=DEAD_PEER_SOCKOPTS)
 
     @property
+    def pending(self) -> dict[str, Order]:
+        """id -> every order not yet acked or rejected, oldest first."""
+        self.settle()
+        return self._orders
+
+    @property
     def connected(self) -> bool:
         return self.dialer.connected and self.welcomed
 
@@ -76,32 +86,83 @@ class OrderClient:
         self.dialer.start()
 
     def close(self) -> None:
+        self.settle()
+        if self.gate is not None:
+            self.gate.fd = -1
         self.dialer.close()
 
     def submit(self, order: Order) -> bool:
         """Own `order` until it is acked or rejected; True if it went on the wire right now."""
         start = time.monotonic_ns()
-        self.pending[order.id] = order
-        sent = False
-        if self.welcomed:
-            conn = self.dialer.connection
-            sent = conn is not None and conn.send(encode_order(order))
+        sent = self.send_frame(encode_order(order))
+        self.track(order, sent, time.monotonic_ns() - start)
+        return sent
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write an order's frame now if a session is up (True: it went on the wire). The
+        order must then be given to track(): a frame is written before its Order is built, so
+        nothing but the send lies between the decision and the wire."""
+        if not self.welcomed:
+            return False
+        conn = self.dialer.connection
+        if conn is None or not conn.send(frame):
+            return False
+        if conn.pending:
+            self._gate_off(conn)
+        return True
+
+    def complete(self) -> None:
+        """The gate made an order but wrote less than its whole frame (no session, EAGAIN, an
+        error, or a part): the rest goes the usual way, after the part the kernel took."""
+        gate = self.gate
+        wrote = gate.written
+        if wrote:
+            self.dialer.connection.bytes_out += wrote
+        gate.sent_last(self.send_frame(gate.frame()[wrote:]))
+
+    def settle(self) -> None:
+        """track() every order the gate made since the last settle, oldest first. The gate
+        builds no Order on the way to the wire: its OrderManager shares the core and answers
+        only once this process blocks, so the Order waits until something needs `pending`."""
+        if self.gate is not None and self.gate.unsettled:
+            for order, sent, took_ns in self.gate.take():
+                self.track(order, sent, took_ns)
+
+    def _gate_off(self, conn: Connection) -> None:
+        """Bytes are queued: frames go through the connection's buffer until it drains."""
+        if self.gate is not None:
+            self.gate.fd = -1
+            conn.on_drain = self._gate_on
+
+    def _gate_on(self, conn: Connection) -> None:
+        conn.on_drain = None
+        if self.gate is not None and self.welcomed and conn is self.dialer.connection:
+            self.gate.fd = conn.sock.fileno()
+
+    def track(self, order: Order, sent: bool, took_ns: int) -> None:
+        """Own `order` (whose frame went on the wire or is queued: `sent`) until it is acked or
+        rejected; `took_ns`: from its submit to send() returned, for submit_to_sent."""
+        self._orders[order.id] = order
         if sent:
-            self.submit_to_sent.record(time.monotonic_ns() - start)
+            self.submit_to_sent.record(took_ns)
         else:
             self.unsent += 1
         if self.trace:  # after the send: a debug line never delays an order
             self.log.debug("order %s created: %s %d %s @ %.2f", order.id, order.side, order.qty,
                            order.symbol, order.price)
-        return sent
 
     def _on_connect(self, conn: Connection) -> None:
+        self.settle()
+        self._gate_off(conn)
         self.log.info("connected to order manager %s; saying hello as %s", conn.peer, self.client)
         self.welcomed = False
         conn.send(encode_hello(self.client, self.token))
 
     def _on_disconnect(self, reason: str | None) -> None:
+        self.settle()
         self.welcomed = False
+        if self.gate is not None:
+            self.gate.fd = -1
         if self.dialer.closed or (reason or "").startswith("refused"):
             return  # our own shutdown, or a refusal already logged
         self.log.warning("order manager lost (%s); %d orders unacknowledged, kept for resending; "
@@ -109,6 +170,7 @@ class OrderClient:
 
     def _on_welcome(self, reply: Welcome) -> None:
         """Session up: resend every pending order, oldest first."""
+        self.settle()
         self.welcomed = True
         self._last_refusal = ""
         conn = self.dialer.connection
@@ -123,8 +185,14 @@ class OrderClient:
             order.sent_ns = now  # this attempt's send time: order -> ack measures one try
             if conn.send(encode_order(order)):
                 self.resent += 1
+        if conn is not None and not conn.closed:
+            if conn.pending:
+                self._gate_off(conn)
+            else:
+                self._gate_on(conn)
 
     def _on_refused(self, reply: Refused) -> None:
+        self.settle()
         reason = reply.reason[:300]
         self.refusals += 1
         if self.refusals <= LOGGED_PROBLEMS or reason != self._last_refusal:
@@ -139,6 +207,7 @@ class OrderClient:
         # The reply's arrival: its bytes are read from the socket, its decoding is our handling
         # of it. on_reply gets it as the time the ack (or reject) was received.
         start = time.monotonic_ns()
+        self.settle()   # the orders this reply may answer
         try:
             reply = decode_reply(frame)
         except ProtocolError as exc:
@@ -147,7 +216,7 @@ class OrderClient:
         cls = type(reply)
         if cls is Ack or cls is Reject:
             oid = reply.id
-            order = self.pending.pop(oid, None) if type(oid) is str else None
+            order = self._orders.pop(oid, None) if type(oid) is str else None
             if order is None:  # not ours, or answered already: a bad reply, not an ack
                 self._bad_reply(f"reply for an unknown order: {str(reply)[:200]}")
                 return
