@@ -29,6 +29,9 @@ cdef class OrderDesk:
 
     cdef object _book(self, const unsigned char *p, Py_ssize_t n, str client, bytes fields,
                       int64_t order_no, int64_t received_ns)
+    cdef Py_ssize_t _book_c(self, const unsigned char *p, Py_ssize_t n, str client,
+                            bytes fields, int64_t order_no, int64_t received_ns,
+                            char *a) except -2
 
 
 cdef class DeskSession:
@@ -40,6 +43,8 @@ cdef class DeskSession:
     cdef object other             # other(frame) -> stop?
     cdef Py_ssize_t max_frame
     cdef unsigned char delimiter
+    cdef public int fd            # the connection's socket while it is lent (set_direct), else -1
+    cdef char ack[256]            # the ack being sent (ACK_MAX in the .pyx)
 
 
 cdef class OrderFramer:

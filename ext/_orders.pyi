@@ -16,6 +16,7 @@ class OrderDesk:
     def last_order(self) -> Any: ...
 
 class DeskSession:
+    fd: int
     def __init__(self, desk: OrderDesk, client: str, fields: bytes,
                  send: Callable[[bytes], Any], booked: Callable[[int, int, int], Any],
                  other: Callable[[memoryview], Any], max_frame: int, delimiter: bytes) -> None: ...

@@ -44,6 +44,8 @@ cdef extern from "Python.h":
         except? -1.0
 
 cdef uint64_t MAX_I64 = 9223372036854775807ULL
+# The longest ack: {"type":"ack","id":"<MAX_ID = 128>","order_no":<20 digits>}* is 183 bytes.
+DEF ACK_MAX = 256
 cdef object _BUY = "BUY"
 cdef object _SELL = "SELL"
 
@@ -199,6 +201,8 @@ cdef class OrderDesk:
         self.max_id = protocol.MAX_ID
         self.max_client = protocol.MAX_CLIENT
         self.max_price = protocol.MAX_PRICE
+        if 20 + self.max_id + 13 + 20 + 2 > ACK_MAX:
+            raise ValueError("the protocol's longest ack does not fit this desk's buffer")
         if protocol.MAX_I64 != MAX_I64:
             raise ValueError("the protocol's qty limit is not the one this desk checks")
         self.booked_here = 0
@@ -220,41 +224,48 @@ cdef class OrderDesk:
 
     cdef object _book(self, const unsigned char *p, Py_ssize_t n, str client, bytes fields,
                       int64_t order_no, int64_t received_ns):
+        cdef char out[ACK_MAX]
+        cdef Py_ssize_t k = self._book_c(p, n, client, fields, order_no, received_ns, out)
+        return None if k < 0 else PyBytes_FromStringAndSize(out, k)
+
+    cdef Py_ssize_t _book_c(self, const unsigned char *p, Py_ssize_t n, str client,
+                            bytes fields, int64_t order_no, int64_t received_ns,
+                            char *a) except -2:
+        """_book's work with the ack written at `a` (ACK_MAX bytes): its length, or -1."""
         cdef order_text o
         cdef Py_ssize_t end, nid, ncl, nd = 0, k
         cdef Py_buffer out
         cdef char digits[24]
-        cdef char *a
         cdef uint64_t v
         cdef const char *cb
         if n < 8 or _parse(p, n, &o) < 0:
-            return None
+            return -1
         nid = o.id1 - o.id0
         ncl = o.client1 - o.client0
         if (nid < 1 or nid > self.max_id or ncl > self.max_client or o.qty < 1
                 or o.qty > MAX_I64 or not 0.0 < o.price <= self.max_price):
-            return None
+            return -1
         # Booked under the hello's name: the frame's text is the record only when it says so.
         cb = PyUnicode_AsUTF8AndSize(client, &k)   # cached in the str: no copy per call
         if k != ncl or memcmp(cb, p + o.client0, ncl) != 0:
-            return None
+            return -1
         symbol = PyUnicode_DecodeASCII(<const char *>p + o.symbol0, o.symbol1 - o.symbol0, NULL)
         if symbol not in self.symbols:
-            return None
+            return -1
         oid = PyUnicode_DecodeASCII(<const char *>p + o.id0, nid, NULL)
         if (client, oid) in self.booked:
-            return None   # a resend: the Python path acks it again with its number
+            return -1   # a resend: the Python path acks it again with its number
         journal = self.journal
         mm = journal.mm
         if mm is None:
-            return None
+            return -1
         PyObject_GetBuffer(mm, &out, PyBUF_WRITABLE)
         end = store_order(<unsigned char *>out.buf, out.len, journal.off, order_no, received_ns,
                           <const unsigned char *>PyBytes_AS_STRING(fields), len(fields),
                           p + 1, n - 2)
         PyBuffer_Release(&out)
         if end < 0:
-            return None   # the next chunk: the Python path switches to it
+            return -1   # the next chunk: the Python path switches to it
         journal.off = end
         journal.records += 1
         self.booked_here += 1
@@ -272,8 +283,6 @@ cdef class OrderDesk:
             v //= 10
             if v == 0:
                 break
-        ack = PyBytes_FromStringAndSize(NULL, 20 + nid + 13 + nd + 2)
-        a = PyBytes_AS_STRING(ack)
         memcpy(a, b'{"type":"ack","id":"', 20)
         memcpy(a + 20, p + o.id0, nid)
         k = 20 + nid
@@ -285,7 +294,7 @@ cdef class OrderDesk:
             k += 1
         a[k] = 125   # '}'
         a[k + 1] = 42   # '*'
-        return ack
+        return k + 2
 
     def last_order(self):
         """The Order of the last frame book() booked (None before the first): built here, after
@@ -315,12 +324,14 @@ cdef class DeskSession:
         self.other = other
         self.max_frame = max_frame
         self.delimiter = delimiter[0]
+        self.fd = -1
 
     def consume(self, buf, Py_ssize_t start, Py_ssize_t end):
         cdef Py_buffer view
         cdef const unsigned char *p
         cdef const unsigned char *q
-        cdef Py_ssize_t i = start, pos
+        cdef Py_ssize_t i = start, pos, k
+        cdef ssize_t wrote
         cdef int64_t received_ns, journaled_ns
         cdef OrderDesk desk = self.desk
         PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
@@ -339,9 +350,9 @@ cdef class DeskSession:
                 if pos - i > self.max_frame:
                     raise ValueError(f"{pos - i} bytes > max_frame {self.max_frame}")
                 received_ns = _now_ns()
-                ack = (desk._book(p + i, pos - i, self.client, self.fields, desk.order_no + 1,
-                                  received_ns) if desk.enabled else None)
-                if ack is None:
+                k = (desk._book_c(p + i, pos - i, self.client, self.fields, desk.order_no + 1,
+                                  received_ns, self.ack) if desk.enabled else -1)
+                if k < 0:
                     frame = memoryview(buf)[i:pos]
                     i = pos + 1
                     if self.other(frame):
@@ -350,7 +361,11 @@ cdef class DeskSession:
                 i = pos + 1
                 journaled_ns = _now_ns()
                 desk.order_no += 1
-                self.send(ack)
+                wrote = c_send(self.fd, self.ack, k, MSG_DONTWAIT | MSG_NOSIGNAL) \
+                    if self.fd >= 0 else 0
+                if wrote < k:   # lent no socket, EAGAIN, an error, a part: the rest the usual way
+                    self.send(PyBytes_FromStringAndSize(self.ack + (wrote if wrote > 0 else 0),
+                                                        k - (wrote if wrote > 0 else 0)))
                 if self.booked(received_ns, journaled_ns, _now_ns()):
                     break
             return i

@@ -17,8 +17,10 @@ its own.
 `DeskSession(desk, client, fields, send, booked, other, max_frame, delimiter)` is one client
 connection's bulk consumer (reactor.FrameReader.bulk_updated): `consume(buf, start, end)` takes
 the complete frames of a read in order; each one the desk books (numbered `desk.order_no + 1`,
-received at a CLOCK_MONOTONIC stamp taken as the consumer reaches it) has its ack handed to
-`send` at once, then `booked(received_ns, journaled_ns, acked_ns)` runs; each other frame (or
+received at a CLOCK_MONOTONIC stamp taken as the consumer reaches it) has its ack written at
+once: with one non-blocking send() to `fd` while the connection lends its socket (`fd` >= 0,
+reactor.Connection.set_direct), and what that does not take (all of it when `fd` is -1) handed
+to `send`, then `booked(received_ns, journaled_ns, acked_ns)` runs; each other frame (or
 every frame while `desk.enabled` is false) goes to `other(frame)` as a memoryview valid during
 the call. A callback returning True stops the consumer there (the connection is going). Empty
 frames are skipped; a frame longer than `max_frame` raises ValueError. It returns the offset of
@@ -221,6 +223,7 @@ class DeskSession:
         self.other = other
         self.max_frame = max_frame
         self.delimiter = delimiter
+        self.fd = -1
 
     def consume(self, buf: bytearray, start: int, end: int) -> int:
         desk, now = self.desk, time.monotonic_ns
@@ -245,7 +248,14 @@ class DeskSession:
                 continue
             journaled_ns = now()
             desk.order_no += 1
-            self.send(ack)
+            wrote = 0
+            if self.fd >= 0:
+                try:
+                    wrote = os.write(self.fd, ack)
+                except OSError:   # EAGAIN, or an error that send() then meets
+                    wrote = 0
+            if wrote < len(ack):
+                self.send(ack[wrote:])
             if self.booked(received_ns, journaled_ns, now()):
                 break
         return i

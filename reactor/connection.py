@@ -36,6 +36,12 @@ class Connection:
 
     ``on_drain(conn)``, if set, runs each time queued output has all gone to the kernel: how a
     server learns that a slow consumer caught up (e.g. to send it a conflated snapshot).
+
+    ``set_direct(writer)`` lends the socket to a native writer (an object with an ``fd``
+    attribute, e.g. ext.OrderGate): its ``fd`` is the socket's while nothing is queued here and
+    -1 otherwise (and from the close on), so its own non-blocking send() never overtakes queued
+    bytes nor reaches a closed socket. What it cannot send whole it hands to send(), which
+    queues it first. Its bytes are not counted in ``bytes_out``.
     """
 
     __slots__ = (
@@ -60,6 +66,7 @@ class Connection:
         "_wbuf",
         "_woff",
         "_release",
+        "_direct",
     )
 
     def __init__(
@@ -107,6 +114,7 @@ class Connection:
         self._woff = 0  # bytes of _wbuf already sent
         # Internal close hook for the owning Server/Dialer, called after on_close.
         self._release: Callable[[Connection, str | None], Any] | None = None
+        self._direct: Any = None
 
     @property
     def on_frame(self) -> Callable[[memoryview], Any] | None:
@@ -116,6 +124,14 @@ class Connection:
     def on_frame(self, callback: Callable[[memoryview], Any] | None) -> None:
         """Replaceable at any time (from the next read on); None discards frames."""
         self.reader.on_frame = callback
+
+    def set_direct(self, writer: Any) -> None:
+        """Lend the socket to `writer` (None: to nobody), as the class says."""
+        if self._direct is not None:
+            self._direct.fd = -1
+        self._direct = writer
+        if writer is not None:
+            writer.fd = -1 if self.closed or self._wbuf else self._fd
 
     # -- counters ------------------------------------------------------------------------
 
@@ -147,6 +163,9 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        if self._direct is not None:   # before the socket goes: its number may be reused
+            self._direct.fd = -1
+            self._direct = None
         reactor = self.reactor
         reactor.remove_reader(self._fd)
         reactor.remove_writer(self._fd)
@@ -220,6 +239,8 @@ class Connection:
         if n < size:
             wbuf += memoryview(data)[n:]
             self.reactor.add_writer(self._fd, self._write_ready)
+            if self._direct is not None:
+                self._direct.fd = -1
         return True
 
     def _overflowed(self, size: int) -> bool:
@@ -251,6 +272,8 @@ class Connection:
             wbuf.clear()
             self._woff = 0
             self.reactor.remove_writer(self._fd)
+            if self._direct is not None:
+                self._direct.fd = self._fd
             if self.on_drain is not None:
                 self.on_drain(self)
         elif woff >= _WBUF_COMPACT and 2 * woff >= len(wbuf):

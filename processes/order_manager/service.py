@@ -23,8 +23,10 @@ because a reconnect has a new port). Then, per order:
 Steps 1-4 for the canonical order frame (the one the Strategy writes) are native, ext.OrderDesk,
 while no kill switch, risk limit or fsync could refuse or delay the order: a welcomed client's
 reads go whole to its ext.DeskSession, which frames them and books and acks each such frame with
-no Python call between the read and the ack. Any other frame, and any order the desk declines (a
-duplicate, a reject, a full journal chunk), takes the Python path, which names every reject.
+no Python call between the read and the ack (its send() goes straight to the socket the
+connection lends it while nothing is queued: reactor.Connection.set_direct). Any other frame,
+and any order the desk declines (a duplicate, a reject, a full journal chunk), takes the Python
+path, which names every reject.
 
 The order log is the OrderManager's memory: on start it is read back, numbering continues after
 the last order_no, and the booked ids, net positions and PnL are rebuilt from the records of the
@@ -527,10 +529,12 @@ class OrderManager:
         after the hello in the read being dispatched now reach _on_frame, then _on_order)."""
         sess.welcomed = True
         conn = sess.conn
-        conn.on_data = DeskSession(self._desk, sess.client, sess.record_fields, conn.send,
-                                   functools.partial(self._desk_booked, sess),
-                                   functools.partial(self._not_for_desk, sess), MAX_FRAME,
-                                   MESSAGE_DELIMITER).consume
+        desk = DeskSession(self._desk, sess.client, sess.record_fields, conn.send,
+                           functools.partial(self._desk_booked, sess),
+                           functools.partial(self._not_for_desk, sess), MAX_FRAME,
+                           MESSAGE_DELIMITER)
+        conn.on_data = desk.consume
+        conn.set_direct(desk)   # its acks go straight to the socket while nothing is queued
 
     def _implicit_hello(self, sess: Session, frame: memoryview) -> None:
         sess.client = "peer-" + sess.conn.peer.replace(":", "-").replace("[", "").replace("]", "")

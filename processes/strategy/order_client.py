@@ -46,8 +46,8 @@ class OrderClient:
                  token: str = "",
                  logger: logging.Logger | None = None, gate: Any = None) -> None:
         self.on_reply = on_reply
-        # An ext.OrderGate writing order frames straight to the socket: given its fd only while
-        # a session is up and nothing is queued, so its bytes never overtake queued ones.
+        # An ext.OrderGate writing order frames straight to the socket, lent to it while a
+        # session is up (Connection.set_direct says when it may write).
         self.gate = gate
         self.client = client
         self.token = token
@@ -87,8 +87,6 @@ class OrderClient:
 
     def close(self) -> None:
         self.settle()
-        if self.gate is not None:
-            self.gate.fd = -1
         self.dialer.close()
 
     def submit(self, order: Order) -> bool:
@@ -105,11 +103,7 @@ class OrderClient:
         if not self.welcomed:
             return False
         conn = self.dialer.connection
-        if conn is None or not conn.send(frame):
-            return False
-        if conn.pending:
-            self._gate_off(conn)
-        return True
+        return conn is not None and conn.send(frame)
 
     def complete(self) -> None:
         """The gate made an order but wrote less than its whole frame (no session, EAGAIN, an
@@ -128,17 +122,6 @@ class OrderClient:
             for order, sent, took_ns in self.gate.take():
                 self.track(order, sent, took_ns)
 
-    def _gate_off(self, conn: Connection) -> None:
-        """Bytes are queued: frames go through the connection's buffer until it drains."""
-        if self.gate is not None:
-            self.gate.fd = -1
-            conn.on_drain = self._gate_on
-
-    def _gate_on(self, conn: Connection) -> None:
-        conn.on_drain = None
-        if self.gate is not None and self.welcomed and conn is self.dialer.connection:
-            self.gate.fd = conn.sock.fileno()
-
     def track(self, order: Order, sent: bool, took_ns: int) -> None:
         """Own `order` (whose frame went on the wire or is queued: `sent`) until it is acked or
         rejected; `took_ns`: from its submit to send() returned, for submit_to_sent."""
@@ -153,7 +136,6 @@ class OrderClient:
 
     def _on_connect(self, conn: Connection) -> None:
         self.settle()
-        self._gate_off(conn)
         self.log.info("connected to order manager %s; saying hello as %s", conn.peer, self.client)
         self.welcomed = False
         conn.send(encode_hello(self.client, self.token))
@@ -161,8 +143,6 @@ class OrderClient:
     def _on_disconnect(self, reason: str | None) -> None:
         self.settle()
         self.welcomed = False
-        if self.gate is not None:
-            self.gate.fd = -1
         if self.dialer.closed or (reason or "").startswith("refused"):
             return  # our own shutdown, or a refusal already logged
         self.log.warning("order manager lost (%s); %d orders unacknowledged, kept for resending; "
@@ -185,11 +165,8 @@ class OrderClient:
             order.sent_ns = now  # this attempt's send time: order -> ack measures one try
             if conn.send(encode_order(order)):
                 self.resent += 1
-        if conn is not None and not conn.closed:
-            if conn.pending:
-                self._gate_off(conn)
-            else:
-                self._gate_on(conn)
+        if conn is not None and not conn.closed and self.gate is not None:
+            conn.set_direct(self.gate)   # after the resends: its orders follow theirs
 
     def _on_refused(self, reply: Refused) -> None:
         self.settle()

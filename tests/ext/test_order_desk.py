@@ -344,3 +344,38 @@ def test_a_duplicate_in_a_read_goes_to_the_python_path(impl, journal):
     data = canonical(ORDER) + b"*"
     off, calls, _ = consume(impl, journal, data, booked={(CLIENT, "s-1"): 3})
     assert calls == [("other", canonical(ORDER))]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_session_writes_its_acks_to_a_lent_socket_and_the_rest_through_send(impl, journal):
+    """With `fd` lent, an ack goes straight to the socket; what it does not take (a full socket)
+    goes to `send`, after the part it took, so the peer reads every ack whole and in order."""
+    import socket
+
+    ours, peer = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        sent: list[bytes] = []
+        desk = impl.OrderDesk(protocol, SYMBOLS, {}, journal)
+        desk.order_no = ORDER_NO - 1
+        session = impl.DeskSession(desk, CLIENT, FIELDS, sent.append, lambda *a: False,
+                                   lambda frame: False, protocol.MAX_FRAME, b"*")
+        session.fd = ours.fileno()
+        orders = [Order(**{**protocol.msgspec.structs.asdict(ORDER), "id": f"d-{k}"})
+                  for k in range(3)]
+        data = bytearray(canonical(orders[0]) + b"*")
+        assert session.consume(data, 0, len(data)) == len(data)
+        acks = [protocol.encode_ack(o.id, ORDER_NO + k) for k, o in enumerate(orders)]
+        assert peer.recv(4096) == acks[0] and sent == []
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        try:
+            while True:
+                ours.send(b"x" * 1024)
+        except BlockingIOError:
+            pass
+        data = bytearray(b"".join(canonical(o) + b"*" for o in orders[1:]))
+        assert session.consume(data, 0, len(data)) == len(data)
+        assert sent == acks[1:]   # the full socket took none of them
+    finally:
+        ours.close()
+        peer.close()

@@ -767,6 +767,51 @@ def test_partial_writes_are_buffered_then_drained(reactor: Reactor, cleanup: lis
     assert conn.send(b"more*")  # buffer usable again (no lingering export)
 
 
+class _Writer:
+    """A native writer's stand-in: only the fd the connection lends it."""
+
+    fd = 12345
+
+
+def test_a_lent_socket_is_lent_only_while_nothing_is_queued(reactor: Reactor,
+                                                            cleanup: list) -> None:
+    """set_direct: the writer's fd is the socket's while the write buffer is empty, -1 while
+    bytes are queued (a direct send would overtake them), back once they drain, and -1 for good
+    from the close (its number may be reused); lending to another writer takes it back."""
+    a, b = socket.socketpair()
+    cleanup.append(b)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn = Connection(reactor, a, max_write_buffer=10 << 20)
+    cleanup.append(conn)
+    conn.start()
+    writer, other = _Writer(), _Writer()
+    conn.set_direct(writer)
+    assert writer.fd == a.fileno()
+    payload = b"x" * 400_000
+    assert conn.send(payload) and conn.pending > 0
+    assert writer.fd == -1
+    b.setblocking(False)
+    got = bytearray()
+
+    def drain() -> None:
+        try:
+            got.extend(b.recv(65536))
+        except BlockingIOError:
+            pass
+
+    reactor.add_reader(b, drain)
+    run_until(reactor, lambda: len(got) == len(payload))
+    reactor.remove_reader(b)
+    assert conn.pending == 0 and writer.fd == a.fileno()
+    conn.set_direct(other)
+    assert (writer.fd, other.fd) == (-1, a.fileno())
+    fd = a.fileno()
+    conn.close()
+    assert other.fd == -1 and fd >= 0
+    conn.set_direct(writer)   # a closed connection lends nothing
+    assert writer.fd == -1
+
+
 def _slow_consumer_pair(
     reactor: Reactor, cleanup: list, **kw
 ) -> tuple[Server, socket.socket, list[Connection], list[str | None]]:
