@@ -260,8 +260,18 @@ class Desk:
         return telemetry.read_snapshot(self.workdir(ns) / "logs" / "stats"
                                        / f"{process}.json") or {}
 
-    def counter(self, ns: str, process: str, key: str) -> Any:
-        return self.snapshot(ns, process).get("counters", {}).get(key, 0)
+    def counter(self, ns: str, process: str, key: str, timeout: float = 5.0) -> Any:
+        """`key` of the latest readable snapshot of `process` on host `ns`. Waits for one that
+        has it: an unreadable or missing snapshot is not a counter of 0."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counters = self.snapshot(ns, process).get("counters", {})
+            if key in counters:
+                return counters[key]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no readable {process} snapshot with {key!r} on {ns} "
+                                     f"within {timeout:g}s")
+            time.sleep(0.05)
 
     def close(self) -> None:
         for run in reversed(self.runs):
