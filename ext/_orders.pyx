@@ -189,6 +189,28 @@ cdef inline int64_t _now_ns() noexcept nogil:
     return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
 
 
+cdef inline Py_ssize_t _put_uint(char *a, uint64_t v) noexcept nogil:
+    """v in decimal at a; the digits written."""
+    cdef char digits[24]
+    cdef Py_ssize_t nd = 0, k = 0
+    while True:
+        digits[nd] = <char>(48 + v % 10)
+        nd += 1
+        v //= 10
+        if v == 0:
+            break
+    while nd:
+        nd -= 1
+        a[k] = digits[nd]
+        k += 1
+    return k
+
+
+cdef inline Py_ssize_t _put(char *a, const char *s, Py_ssize_t n) noexcept nogil:
+    memcpy(a, s, n)
+    return n
+
+
 cdef class OrderDesk:
     """See ext.orders_py.OrderDesk (the contract); this one books the canonical frame only."""
 
@@ -233,10 +255,8 @@ cdef class OrderDesk:
                             char *a) except -2:
         """_book's work with the ack written at `a` (ACK_MAX bytes): its length, or -1."""
         cdef order_text o
-        cdef Py_ssize_t end, nid, ncl, nd = 0, k
+        cdef Py_ssize_t end, nid, ncl, k
         cdef Py_buffer out
-        cdef char digits[24]
-        cdef uint64_t v
         cdef const char *cb
         if n < 8 or _parse(p, n, &o) < 0:
             return -1
@@ -276,22 +296,12 @@ cdef class OrderDesk:
         # The ack: {"type":"ack","id":"<id>","order_no":N}* as the protocol's encoder writes it
         # (the id needs no escape: printable ASCII without quotes or backslashes, and no '*',
         # the delimiter, which no frame contains).
-        v = <uint64_t>order_no
-        while True:
-            digits[nd] = <char>(48 + v % 10)
-            nd += 1
-            v //= 10
-            if v == 0:
-                break
         memcpy(a, b'{"type":"ack","id":"', 20)
         memcpy(a + 20, p + o.id0, nid)
         k = 20 + nid
         memcpy(a + k, b'","order_no":', 13)
         k += 13
-        while nd:
-            nd -= 1
-            a[k] = digits[nd]
-            k += 1
+        k += _put_uint(a + k, <uint64_t>order_no)
         a[k] = 125   # '}'
         a[k + 1] = 42   # '*'
         return k + 2
@@ -375,28 +385,6 @@ cdef class DeskSession:
 
 # The numeric tail of the template order OrderFramer encodes to find its string parts.
 _TEMPLATE_TAIL = b',"qty":1,"price":1.0,"tick_ns":0,"tick_seq":0,"sent_ns":0}'
-
-
-cdef inline Py_ssize_t _put_uint(char *a, uint64_t v) noexcept nogil:
-    """v in decimal at a; the digits written."""
-    cdef char digits[24]
-    cdef Py_ssize_t nd = 0, k = 0
-    while True:
-        digits[nd] = <char>(48 + v % 10)
-        nd += 1
-        v //= 10
-        if v == 0:
-            break
-    while nd:
-        nd -= 1
-        a[k] = digits[nd]
-        k += 1
-    return k
-
-
-cdef inline Py_ssize_t _put(char *a, const char *s, Py_ssize_t n) noexcept nogil:
-    memcpy(a, s, n)
-    return n
 
 
 cdef class OrderFramer:

@@ -1,10 +1,12 @@
 """The compiled modules of ext/ for the twin tests: every test of a native path runs against its
-pure-Python twin and, when it is built, the compiled module."""
+pure-Python twin and, when it is built, the compiled module; and what the tests of the native
+senders share."""
 
 from __future__ import annotations
 
 import glob
 import importlib
+import socket
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,3 +37,13 @@ def twin_params(twin: ModuleType, module: ModuleType | None, name: str) -> list[
     """pytest params: the twin ("python") and the compiled module ("cython")."""
     return [pytest.param(twin, id="python"),
             pytest.param(module, id="cython", marks=needs(module, name))]
+
+
+def fill_send_buffer(sock: socket.socket) -> None:
+    """Send on the non-blocking `sock` until the kernel takes nothing more (its peer unread)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        while True:
+            sock.send(b"x" * 1024)
+    except BlockingIOError:
+        pass

@@ -14,7 +14,7 @@ import orderspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twinutil import compiled, needs, twin_params
+from twinutil import compiled, fill_send_buffer, needs, twin_params
 
 from ext import journal_py, orders_py
 from processes.shared import protocol
@@ -367,12 +367,7 @@ def test_a_session_writes_its_acks_to_a_lent_socket_and_the_rest_through_send(im
         assert session.consume(data, 0, len(data)) == len(data)
         acks = [protocol.encode_ack(o.id, ORDER_NO + k) for k, o in enumerate(orders)]
         assert peer.recv(4096) == acks[0] and sent == []
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        try:
-            while True:
-                ours.send(b"x" * 1024)
-        except BlockingIOError:
-            pass
+        fill_send_buffer(ours)
         data = bytearray(b"".join(canonical(o) + b"*" for o in orders[1:]))
         assert session.consume(data, 0, len(data)) == len(data)
         assert sent == acks[1:]   # the full socket took none of them

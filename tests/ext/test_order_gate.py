@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twinutil import compiled, needs, twin_params
+from twinutil import compiled, fill_send_buffer, needs, twin_params
 
 from ext import orders_py
 from processes.shared import protocol
@@ -190,12 +190,7 @@ def test_a_full_socket_takes_part_of_a_frame_or_none_and_the_gate_says_so(impl):
     ours, peer = socket.socketpair()
     try:
         ours.setblocking(False)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        try:
-            while True:
-                ours.send(b"x" * 4096)
-        except BlockingIOError:
-            pass
+        fill_send_buffer(ours)
         g.fd = ours.fileno()
         assert g.send(0, True, 1, 1.0, NOW, 0, 0) == f"{PREFIX}-1"
         assert g.written < g.length

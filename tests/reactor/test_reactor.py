@@ -61,6 +61,23 @@ def run_until(r: Reactor, cond: Callable[[], bool], timeout: float = 5.0) -> Non
     assert cond(), "condition not reached before timeout"
 
 
+def read_all(r: Reactor, sock: socket.socket, n: int) -> bytes:
+    """Read `n` bytes from `sock` while `r` runs (its peer's queued output drains meanwhile)."""
+    sock.setblocking(False)
+    got = bytearray()
+
+    def drain() -> None:
+        try:
+            got.extend(sock.recv(65536))
+        except BlockingIOError:
+            pass
+
+    r.add_reader(sock, drain)
+    run_until(r, lambda: len(got) >= n)
+    r.remove_reader(sock)
+    return bytes(got)
+
+
 def get_wakeup_fd() -> int:
     fd = signal.set_wakeup_fd(-1)
     signal.set_wakeup_fd(fd)
@@ -749,19 +766,7 @@ def test_partial_writes_are_buffered_then_drained(reactor: Reactor, cleanup: lis
     assert conn.send(payload[:450_000])
     assert conn.pending > 0
     assert conn.send(payload[450_000:])  # queued behind the first
-    b.setblocking(False)
-    received = bytearray()
-
-    def drain() -> None:
-        try:
-            received.extend(b.recv(65536))
-        except BlockingIOError:
-            pass
-
-    reactor.add_reader(b, drain)
-    run_until(reactor, lambda: len(received) == len(payload))
-    reactor.remove_reader(b)
-    assert bytes(received) == payload
+    assert read_all(reactor, b, len(payload)) == payload
     assert conn.pending == 0 and conn.bytes_out == len(payload)
     assert not reactor._handlers[a.fileno()][1]  # writer unregistered once drained
     assert conn.send(b"more*")  # buffer usable again (no lingering export)
@@ -790,18 +795,7 @@ def test_a_lent_socket_is_lent_only_while_nothing_is_queued(reactor: Reactor,
     payload = b"x" * 400_000
     assert conn.send(payload) and conn.pending > 0
     assert writer.fd == -1
-    b.setblocking(False)
-    got = bytearray()
-
-    def drain() -> None:
-        try:
-            got.extend(b.recv(65536))
-        except BlockingIOError:
-            pass
-
-    reactor.add_reader(b, drain)
-    run_until(reactor, lambda: len(got) == len(payload))
-    reactor.remove_reader(b)
+    assert read_all(reactor, b, len(payload)) == payload
     assert conn.pending == 0 and writer.fd == a.fileno()
     conn.set_direct(other)
     assert (writer.fd, other.fd) == (-1, a.fileno())
