@@ -32,28 +32,29 @@ cdef inline uint32_t _crc32(const unsigned char *p, Py_ssize_t n) noexcept nogil
     return c ^ <uint32_t>0xFFFFFFFFU
 
 
-cdef inline Py_ssize_t _decimal(unsigned char *p, int64_t v) noexcept nogil:
-    """v in decimal at p (as Python's %d); returns the bytes written."""
+cdef Py_ssize_t put_uint(unsigned char *p, uint64_t v) noexcept nogil:
+    """v in decimal at p; returns the bytes written."""
     cdef unsigned char tmp[20]
     cdef Py_ssize_t n = 0, k = 0
-    cdef uint64_t u
-    if v < 0:
-        p[0] = 45  # '-'
-        k = 1
-        u = <uint64_t>(-(v + 1)) + 1
-    else:
-        u = <uint64_t>v
     while True:
-        tmp[n] = <unsigned char>(48 + u % 10)
+        tmp[n] = <unsigned char>(48 + v % 10)
         n += 1
-        u //= 10
-        if u == 0:
+        v //= 10
+        if v == 0:
             break
     while n:
         n -= 1
         p[k] = tmp[n]
         k += 1
     return k
+
+
+cdef inline Py_ssize_t _decimal(unsigned char *p, int64_t v) noexcept nogil:
+    """v in decimal at p (as Python's %d); returns the bytes written."""
+    if v < 0:
+        p[0] = 45  # '-'
+        return 1 + put_uint(p + 1, <uint64_t>(-(v + 1)) + 1)
+    return put_uint(p, <uint64_t>v)
 
 
 cdef inline void _header(unsigned char *p, uint32_t length, uint32_t crc) noexcept nogil:

@@ -25,7 +25,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from ext._journal cimport store_order
+from ext._journal cimport put_uint, store_order
 from ext import orders_py
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -189,23 +189,6 @@ cdef inline int64_t _now_ns() noexcept nogil:
     return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
 
 
-cdef inline Py_ssize_t _put_uint(char *a, uint64_t v) noexcept nogil:
-    """v in decimal at a; the digits written."""
-    cdef char digits[24]
-    cdef Py_ssize_t nd = 0, k = 0
-    while True:
-        digits[nd] = <char>(48 + v % 10)
-        nd += 1
-        v //= 10
-        if v == 0:
-            break
-    while nd:
-        nd -= 1
-        a[k] = digits[nd]
-        k += 1
-    return k
-
-
 cdef inline Py_ssize_t _put(char *a, const char *s, Py_ssize_t n) noexcept nogil:
     memcpy(a, s, n)
     return n
@@ -301,7 +284,7 @@ cdef class OrderDesk:
         k = 20 + nid
         memcpy(a + k, b'","order_no":', 13)
         k += 13
-        k += _put_uint(a + k, <uint64_t>order_no)
+        k += put_uint(<unsigned char *>a + k, <uint64_t>order_no)
         a[k] = 125   # '}'
         a[k + 1] = 42   # '*'
         return k + 2
@@ -449,20 +432,20 @@ cdef class OrderFramer:
         if not 1e-4 <= price < 1e16:
             return -1   # repr() writes these with an exponent: the caller encodes the Order
         k += _put(a + k, PyBytes_AS_STRING(self.head), PyBytes_GET_SIZE(self.head))
-        k += _put_uint(a + k, seq)
+        k += put_uint(<unsigned char *>a + k, seq)
         k += _put(a + k, PyBytes_AS_STRING(mid), PyBytes_GET_SIZE(mid))
-        k += _put_uint(a + k, qty)
+        k += put_uint(<unsigned char *>a + k, qty)
         k += _put(a + k, b',"price":', 9)
         text = PyOS_double_to_string(price, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)   # as repr()
         n = <Py_ssize_t>strlen(text)
         k += _put(a + k, text, n)
         PyMem_Free(text)
         k += _put(a + k, b',"tick_ns":', 11)
-        k += _put_uint(a + k, tick_ns)
+        k += put_uint(<unsigned char *>a + k, tick_ns)
         k += _put(a + k, b',"tick_seq":', 12)
-        k += _put_uint(a + k, tick_seq)
+        k += put_uint(<unsigned char *>a + k, tick_seq)
         k += _put(a + k, b',"sent_ns":', 11)
-        k += _put_uint(a + k, sent_ns)
+        k += put_uint(<unsigned char *>a + k, sent_ns)
         a[k] = 125   # '}'
         a[k + 1] = self.delimiter
         return k + 2
