@@ -49,21 +49,28 @@ cdef class DeskSession:
 
 cdef class OrderFramer:
     cdef readonly tuple symbols
+    cdef readonly str id_prefix
     cdef readonly str client
+    cdef object order_type        # the protocol's Order and encoder: the frames with an
+    cdef object encode            # exponent in the price, and the parts cut at construction
     cdef bytes head               # '{"id":"<the id prefix>-'
     cdef list mids                # per 2 * symbol + buy: '","client":..,"side":"..","qty":'
     cdef unsigned char delimiter
-    cdef char *buf                # where frame() writes: room for the longest frame
+    cdef char *buf                # where frames are written: `capacity` bytes, the longest
+    cdef Py_ssize_t capacity
 
     cdef Py_ssize_t _write(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty,
                            double price, uint64_t tick_ns, uint64_t tick_seq,
-                           uint64_t sent_ns) except -2
+                           uint64_t sent_ns) except -1
+    cdef Py_ssize_t _encoded(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty,
+                             double price, uint64_t tick_ns, uint64_t tick_seq,
+                             uint64_t sent_ns) except -1
 
 
 cdef class OrderGate:
     cdef OrderFramer framer
-    cdef readonly str id_prefix
-    # The Strategy host's own lists, shared (never rebound by it), per symbol j or per
+    # The Strategy host's own lists, shared: the host mutates them in place and never rebinds
+    # or resizes them (they are indexed here without bounds checks), per symbol j or per
     # key 2 * j + buy.
     cdef list positions           # net position per symbol
     cdef list pending             # orders in flight per key
@@ -73,10 +80,9 @@ cdef class OrderGate:
     cdef list backoff_until       # per key: monotonic ns a backoff ends; 0 = none
     cdef list refusing            # per key: the reason last refused; None once an order goes
     cdef public int64_t max_age_ns    # 0 = prices never go stale
-    cdef object order_type        # the protocol's Order, built by take()
-    cdef public int fd            # the order socket while send() may write to it, else -1
-    cdef readonly Py_ssize_t length   # of the last frame made
+    cdef public int fd            # the order socket while it is lent (Connection.set_direct)
+    cdef readonly Py_ssize_t length   # of this send()'s frame (0: no order made)
     cdef readonly Py_ssize_t written  # of it, the bytes send() wrote
-    cdef public unsigned long long seq     # the last order's number (its id's suffix)
-    cdef public unsigned long long orders  # orders made
+    cdef readonly unsigned long long seq   # the last order's number (its id's suffix)
+    cdef readonly unsigned long long orders  # orders made
     cdef list made                # orders made since the last take(), as tuples

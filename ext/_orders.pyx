@@ -376,14 +376,21 @@ cdef class OrderFramer:
 
     The string parts (the id's prefix, the client, each symbol and side) are cut once from
     frames the protocol's own encoder writes, so their escaping is the encoder's; the numbers
-    are written here, and a sample frame is checked against the encoder at construction.
+    are written here, and a sample frame is checked against the encoder at construction. A
+    price that repr() writes with an exponent (outside [1e-4, 1e16)) is left to the encoder.
     """
 
-    def __init__(self, protocol, str id_prefix, str client, symbols):
+    def __init__(self, protocol, str id_prefix not None, str client not None, symbols):
         cdef list mids = []
+        cdef Py_ssize_t longest
         order, encode = protocol.Order, protocol.encode_order
         self.symbols = tuple(symbols)
+        if not self.symbols:
+            raise ValueError("a framer needs at least one symbol")
+        self.id_prefix = id_prefix
         self.client = client
+        self.order_type = order
+        self.encode = encode
         delimiter = protocol.MESSAGE_DELIMITER
         if len(delimiter) != 1:
             raise ValueError("the framer writes a one-byte delimiter")
@@ -400,18 +407,18 @@ cdef class OrderFramer:
                 mids.append(text[k + 2:] + b',"qty":')
         self.mids = mids
         self.delimiter = delimiter[0]
-        # The parts, six numbers of at most 20 digits and the price's repr (< 40) fit.
-        self.buf = <char *>PyMem_Malloc(len(self.head) + max([len(m) for m in mids] or [0])
-                                        + 200)
+        # Besides the parts: five integers of at most 20 digits, the price (at most 24
+        # characters, exponent included), 45 bytes of keys and punctuation, the delimiter.
+        longest = len(self.head) + max([len(m) for m in mids]) + 200
+        PyMem_Free(self.buf)   # NULL unless __init__ runs again
+        self.buf = <char *>PyMem_Malloc(longest)
         if self.buf == NULL:
             raise MemoryError()
-        if self.symbols:
-            sample = dict(id=f"{id_prefix}-1234", client=client, symbol=self.symbols[0],
-                          side="BUY", qty=10, price=173.25, tick_ns=12345, tick_seq=6,
-                          sent_ns=789)
-            if self.frame(0, True, 1234, 10, 173.25, 12345, 6, 789) != encode(order(**sample)):
-                raise ValueError("this framer does not write what the protocol's encoder "
-                                 "writes")
+        self.capacity = longest
+        sample = dict(id=f"{id_prefix}-1234", client=client, symbol=self.symbols[0],
+                      side="BUY", qty=10, price=173.25, tick_ns=12345, tick_seq=6, sent_ns=789)
+        if self.frame(0, True, 1234, 10, 173.25, 12345, 6, 789) != encode(order(**sample)):
+            raise ValueError("this framer does not write what the protocol's encoder writes")
 
     def frame(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty, double price,
               uint64_t tick_ns, uint64_t tick_seq, uint64_t sent_ns):
@@ -419,18 +426,18 @@ cdef class OrderFramer:
         if not 0 <= j < len(self.symbols):
             raise IndexError(f"symbol index {j} out of range")
         n = self._write(j, buy, seq, qty, price, tick_ns, tick_seq, sent_ns)
-        return None if n < 0 else PyBytes_FromStringAndSize(self.buf, n)
+        return PyBytes_FromStringAndSize(self.buf, n)
 
     cdef Py_ssize_t _write(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty,
                            double price, uint64_t tick_ns, uint64_t tick_seq,
-                           uint64_t sent_ns) except -2:
-        """The frame into buf (j in range); its length, or -1 for a price it cannot write."""
+                           uint64_t sent_ns) except -1:
+        """The frame into buf (j in range); its length."""
         cdef bytes mid = <bytes>PyList_GET_ITEM(self.mids, 2 * j + buy)
         cdef char *text
         cdef char *a = self.buf
         cdef Py_ssize_t k = 0, n
         if not 1e-4 <= price < 1e16:
-            return -1   # repr() writes these with an exponent: the caller encodes the Order
+            return self._encoded(j, buy, seq, qty, price, tick_ns, tick_seq, sent_ns)
         k += _put(a + k, PyBytes_AS_STRING(self.head), PyBytes_GET_SIZE(self.head))
         k += put_uint(<unsigned char *>a + k, seq)
         k += _put(a + k, PyBytes_AS_STRING(mid), PyBytes_GET_SIZE(mid))
@@ -450,6 +457,20 @@ cdef class OrderFramer:
         a[k + 1] = self.delimiter
         return k + 2
 
+    cdef Py_ssize_t _encoded(self, Py_ssize_t j, bint buy, uint64_t seq, uint64_t qty,
+                             double price, uint64_t tick_ns, uint64_t tick_seq,
+                             uint64_t sent_ns) except -1:
+        """The protocol's encoder writes the frame (a price repr() writes with an exponent,
+        which msgspec spells differently); copied into buf."""
+        cdef bytes text = self.encode(self.order_type(
+            id=f"{self.id_prefix}-{seq}", client=self.client, symbol=self.symbols[j],
+            side=_BUY if buy else _SELL, qty=qty, price=price, tick_ns=tick_ns,
+            tick_seq=tick_seq, sent_ns=sent_ns))
+        if len(text) > self.capacity:
+            raise ValueError("an order frame longer than the framer's buffer")
+        memcpy(self.buf, PyBytes_AS_STRING(text), len(text))
+        return len(text)
+
     def __dealloc__(self):
         PyMem_Free(self.buf)
 
@@ -459,22 +480,21 @@ cdef Py_ssize_t _PENDING = orders_py.GATE_PENDING
 cdef Py_ssize_t _NO_PRICE = orders_py.GATE_NO_PRICE
 cdef Py_ssize_t _STALE = orders_py.GATE_STALE
 cdef Py_ssize_t _BACKOFF = orders_py.GATE_BACKOFF
-cdef Py_ssize_t _NO_FRAME = orders_py.GATE_NO_FRAME
 
 
 cdef class OrderGate:
     """See ext.orders_py.OrderGate (the contract): from the strategy's submit to the kernel and
     the host's books in one call, the Order itself built later (take())."""
 
-    def __init__(self, OrderFramer framer, str id_prefix, list positions, list pending,
-                 list last_tick_ns, list prices, list stale, list backoff_until, list refusing,
-                 int64_t max_age_ns, order_type):
+    def __init__(self, OrderFramer framer not None, list positions not None,
+                 list pending not None, list last_tick_ns not None, list prices not None,
+                 list stale not None, list backoff_until not None, list refusing not None,
+                 int64_t max_age_ns):
         cdef Py_ssize_t n = len(framer.symbols)
         if not (len(last_tick_ns) == len(prices) == len(stale) == len(positions) == n
                 and len(pending) == len(backoff_until) == len(refusing) == 2 * n):
             raise ValueError("the gate's lists do not match the framer's symbols")
         self.framer = framer
-        self.id_prefix = id_prefix
         self.positions = positions
         self.pending = pending
         self.last_tick_ns = last_tick_ns
@@ -483,7 +503,6 @@ cdef class OrderGate:
         self.backoff_until = backoff_until
         self.refusing = refusing
         self.max_age_ns = max_age_ns
-        self.order_type = order_type
         self.fd = -1
         self.length = 0
         self.written = 0
@@ -491,13 +510,20 @@ cdef class OrderGate:
         self.orders = 0
         self.made = []
 
-    def send(self, Py_ssize_t j, bint buy, uint64_t qty, double price, int64_t now,
+    @property
+    def id_prefix(self):
+        return self.framer.id_prefix
+
+    def send(self, Py_ssize_t j, bint buy, int64_t qty, double price, int64_t now,
              uint64_t tick_ns, uint64_t tick_seq):
         cdef Py_ssize_t key = 2 * j + buy, n
         cdef int64_t last
         cdef ssize_t wrote = 0
+        self.length = self.written = 0
         if not 0 <= j < PyList_GET_SIZE(self.prices):
             raise IndexError(f"symbol index {j} out of range")
+        if qty < 1:
+            raise ValueError(f"qty {qty} is not > 0")
         if self.pending[key]:
             return _PENDING
         if self.max_age_ns:
@@ -508,10 +534,8 @@ cdef class OrderGate:
                 return _STALE
         if self.backoff_until[key]:
             return _BACKOFF
-        n = self.framer._write(j, buy, self.seq + 1, qty, price, tick_ns, tick_seq,
+        n = self.framer._write(j, buy, self.seq + 1, <uint64_t>qty, price, tick_ns, tick_seq,
                                <uint64_t>now)
-        if n < 0:
-            return _NO_FRAME
         if self.fd >= 0:
             wrote = c_send(self.fd, self.framer.buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
             if wrote < 0:
@@ -522,10 +546,10 @@ cdef class OrderGate:
         self.orders += 1
         self.refusing[key] = None
         self.pending[key] += 1
-        self.positions[j] += <int64_t>qty if buy else -<int64_t>qty
+        self.positions[j] += qty if buy else -qty
         self.made.append((self.seq, j, buy, qty, price, tick_ns, tick_seq, now,
                           wrote == n, _now_ns() - now))
-        return PyUnicode_FromFormat("%U-%llu", <PyObject *>self.id_prefix,
+        return PyUnicode_FromFormat("%U-%llu", <PyObject *>self.framer.id_prefix,
                                     <unsigned long long>self.seq)
 
     def frame(self):
@@ -534,6 +558,8 @@ cdef class OrderGate:
 
     def sent_last(self, bint sent):
         """The last order made went on the wire (or is queued) after all: `sent`."""
+        if not self.made:
+            raise IndexError("no order made since the last take()")
         rec = self.made[len(self.made) - 1]
         self.made[len(self.made) - 1] = (*rec[:8], sent, rec[9])
 
@@ -544,8 +570,9 @@ cdef class OrderGate:
     def take(self):
         """(Order, sent, took_ns) of every order made since the last take(), oldest first."""
         made, self.made = self.made, []
-        symbols, order = self.framer.symbols, self.order_type
-        return [(order(id=f"{self.id_prefix}-{seq}", client=self.framer.client,
-                       symbol=symbols[j], side=_BUY if buy else _SELL, qty=qty, price=price,
-                       tick_ns=tick_ns, tick_seq=tick_seq, sent_ns=sent_ns), sent, took)
+        framer = self.framer
+        symbols, order, prefix = framer.symbols, framer.order_type, framer.id_prefix
+        return [(order(id=f"{prefix}-{seq}", client=framer.client, symbol=symbols[j],
+                       side=_BUY if buy else _SELL, qty=qty, price=price, tick_ns=tick_ns,
+                       tick_seq=tick_seq, sent_ns=sent_ns), sent, took)
                 for seq, j, buy, qty, price, tick_ns, tick_seq, sent_ns, sent, took in made]

@@ -1,6 +1,7 @@
-"""The OrderManager's order path for the canonical order frame, pure Python: the twin of
-ext._orders, and the statement of its contract. The twin is the protocol's own msgspec path
-(decode_order, encode_order, encode_ack), so it states no rule of its own.
+"""The order path, pure Python: the OrderManager's desk for the canonical order frame and the
+Strategy's framer and gate; the twin of ext._orders, and the statement of its contract. The twin
+is the protocol's own msgspec path (decode_order, encode_order, encode_ack), so it states no
+rule of its own.
 
 `OrderDesk(protocol, symbols, booked, journal)`; `book(frame, client, fields, order_no,
 received_ns)` books one order frame when it is canonical, i.e. exactly what the protocol's
@@ -26,28 +27,28 @@ the call. A callback returning True stops the consumer there (the connection is 
 frames are skipped; a frame longer than `max_frame` raises ValueError. It returns the offset of
 the first byte not consumed: the partial frame, or the frame after a stop.
 
-`OrderFramer(protocol, id_prefix, client, symbols)` is the Strategy's side: `frame(j, buy, seq,
-qty, price, tick_ns, tick_seq, sent_ns)` returns exactly `protocol.encode_order` of the Order
-with id `f"{id_prefix}-{seq}"`, that client, symbol `symbols[j]` and side BUY (`buy`) or SELL, so
-the frame can go on the wire before the Order is built; None when the compiled framer cannot
-write that order (a price outside [1e-4, 1e16), where repr() uses an exponent), and then the
-caller encodes the Order itself.
+`OrderFramer(protocol, id_prefix, client, symbols)` is the Strategy's side (at least one
+symbol): `frame(j, buy, seq, qty, price, tick_ns, tick_seq, sent_ns)` returns exactly
+`protocol.encode_order` of the Order with id `f"{id_prefix}-{seq}"`, that client, symbol
+`symbols[j]` (0 <= j < len(symbols), else IndexError) and side BUY (`buy`) or SELL, so the frame
+can go on the wire before the Order is built.
 
-`OrderGate(framer, id_prefix, positions, pending, last_tick_ns, prices, stale, backoff_until,
-refusing, max_age_ns, order_type)` holds the Strategy host's own per-symbol lists (which the host
-mutates and never rebinds) and takes an order from the strategy's submit to the kernel and the
-host's books in one call: `send(j, buy, qty, price, now, tick_ns, tick_seq)` answers, in this
-order, GATE_PENDING (an order of that symbol and side is in flight), GATE_NO_PRICE / GATE_STALE
-(with `max_age_ns`: no price yet, or the symbol's last tick is older than it; a symbol with no
-tick time is stale as `stale` says), GATE_BACKOFF (a backoff is set: the caller decides whether
-it is over), GATE_NO_FRAME (the framer cannot write it), each with nothing done; or it makes the
-order: numbers it (`seq`, the id `f"{id_prefix}-{seq}"`, returned), writes its frame (`frame()`,
+`OrderGate(framer, positions, pending, last_tick_ns, prices, stale, backoff_until, refusing,
+max_age_ns)` holds the Strategy host's own per-symbol lists (which the host mutates in place and
+never rebinds or resizes) and takes an order from the strategy's submit to the kernel and the
+host's books in one call: `send(j, buy, qty, price, now, tick_ns, tick_seq)` (qty > 0, at most
+2**63 - 1) answers, in this order, GATE_PENDING (an order of that symbol and side is in flight),
+GATE_NO_PRICE / GATE_STALE (with `max_age_ns`: no price yet, or the symbol's last tick is older
+than it; a symbol with no tick time is stale as `stale` says) or GATE_BACKOFF (a backoff is set:
+the caller decides whether it is over), each with nothing done; or it makes the order: numbers
+it (`seq`, the id `f"{framer.id_prefix}-{seq}"`, returned), writes its frame (`frame()`,
 `length`) with one non-blocking send() to `fd` (`written` bytes of it: 0 when `fd` is -1, on
 EAGAIN or on an error, which the caller's own send then meets), clears `refusing[key]`, counts
-it in `pending[key]`, `positions[j]` and `orders`. The Order itself is built later: `take()`
-returns (Order, sent, took_ns) of every order made since the last take (`unsettled` of them),
-sent meaning its whole frame was written (`sent_last` corrects the last one's) and took_ns the
-time from `now` to the send's return.
+it in `pending[key]`, `positions[j]` and `orders`. `length` and `written` describe the last
+send() (0 when it made nothing). The Order itself is built later: `take()` returns (Order,
+sent, took_ns) of every order made since the last take (`unsettled` of them), sent meaning its
+whole frame was written (`sent_last` corrects the last one's; IndexError when there is none)
+and took_ns the time from `now` to the send's return.
 
 The caller uses a desk only when nothing else may refuse the order: no kill switch, no risk
 limit, and a journal without sync (the desk does not msync). The compiled desk books the same
@@ -110,13 +111,17 @@ class OrderDesk:
 class OrderFramer:
     def __init__(self, protocol: ModuleType, id_prefix: str, client: str,
                  symbols: tuple[str, ...] | list[str]) -> None:
+        if not symbols:
+            raise ValueError("a framer needs at least one symbol")
         self.protocol = protocol
         self.id_prefix = id_prefix
         self.client = client
         self.symbols = tuple(symbols)
 
     def frame(self, j: int, buy: bool, seq: int, qty: int, price: float, tick_ns: int,
-              tick_seq: int, sent_ns: int) -> bytes | None:
+              tick_seq: int, sent_ns: int) -> bytes:
+        if not 0 <= j < len(self.symbols):
+            raise IndexError(f"symbol index {j} out of range")
         protocol = self.protocol
         return protocol.encode_order(protocol.Order(
             id=f"{self.id_prefix}-{seq}", client=self.client, symbol=self.symbols[j],
@@ -124,20 +129,19 @@ class OrderFramer:
             tick_seq=tick_seq, sent_ns=sent_ns))
 
 
-GATE_PENDING, GATE_NO_PRICE, GATE_STALE, GATE_BACKOFF, GATE_NO_FRAME = -1, -2, -3, -4, -5
+GATE_PENDING, GATE_NO_PRICE, GATE_STALE, GATE_BACKOFF = -1, -2, -3, -4
+MAX_QTY = (1 << 63) - 1   # the compiled gate's int64 qty
 
 
 class OrderGate:
-    def __init__(self, framer: OrderFramer, id_prefix: str, positions: list[int],
-                 pending: list[int], last_tick_ns: list[int], prices: list[float | None],
-                 stale: list[bool], backoff_until: list[int], refusing: list[str | None],
-                 max_age_ns: int, order_type: Any) -> None:
+    def __init__(self, framer: OrderFramer, positions: list[int], pending: list[int],
+                 last_tick_ns: list[int], prices: list[float | None], stale: list[bool],
+                 backoff_until: list[int], refusing: list[str | None], max_age_ns: int) -> None:
         n = len(framer.symbols)
         if not (len(last_tick_ns) == len(prices) == len(stale) == len(positions) == n
                 and len(pending) == len(backoff_until) == len(refusing) == 2 * n):
             raise ValueError("the gate's lists do not match the framer's symbols")
         self.framer = framer
-        self.id_prefix = id_prefix
         self.positions = positions
         self.pending = pending
         self.last_tick_ns = last_tick_ns
@@ -146,7 +150,6 @@ class OrderGate:
         self.backoff_until = backoff_until
         self.refusing = refusing
         self.max_age_ns = max_age_ns
-        self.order_type = order_type
         self.fd = -1
         self.length = 0
         self.written = 0
@@ -155,10 +158,17 @@ class OrderGate:
         self._made: list[list[Any]] = []
         self._frame = b""
 
+    @property
+    def id_prefix(self) -> str:
+        return self.framer.id_prefix
+
     def send(self, j: int, buy: bool, qty: int, price: float, now: int, tick_ns: int,
              tick_seq: int) -> str | int:
+        self.length = self.written = 0
         if not 0 <= j < len(self.prices):
             raise IndexError(f"symbol index {j} out of range")
+        if not 0 < qty <= MAX_QTY:
+            raise (ValueError if qty < 1 else OverflowError)(f"qty {qty} is out of range")
         key = 2 * j + bool(buy)
         if self.pending[key]:
             return GATE_PENDING
@@ -171,8 +181,6 @@ class OrderGate:
         if self.backoff_until[key]:
             return GATE_BACKOFF
         frame = self.framer.frame(j, buy, self.seq + 1, qty, price, tick_ns, tick_seq, now)
-        if frame is None:
-            return GATE_NO_FRAME
         wrote = 0
         if self.fd >= 0:
             try:
@@ -193,6 +201,8 @@ class OrderGate:
         return self._frame
 
     def sent_last(self, sent: bool) -> None:
+        if not self._made:
+            raise IndexError("no order made since the last take()")
         self._made[-1][8] = sent
 
     @property
@@ -201,11 +211,12 @@ class OrderGate:
 
     def take(self) -> list[tuple[Any, bool, int]]:
         made, self._made = self._made, []
-        symbols = self.framer.symbols
-        return [(self.order_type(id=f"{self.id_prefix}-{seq}", client=self.framer.client,
-                                 symbol=symbols[j], side="BUY" if buy else "SELL", qty=qty,
-                                 price=price, tick_ns=tick_ns, tick_seq=tick_seq,
-                                 sent_ns=sent_ns), sent, took)
+        framer = self.framer
+        order = framer.protocol.Order
+        return [(order(id=f"{framer.id_prefix}-{seq}", client=framer.client,
+                       symbol=framer.symbols[j], side="BUY" if buy else "SELL", qty=qty,
+                       price=price, tick_ns=tick_ns, tick_seq=tick_seq, sent_ns=sent_ns),
+                 sent, took)
                 for seq, j, buy, qty, price, tick_ns, tick_seq, sent_ns, sent, took in made]
 
 

@@ -41,7 +41,8 @@ class Connection:
     attribute, e.g. ext.OrderGate): its ``fd`` is the socket's while nothing is queued here and
     -1 otherwise (and from the close on), so its own non-blocking send() never overtakes queued
     bytes nor reaches a closed socket. What it cannot send whole it hands to send(), which
-    queues it first. Its bytes are not counted in ``bytes_out``.
+    sends what the kernel takes and queues the rest (taking the socket back until that has
+    drained). Its bytes are not counted in ``bytes_out``.
     """
 
     __slots__ = (

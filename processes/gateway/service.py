@@ -157,6 +157,7 @@ class Gateway:
                "dropped_batches": p.dropped(), "slow_clients": p.slow + n.slow,
                "slow_events": p.slow_events + n.slow_events, "conflated": p.conflated,
                "conflated_batches": p.conflated_batches,
+               "oversized_batches": p.oversized + n.oversized,
                "bad_clients": p.bad_clients + n.bad_clients}
         if self.replay is not None:
             out.update(self.replay.stats())

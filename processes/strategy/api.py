@@ -38,7 +38,7 @@ from typing import ClassVar, Protocol
 
 import msgspec
 
-from processes.shared.protocol import Order  # what on_order_reply is given
+from processes.shared.protocol import MAX_I64, Order  # Order: what on_order_reply is given
 
 __all__ = ["BUY", "SELL", "SIGN", "Context", "Order", "OrderReply", "Strategy",
            "StrategyConfig", "Tick", "check_submit"]
@@ -60,8 +60,8 @@ def check_submit(strategy: str, symbols: tuple[str, ...], index: dict[str, int],
     sign = SIGN.get(side)
     if sign is None:
         raise ValueError(f"submit: side {side!r} is not BUY or SELL")
-    if type(qty) is not int or qty <= 0:
-        raise ValueError(f"submit: qty {qty!r} is not an int > 0")
+    if type(qty) is not int or not 0 < qty <= MAX_I64:
+        raise ValueError(f"submit: qty {qty!r} is not an int > 0 and <= {MAX_I64}")
     if type(price) not in (int, float) or not 0.0 < price < math.inf:
         raise ValueError(f"submit: price {price!r} is not a finite number > 0")
     cents = round(float(price), 2)

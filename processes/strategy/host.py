@@ -28,7 +28,7 @@ from typing import Any
 
 from ext import OrderFramer, OrderGate, PriceReader, SharedPriceBook
 from ext.layout import ReaderLost
-from ext.orders_py import GATE_BACKOFF, GATE_NO_PRICE, GATE_PENDING, GATE_STALE
+from ext.orders_py import GATE_BACKOFF, GATE_NO_PRICE, GATE_PENDING
 from ext.segment import BAND_REANCHOR_S, SegmentWatcher
 from processes.shared import config as config_mod
 from processes.shared import protocol, runtime
@@ -39,7 +39,6 @@ from processes.shared.protocol import (
     Order,
     ProtocolError,
     Reject,
-    encode_order,
     parse_news,
 )
 from processes.shared.telemetry import Recorder
@@ -128,11 +127,12 @@ class StrategyHost:
                                       on_attach=self._adopt, on_detach=self._on_book_lost,
                                       dead_after=BOOK_DEAD_S, symbols=cfg.market.symbols)
         self.max_age_ns = int(s.max_price_age * 1e9)
-        # The gate shares the per-symbol lists above (kept, never rebound, by this host).
+        # The gate shares the per-symbol lists above: this host mutates them in place and never
+        # rebinds or resizes them (the compiled gate indexes them without bounds checks).
         self._gate = OrderGate(OrderFramer(protocol, self._id_prefix, self.name, self.symbols),
-                               self._id_prefix, self.positions, self._pending,
-                               self._last_tick_ns, self.prices, self.stale,
-                               self._backoff_until, self._refusing, self.max_age_ns, Order)
+                               self.positions, self._pending, self._last_tick_ns, self.prices,
+                               self.stale, self._backoff_until, self._refusing,
+                               self.max_age_ns)
         self.stale_transitions = 0
         self.book_dead = False             # the OrderBook's heartbeat stopped
         self.reattaches = 0
@@ -187,8 +187,7 @@ class StrategyHost:
             if tick_ns and tick_ns >= self._live_ns:
                 decided = now - tick_ns
         if type(made) is not str:
-            made = self._not_made(made, j, sign, symbol, side, qty, price, now, tick_ns,
-                                  tick_seq, decided)
+            made = self._not_made(made, j, sign, qty, price, now, tick_ns, tick_seq, decided)
             if made is None:
                 return None
         gate = self._gate
@@ -198,18 +197,16 @@ class StrategyHost:
             self.tick_to_decision.record(decided)
         return made
 
-    def _not_made(self, code: int, j: int, sign: int, symbol: str, side: str, qty: int,
-                  price: float, now: int, tick_ns: int, tick_seq: int,
-                  decided: int) -> str | None:
+    def _not_made(self, code: int, j: int, sign: int, qty: int, price: float, now: int,
+                  tick_ns: int, tick_seq: int, decided: int) -> str | None:
         """The gate did not make the order (`code`): refuse it, or make it after all (a backoff
-        that is over; a price its framer does not write). Its id, or None if refused."""
+        that is over). Its id, or None if refused."""
         key = 2 * j + (sign > 0)
-        gate = self._gate
         if code == GATE_BACKOFF:
             if now < self._backoff_until[key]:
                 return self._refuse(key, "backoff", "", decided)
             self._end_backoff(key, "over")
-            code = gate.send(j, sign > 0, qty, price, now, tick_ns, tick_seq)
+            code = self._gate.send(j, sign > 0, qty, price, now, tick_ns, tick_seq)
             if type(code) is str:
                 return code
         if code == GATE_PENDING:
@@ -217,23 +214,9 @@ class StrategyHost:
                                 decided)
         if code == GATE_NO_PRICE:   # an order from on_start or on_news before any tick
             return self._refuse(key, "stale", "it has had no valid price yet", decided)
-        if code == GATE_STALE:   # the symbol's last tick is too old (a plain feed: its _watch)
-            return self._refuse(key, "stale", f"its price is older than "
-                                f"{self.max_age_ns / 1e9:g}s", decided)
-        # GATE_NO_FRAME: a price the framer does not write; the protocol's encoder does.
-        self.orders_out.settle()   # its place in `pending` after the orders before it
-        gate.seq += 1
-        gate.orders += 1
-        order = Order(id=f"{self._id_prefix}-{gate.seq}", client=self.name, symbol=symbol,
-                      side=side, qty=qty, price=price, tick_ns=tick_ns, tick_seq=tick_seq,
-                      sent_ns=now)
-        self._refusing[key] = None
-        self._pending[key] += 1
-        self.positions[j] += sign * qty
-        out = self.orders_out
-        sent = out.send_frame(encode_order(order))
-        out.track(order, sent, time.monotonic_ns() - now)
-        return order.id
+        # GATE_STALE: the symbol's last tick is too old (a plain feed: its _watch's verdict)
+        return self._refuse(key, "stale", f"its price is older than "
+                            f"{self.max_age_ns / 1e9:g}s", decided)
 
     def _refuse(self, key: int, reason: str, why: str, decided: int = 0) -> None:
         """Count the refusal (and record the tick's decision latency, if the refused submit
@@ -319,6 +302,7 @@ class StrategyHost:
     def stats(self) -> dict[str, Any]:
         held = sum(1 for p in self.positions if p)
         out = self.orders_out
+        out.settle()   # every counter below includes the orders the gate made since the last
         return {"name": self.name, "class": self.cfg.strategy.cls,
                 "ticks": self.ticks, "decisions": self.decisions, "news": self.news,
                 "early_ticks": self.early_ticks,

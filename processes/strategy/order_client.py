@@ -89,17 +89,9 @@ class OrderClient:
         self.settle()
         self.dialer.close()
 
-    def submit(self, order: Order) -> bool:
-        """Own `order` until it is acked or rejected; True if it went on the wire right now."""
-        start = time.monotonic_ns()
-        sent = self.send_frame(encode_order(order))
-        self.track(order, sent, time.monotonic_ns() - start)
-        return sent
-
     def send_frame(self, frame: bytes) -> bool:
-        """Write an order's frame now if a session is up (True: it went on the wire). The
-        order must then be given to track(): a frame is written before its Order is built, so
-        nothing but the send lies between the decision and the wire."""
+        """Write an order's frame now if a session is up (True: it went on the wire or is
+        queued behind bytes already waiting)."""
         if not self.welcomed:
             return False
         conn = self.dialer.connection
@@ -109,10 +101,9 @@ class OrderClient:
         """The gate made an order but wrote less than its whole frame (no session, EAGAIN, an
         error, or a part): the rest goes the usual way, after the part the kernel took."""
         gate = self.gate
-        wrote = gate.written
-        if wrote:
-            self.dialer.connection.bytes_out += wrote
-        gate.sent_last(self.send_frame(gate.frame()[wrote:]))
+        sent = self.send_frame(gate.frame()[gate.written:])
+        if gate.unsettled:   # a send that closed the connection settled every order, unsent
+            gate.sent_last(sent)
 
     def settle(self) -> None:
         """track() every order the gate made since the last settle, oldest first. The gate

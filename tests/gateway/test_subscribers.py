@@ -125,3 +125,4 @@ def test_a_batch_larger_than_the_bound_strands_no_subscriber(feed_factory):
     assert prices.live == [conn] and prices.slow == 0
     assert conn.pending == 0 and conn.dropped_sends >= 19
     assert prices.dropped() == conn.dropped_sends
+    assert prices.oversized == conn.dropped_sends == gw.stats()["oversized_batches"]

@@ -81,8 +81,10 @@ def test_check_submit_accepts_the_smallest_order_and_rounds_to_the_cent():
 @pytest.mark.parametrize("args, why", [
     ({"symbol": "GOOG"}, "submit: 'GOOG' is not traded by s1 (strategy.symbols: AAPL, MSFT)"),
     ({"side": "buy"}, "submit: side 'buy' is not BUY or SELL"),
-    ({"qty": 0}, "submit: qty 0 is not an int > 0"),
-    ({"qty": 1.0}, "submit: qty 1.0 is not an int > 0"),
+    ({"qty": 0}, "submit: qty 0 is not an int > 0 and <= 9223372036854775807"),
+    ({"qty": 2 ** 63},
+     "submit: qty 9223372036854775808 is not an int > 0 and <= 9223372036854775807"),
+    ({"qty": 1.0}, "submit: qty 1.0 is not an int > 0 and <= 9223372036854775807"),
     ({"price": 0.0}, "submit: price 0.0 is not a finite number > 0"),
     ({"price": float("inf")}, "submit: price inf is not a finite number > 0"),
     ({"price": 0.004}, "submit: price 0.004 is 0.00 to the cent"),
