@@ -121,8 +121,8 @@ class Context(Protocol):
         """Send an order; its id, or None when the host refused it (a same-side order for the
         symbol is still in flight, the price is stale, the symbol and side are backing off
         after a reject). Refusals are counted and logged by the host. A side other than BUY or
-        SELL, a qty <= 0, a non-finite or non-positive price or a symbol not in `symbols` is a
-        bug in the strategy and raises ValueError."""
+        SELL, a qty <= 0 or over 2**63-1, a non-finite or non-positive price or a symbol not in
+        `symbols` is a bug in the strategy and raises ValueError."""
         ...
 
     def position(self, symbol: str) -> int:
