@@ -1,11 +1,12 @@
 # cython: language_level=3
-"""The OrderManager's order path for the canonical order frame, compiled: the twin of
-ext.orders_py (which states the contract). One call parses, validates, looks up the id, stores
-the journal record and encodes the ack, where the Python path makes a dozen Python-level calls:
-on a process woken cold, every one of them costs microseconds.
+"""The order path, compiled: the twin of ext.orders_py (which states the contract). On the
+OrderManager's side one call parses, validates, looks up the id, stores the journal record and
+sends the ack of the canonical order frame; on the Strategy's side one call checks, frames and
+sends an order and counts it in the host's books. The Python paths make a dozen Python-level
+calls each, and on a process woken cold every one of them costs microseconds.
 
-The canonical frame is the one the Strategy's encoder writes (msgspec, fields in declaration
-order, every field present, no whitespace):
+The canonical frame is the one the Strategy's encoder (and OrderFramer) writes (msgspec,
+fields in declaration order, every field present, no whitespace):
 
     {"id":"..","client":"..","symbol":"..","side":"BUY","qty":N,"price":X,
      "tick_ns":N,"tick_seq":N,"sent_ns":N}
