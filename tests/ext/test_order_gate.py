@@ -224,3 +224,47 @@ def test_the_gates_lists_must_fit_its_symbols(impl):
     framer = impl.OrderFramer(protocol, PREFIX, CLIENT, SYMBOLS)
     with pytest.raises(ValueError, match="do not match"):
         impl.OrderGate(framer, *books.lists(), 0)
+
+
+# One step of a host's life around its gate: a submit, or what the host does to its own lists.
+steps = st.one_of(
+    st.tuples(st.just("send"), st.integers(0, len(SYMBOLS) - 1), st.booleans(),
+              st.integers(1, protocol.MAX_I64), prices, st.integers(0, 3_000_000)),
+    st.tuples(st.just("tick"), st.integers(0, len(SYMBOLS) - 1), prices,
+              st.integers(0, 3_000_000)),
+    st.tuples(st.just("acked"), st.integers(0, 2 * len(SYMBOLS) - 1)),
+    st.tuples(st.just("backoff"), st.integers(0, 2 * len(SYMBOLS) - 1), st.integers(0, 2)),
+    st.tuples(st.just("stale"), st.integers(0, len(SYMBOLS) - 1), st.booleans()),
+    st.tuples(st.just("take")))
+
+
+@NEEDS_NATIVE
+@SETTINGS
+@given(ops=st.lists(steps, max_size=40), max_age_ns=st.sampled_from([0, 1_000_000]))
+def test_both_gates_answer_every_sequence_alike(ops, max_age_ns):
+    """The compiled gate and its twin, driven through the same steps, give the same answers,
+    frames and Orders and leave the host's lists the same."""
+    runs = []
+    for impl in (orders_py, corders):
+        books = Books()
+        g = gate(impl, books, max_age_ns)
+        out = []
+        for op in ops:
+            if op[0] == "send":
+                _, j, buy, qty, price, age = op
+                out.append((g.send(j, buy, qty, price, NOW + age, 5, 6), g.length, g.written,
+                            g.frame() if g.length else b""))
+            elif op[0] == "tick":
+                _, j, price, age = op
+                books.prices[j], books.last_tick_ns[j] = price, NOW - age
+            elif op[0] == "acked":
+                books.pending[op[1]] = max(0, books.pending[op[1]] - 1)
+            elif op[0] == "backoff":
+                books.backoff_until[op[1]] = op[2] and NOW + op[2]
+            elif op[0] == "stale":
+                books.stale[op[1]] = op[2]
+            else:
+                out.append([(o, sent) for o, sent, _ in g.take()])
+        out.append([(o, sent) for o, sent, _ in g.take()])
+        runs.append((out, books.copy(), g.seq, g.orders))
+    assert runs[0] == runs[1]
