@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
+from ext import OrderGate
 from processes.shared.dead_peer import DEAD_PEER_SOCKOPTS
 from processes.shared.protocol import (
     MAX_FRAME,
@@ -44,7 +44,7 @@ class OrderClient:
     def __init__(self, reactor: Reactor, host: str, port: int,
                  on_reply: Callable[[Ack | Reject, Order, int], None], client: str = "",
                  token: str = "",
-                 logger: logging.Logger | None = None, gate: Any = None) -> None:
+                 logger: logging.Logger | None = None, gate: OrderGate | None = None) -> None:
         self.on_reply = on_reply
         # An ext.OrderGate writing order frames straight to the socket, lent to it while a
         # session is up (Connection.set_direct says when it may write).
